@@ -1,0 +1,128 @@
+//! isolate's eBPF programs: cgroup socket-address hooks that refuse, with EPERM, every
+//! destination the confined UID's policy does not allow. UIDs without a policy pass untouched.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_ktime_get_ns,
+    },
+    macros::{cgroup_sock_addr, map},
+    maps::{HashMap, LpmTrie, PerCpuHashMap, RingBuf, lpm_trie::Key},
+    programs::SockAddrContext,
+};
+use isolate_ebpf_common::{
+    AllowValue, BlockEvent, CounterKey, FAMILY_V4, InstanceState, KEY_HEADER_BITS, LAYER_CONNECT,
+    MAX_ALLOW_ENTRIES, MAX_INSTANCES, PROTO_TCP, PROTO_UDP, V4Key,
+};
+
+/// Return values of a cgroup sock_addr program.
+const VERDICT_ALLOW: i32 = 1;
+const VERDICT_DENY: i32 = 0; // the caller gets EPERM
+
+const IPPROTO_TCP: u32 = 6;
+const IPPROTO_UDP: u32 = 17;
+
+#[map(name = "INSTANCES")]
+static INSTANCES: HashMap<u32, InstanceState> = HashMap::with_max_entries(MAX_INSTANCES, 0);
+
+#[map(name = "ALLOW_V4")]
+static ALLOW_V4: LpmTrie<V4Key, AllowValue> = LpmTrie::with_max_entries(MAX_ALLOW_ENTRIES, 0);
+
+/// User space creates every counter of an instance up front, so increments are never lost to a
+/// racing first insert on two CPUs.
+#[map(name = "BLOCKED")]
+static BLOCKED: PerCpuHashMap<CounterKey, u64> =
+    PerCpuHashMap::with_max_entries(MAX_INSTANCES * 16, 0);
+
+#[map(name = "EVENTS")]
+static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+
+#[cgroup_sock_addr(connect4)]
+pub fn isolate_connect4(ctx: SockAddrContext) -> i32 {
+    judge_v4(&ctx, LAYER_CONNECT)
+}
+
+/// The UID of the calling task, and its policy generation when the UID is confined.
+#[inline(always)]
+fn confined_caller() -> Option<(u32, u32)> {
+    let uid = bpf_get_current_uid_gid() as u32;
+    // SAFETY: the value is copied out at once; user space only replaces whole entries.
+    let state = unsafe { INSTANCES.get(&uid) }?;
+    Some((uid, state.generation))
+}
+
+#[inline(always)]
+fn judge_v4(ctx: &SockAddrContext, layer: u8) -> i32 {
+    let Some((uid, generation)) = confined_caller() else {
+        return VERDICT_ALLOW;
+    };
+    // SAFETY: the kernel hands every sock_addr program a valid context; fields are read one
+    // u32 at a time, as the verifier wants.
+    let (ip, port, protocol) = unsafe {
+        let sa = ctx.sock_addr;
+        (
+            core::ptr::read_volatile(&raw const (*sa).user_ip4),
+            core::ptr::read_volatile(&raw const (*sa).user_port),
+            core::ptr::read_volatile(&raw const (*sa).protocol),
+        )
+    };
+    // user_ip4 is in network byte order in memory: its native bytes are the address bytes.
+    let addr = ip.to_ne_bytes();
+    let port = u16::from_be(port as u16);
+    let proto = protocol_bit(protocol);
+    let key = Key::new(KEY_HEADER_BITS + 32, V4Key { uid, generation, addr });
+    if let Some(allowed) = ALLOW_V4.get(&key)
+        && allowed.permits(port, proto)
+    {
+        return VERDICT_ALLOW;
+    }
+    let mut dest = [0u8; 16];
+    dest[..4].copy_from_slice(&addr);
+    record_block(uid, FAMILY_V4, proto, layer, dest, port);
+    VERDICT_DENY
+}
+
+#[inline(always)]
+fn protocol_bit(protocol: u32) -> u8 {
+    match protocol {
+        IPPROTO_TCP => PROTO_TCP,
+        IPPROTO_UDP => PROTO_UDP,
+        _ => 0,
+    }
+}
+
+/// Counts the blocked attempt and queues an event for the audit trail. A full ring buffer
+/// loses the event, never the verdict or the count.
+#[inline(always)]
+fn record_block(uid: u32, family: u8, protocol: u8, layer: u8, addr: [u8; 16], port: u16) {
+    let counter = CounterKey { uid, family, protocol, layer, _pad: 0 };
+    if let Some(count) = BLOCKED.get_ptr_mut(&counter) {
+        // SAFETY: a per-CPU slot, written only by this CPU.
+        unsafe { *count += 1 };
+    } else {
+        let _ = BLOCKED.insert(&counter, &1, 0);
+    }
+    if let Some(mut entry) = EVENTS.reserve::<BlockEvent>(0) {
+        let pid_tgid = bpf_get_current_pid_tgid();
+        entry.write(BlockEvent {
+            timestamp_ns: unsafe { bpf_ktime_get_ns() },
+            uid,
+            pid: (pid_tgid >> 32) as u32,
+            comm: bpf_get_current_comm().unwrap_or_default(),
+            addr,
+            port,
+            family,
+            protocol,
+            layer,
+            _pad: [0; 3],
+        });
+        entry.submit(0);
+    }
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}

@@ -1,0 +1,153 @@
+//! Turns a policy's allow rules into LPM-trie entries.
+//!
+//! The trie answers with the longest matching prefix only, so every prefix's entry must carry
+//! the port rules of all shorter prefixes that contain it ("push-down"). Then the longest match
+//! alone tells whether (address, port, protocol) is allowed: every rule whose network contains
+//! the address belongs to a prefix of that address, hence to the match or one containing it.
+
+use std::collections::BTreeMap;
+
+use ipnet::Ipv4Net;
+use isolate_ebpf_common::{AllowValue, MAX_PORT_RULES, PROTO_ANY, PROTO_TCP, PROTO_UDP, PortRule};
+use isolate_policy::{NetRule, Protocol};
+use thiserror::Error;
+
+/// Map entries for one instance.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct CompiledRules {
+    pub v4: Vec<(Ipv4Net, AllowValue)>,
+}
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum RulesError {
+    #[error(
+        "{net} is covered by {count} different port/protocol rules; the eBPF layer holds at most \
+         {MAX_PORT_RULES} per destination: merge port ranges in network.allow"
+    )]
+    TooManyPortRules { net: String, count: usize },
+}
+
+/// Compiles allow rules into trie entries.
+pub fn compile(v4: &[NetRule<Ipv4Net>]) -> Result<CompiledRules, RulesError> {
+    Ok(CompiledRules {
+        v4: push_down(v4)?,
+    })
+}
+
+fn push_down(rules: &[NetRule<Ipv4Net>]) -> Result<Vec<(Ipv4Net, AllowValue)>, RulesError> {
+    let mut own: BTreeMap<Ipv4Net, Vec<PortRule>> = BTreeMap::new();
+    for rule in rules {
+        let entry = own.entry(rule.net).or_default();
+        let port_rule = port_rule(rule);
+        if !entry.contains(&port_rule) {
+            entry.push(port_rule);
+        }
+    }
+    own.keys()
+        .map(|&net| {
+            // Every prefix of `net` that has rules of its own, `net` included.
+            let mut collected: Vec<PortRule> = Vec::new();
+            for len in 0..=net.prefix_len() {
+                let ancestor = Ipv4Net::new(net.network(), len)
+                    .expect("len <= 32")
+                    .trunc();
+                for rule in own.get(&ancestor).into_iter().flatten() {
+                    if !collected.contains(rule) {
+                        collected.push(*rule);
+                    }
+                }
+            }
+            allow_value(&collected).map(|value| (net, value)).ok_or_else(|| {
+                RulesError::TooManyPortRules {
+                    net: net.to_string(),
+                    count: collected.len(),
+                }
+            })
+        })
+        .collect()
+}
+
+fn port_rule<N>(rule: &NetRule<N>) -> PortRule {
+    let (first, last) = rule.ports.map_or((0, u16::MAX), |p| (p.first, p.last));
+    let protocols = match rule.protocol {
+        Protocol::Any => PROTO_ANY,
+        Protocol::Tcp => PROTO_TCP,
+        Protocol::Udp => PROTO_UDP,
+    };
+    PortRule {
+        first,
+        last,
+        protocols,
+        _pad: [0; 3],
+    }
+}
+
+fn allow_value(rules: &[PortRule]) -> Option<AllowValue> {
+    if rules.len() > MAX_PORT_RULES {
+        return None;
+    }
+    let mut value = AllowValue {
+        count: rules.len() as u32,
+        ..AllowValue::default()
+    };
+    value.rules[..rules.len()].copy_from_slice(rules);
+    Some(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use isolate_policy::PortRange;
+
+    fn rule(net: &str, ports: Option<(u16, u16)>, protocol: Protocol) -> NetRule<Ipv4Net> {
+        NetRule {
+            net: net.parse().unwrap(),
+            ports: ports.map(|(first, last)| PortRange { first, last }),
+            protocol,
+        }
+    }
+
+    fn value_of<'a>(compiled: &'a CompiledRules, net: &str) -> &'a AllowValue {
+        let net: Ipv4Net = net.parse().unwrap();
+        &compiled.v4.iter().find(|(n, _)| *n == net).unwrap().1
+    }
+
+    #[test]
+    fn longer_prefix_inherits_the_rules_of_the_shorter() {
+        let compiled = compile(&[
+            rule("10.0.0.0/8", Some((443, 443)), Protocol::Tcp),
+            rule("10.1.0.0/16", Some((80, 80)), Protocol::Tcp),
+        ])
+        .unwrap();
+        let inner = value_of(&compiled, "10.1.0.0/16");
+        assert!(inner.permits(443, PROTO_TCP), "inherited from 10.0.0.0/8");
+        assert!(inner.permits(80, PROTO_TCP));
+        assert!(!inner.permits(80, PROTO_UDP));
+        let outer = value_of(&compiled, "10.0.0.0/8");
+        assert!(outer.permits(443, PROTO_TCP));
+        assert!(!outer.permits(80, PROTO_TCP), "not pushed up");
+    }
+
+    #[test]
+    fn no_ports_means_every_port_and_protocol() {
+        let compiled = compile(&[rule("127.0.0.1/32", None, Protocol::Any)]).unwrap();
+        let value = value_of(&compiled, "127.0.0.1/32");
+        assert!(value.permits(1, PROTO_TCP));
+        assert!(value.permits(65535, PROTO_UDP));
+    }
+
+    #[test]
+    fn too_many_rules_on_one_prefix_is_an_error() {
+        let rules: Vec<_> = (1..=9)
+            .map(|p| rule("10.0.0.0/8", Some((p, p)), Protocol::Tcp))
+            .collect();
+        let error = compile(&rules).unwrap_err();
+        assert_eq!(
+            error,
+            RulesError::TooManyPortRules {
+                net: "10.0.0.0/8".into(),
+                count: 9
+            }
+        );
+    }
+}

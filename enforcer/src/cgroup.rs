@@ -1,0 +1,186 @@
+//! The cgroup v2 hierarchy: where it is mounted, and child cgroups that clean up after
+//! themselves.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum CgroupError {
+    #[error("no cgroup2 file system is mounted (looked in /proc/self/mountinfo); mount one with `mount -t cgroup2 none /sys/fs/cgroup`")]
+    NotMounted,
+    #[error("cannot read /proc/self/mountinfo: {0}")]
+    MountInfo(#[source] io::Error),
+    #[error("cgroup {path}: {action}: {source}")]
+    Io {
+        path: PathBuf,
+        action: &'static str,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// The mount point of the cgroup2 hierarchy (e.g. `/sys/fs/cgroup`, or
+/// `/sys/fs/cgroup/unified` on hybrid hosts), read from `/proc/self/mountinfo`.
+pub fn cgroup2_mount() -> Result<PathBuf, CgroupError> {
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo").map_err(CgroupError::MountInfo)?;
+    find_cgroup2_mount(&mountinfo).ok_or(CgroupError::NotMounted)
+}
+
+/// Parses mountinfo text: `ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTS [OPTIONAL…] - FSTYPE SRC OPTS`.
+fn find_cgroup2_mount(mountinfo: &str) -> Option<PathBuf> {
+    mountinfo.lines().find_map(|line| {
+        let (before, after) = line.split_once(" - ")?;
+        if after.split_whitespace().next()? != "cgroup2" {
+            return None;
+        }
+        before.split_whitespace().nth(4).map(unescape_octal).map(PathBuf::from)
+    })
+}
+
+/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
+fn unescape_octal(field: &str) -> String {
+    let mut out = String::with_capacity(field.len());
+    let mut rest = field;
+    while let Some(pos) = rest.find('\\') {
+        out.push_str(&rest[..pos]);
+        let code = rest.get(pos + 1..pos + 4).and_then(|o| u8::from_str_radix(o, 8).ok());
+        if let Some(byte) = code {
+            out.push(char::from(byte));
+            rest = &rest[pos + 4..];
+        } else {
+            out.push('\\');
+            rest = &rest[pos + 1..];
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// A cgroup this process created. Dropping it kills whatever still runs inside and removes it.
+#[derive(Debug)]
+pub struct Cgroup {
+    path: PathBuf,
+}
+
+impl Cgroup {
+    /// Creates `parent/name`; fails if it already exists, so two users never share one.
+    pub fn create(parent: &Path, name: &str) -> Result<Self, CgroupError> {
+        let path = parent.join(name);
+        fs::create_dir(&path).map_err(|source| CgroupError::Io {
+            path: path.clone(),
+            action: "create",
+            source,
+        })?;
+        Ok(Self { path })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Opens the cgroup directory, as BPF attach calls want it.
+    pub fn open(&self) -> Result<fs::File, CgroupError> {
+        fs::File::open(&self.path).map_err(|source| self.io_error("open", source))
+    }
+
+    /// Moves process `pid` into this cgroup.
+    pub fn add_process(&self, pid: u32) -> Result<(), CgroupError> {
+        fs::write(self.path.join("cgroup.procs"), pid.to_string())
+            .map_err(|source| self.io_error("add process", source))
+    }
+
+    /// PIDs currently in this cgroup (not in its children).
+    pub fn processes(&self) -> Result<Vec<u32>, CgroupError> {
+        let procs = fs::read_to_string(self.path.join("cgroup.procs"))
+            .map_err(|source| self.io_error("list processes", source))?;
+        Ok(procs.lines().filter_map(|l| l.trim().parse().ok()).collect())
+    }
+
+    /// Kills every process in the cgroup and its descendants (`cgroup.kill`, kernel 5.14+;
+    /// older kernels get SIGKILL sent to each listed process).
+    pub fn kill_all(&self) -> Result<(), CgroupError> {
+        let kill_file = self.path.join("cgroup.kill");
+        if kill_file.exists() {
+            return fs::write(kill_file, "1").map_err(|source| self.io_error("kill", source));
+        }
+        for pid in self.processes()? {
+            let pid = nix::unistd::Pid::from_raw(pid.cast_signed());
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        }
+        Ok(())
+    }
+
+    /// Kills what runs inside, waits for the cgroup to empty, and removes it.
+    pub fn remove(self) -> Result<(), CgroupError> {
+        let result = self.remove_now();
+        std::mem::forget(self);
+        result
+    }
+
+    fn remove_now(&self) -> Result<(), CgroupError> {
+        self.kill_all()?;
+        // Killed processes leave the cgroup asynchronously; rmdir says EBUSY until they have.
+        let mut last_error = None;
+        for _ in 0..200 {
+            match fs::remove_dir(&self.path) {
+                Ok(()) => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+                Err(e) => last_error = Some(e),
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        Err(self.io_error("remove", last_error.expect("the loop ran")))
+    }
+
+    fn io_error(&self, action: &'static str, source: io::Error) -> CgroupError {
+        CgroupError::Io {
+            path: self.path.clone(),
+            action,
+            source,
+        }
+    }
+}
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        if let Err(e) = self.remove_now() {
+            tracing::warn!("{e}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_cgroup2_in_hybrid_layout() {
+        let mountinfo = "\
+25 30 0:23 / /sys rw,nosuid - sysfs sysfs rw
+31 25 0:26 / /sys/fs/cgroup ro,nosuid shared:9 - tmpfs tmpfs ro,mode=755
+32 31 0:27 / /sys/fs/cgroup/unified rw,nosuid shared:10 - cgroup2 cgroup2 rw,nsdelegate
+33 31 0:28 / /sys/fs/cgroup/cpu rw shared:11 - cgroup cgroup rw,cpu
+";
+        assert_eq!(
+            find_cgroup2_mount(mountinfo),
+            Some(PathBuf::from("/sys/fs/cgroup/unified"))
+        );
+    }
+
+    #[test]
+    fn unescapes_spaces_in_mount_points() {
+        let mountinfo = "40 1 0:30 / /mnt/my\\040cgroup rw - cgroup2 none rw\n";
+        assert_eq!(
+            find_cgroup2_mount(mountinfo),
+            Some(PathBuf::from("/mnt/my cgroup"))
+        );
+    }
+
+    #[test]
+    fn no_cgroup2_is_none() {
+        assert_eq!(find_cgroup2_mount("25 30 0:23 / /sys rw - sysfs sysfs rw\n"), None);
+    }
+}

@@ -1,0 +1,96 @@
+//! What the running kernel offers that isolate's layers need, for `isolate check --kernel`.
+
+use std::fs;
+use std::path::Path;
+
+/// One line of the kernel report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Feature {
+    pub name: &'static str,
+    pub available: bool,
+    pub detail: String,
+}
+
+/// Probes the features isolate depends on, without changing anything.
+pub fn report() -> Vec<Feature> {
+    let release = nix::sys::utsname::uname()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let cgroup2 = crate::cgroup::cgroup2_mount();
+    let lsm = fs::read_to_string("/sys/kernel/security/lsm").ok();
+    let landlock_abi = landlock_abi();
+    vec![
+        Feature {
+            name: "kernel",
+            available: true,
+            detail: release,
+        },
+        Feature {
+            name: "cgroup2",
+            available: cgroup2.is_ok(),
+            detail: match &cgroup2 {
+                Ok(path) => format!("mounted at {}", path.display()),
+                Err(e) => e.to_string(),
+            },
+        },
+        Feature {
+            name: "btf",
+            available: Path::new("/sys/kernel/btf/vmlinux").exists(),
+            detail: "/sys/kernel/btf/vmlinux".into(),
+        },
+        Feature {
+            name: "bpffs",
+            available: is_mounted("bpf"),
+            detail: "isolate mounts it at /sys/fs/bpf when missing".into(),
+        },
+        Feature {
+            name: "landlock",
+            available: landlock_abi.is_some(),
+            detail: landlock_abi.map_or_else(
+                || "not enabled (add landlock to the lsm= kernel parameter)".into(),
+                |abi| format!("ABI {abi}"),
+            ),
+        },
+        Feature {
+            name: "lsm list",
+            available: lsm.is_some(),
+            detail: lsm.map_or_else(
+                || "securityfs not mounted: cannot read /sys/kernel/security/lsm".into(),
+                |l| l.trim().to_owned(),
+            ),
+        },
+        Feature {
+            name: "nf_tables",
+            available: Path::new("/proc/net/netfilter").exists() || is_module_loaded("nf_tables"),
+            detail: "needed by the nftables layer (the `nft` binary must be installed)".into(),
+        },
+    ]
+}
+
+fn is_mounted(fstype: &str) -> bool {
+    fs::read_to_string("/proc/self/mounts").is_ok_and(|mounts| {
+        mounts
+            .lines()
+            .any(|line| line.split_whitespace().nth(2) == Some(fstype))
+    })
+}
+
+fn is_module_loaded(module: &str) -> bool {
+    fs::read_to_string("/proc/modules")
+        .is_ok_and(|m| m.lines().any(|l| l.split_whitespace().next() == Some(module)))
+}
+
+/// The Landlock ABI version, from `landlock_create_ruleset(NULL, 0, LANDLOCK_CREATE_RULESET_VERSION)`.
+pub fn landlock_abi() -> Option<u32> {
+    const LANDLOCK_CREATE_RULESET_VERSION: libc::c_uint = 1;
+    // SAFETY: with a null attribute pointer and the VERSION flag the call only returns a number.
+    let abi = unsafe {
+        libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            std::ptr::null::<libc::c_void>(),
+            0usize,
+            LANDLOCK_CREATE_RULESET_VERSION,
+        )
+    };
+    u32::try_from(abi).ok().filter(|&abi| abi > 0)
+}

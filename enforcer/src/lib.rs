@@ -1,0 +1,8 @@
+//! isolate's enforcer: confines a Linux service instance so that it reaches only the network
+//! destinations and files its policy allows. Each layer (`bpf`, and later `nft`, `landlock`)
+//! builds from a validated policy, applies, inspects and removes; the supervisor and the daemon
+//! only compose layers.
+
+pub mod bpf;
+pub mod cgroup;
+pub mod kernel;

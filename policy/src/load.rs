@@ -1,0 +1,148 @@
+//! Reading policy files and directories, and the checks that span files:
+//! instance names and named users must be unique.
+
+use std::collections::HashMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use crate::error::{Errors, PolicyError, Pos, at};
+use crate::model::{Policy, UserSpec};
+use crate::validate::{self, Parsed};
+
+/// Read and validate one policy file. Its `name` may differ from the file
+/// name (an explicitly named file is not part of a directory of instances).
+pub fn load_file(path: &Path) -> Result<Policy, Errors> {
+    let mut loader = Loader::default();
+    loader.file(path, false);
+    loader.finish().map(|mut policies| policies.remove(0))
+}
+
+/// Read and validate every `*.toml` file of `dir` (sorted by name; other
+/// files, and names starting with `.`, are ignored). Each file's `name`, if
+/// set, must equal its file stem; names and named users must be unique.
+pub fn load_dir(dir: &Path) -> Result<Vec<Policy>, Errors> {
+    let mut loader = Loader::default();
+    loader.dir(dir);
+    loader.finish()
+}
+
+/// Like [`load_dir`] for each directory in `paths`, and [`load_file`] for
+/// each file, with the uniqueness checks across all of them.
+pub fn load_paths(paths: &[PathBuf]) -> Result<Vec<Policy>, Errors> {
+    let mut loader = Loader::default();
+    for path in paths {
+        if path.is_dir() {
+            loader.dir(path);
+        } else {
+            loader.file(path, false);
+        }
+    }
+    loader.finish()
+}
+
+#[derive(Default)]
+struct Loader {
+    parsed: Vec<Parsed>,
+    errors: Vec<PolicyError>,
+}
+
+impl Loader {
+    fn dir(&mut self, dir: &Path) {
+        match policy_files(dir) {
+            Ok(files) => {
+                for file in files {
+                    self.file(&file, true);
+                }
+            }
+            Err(e) => self
+                .errors
+                .push(io_error(dir, "cannot list the directory", &e)),
+        }
+    }
+
+    fn file(&mut self, path: &Path, stem_must_match: bool) {
+        match fs::read_to_string(path) {
+            Ok(text) => match validate::parse(&text, path, stem_must_match) {
+                Ok(parsed) => self.parsed.push(parsed),
+                Err(errors) => self.errors.extend(errors),
+            },
+            Err(e) => self.errors.push(io_error(path, "cannot read the file", &e)),
+        }
+    }
+
+    fn finish(mut self) -> Result<Vec<Policy>, Errors> {
+        self.check_unique();
+        if self.errors.is_empty() {
+            Ok(self.parsed.into_iter().map(|p| p.policy).collect())
+        } else {
+            Err(Errors(self.errors))
+        }
+    }
+
+    /// Two instances with one name would share nftables tables and pins; two
+    /// with one user would share every UID-keyed rule. The error goes to the
+    /// later file and names the earlier one. Dynamic users never conflict.
+    fn check_unique(&mut self) {
+        let mut names: HashMap<&str, &Parsed> = HashMap::new();
+        let mut users: HashMap<&str, &Parsed> = HashMap::new();
+        for parsed in &self.parsed {
+            let policy = &parsed.policy;
+            if let Some(first) = names.insert(&policy.name, parsed) {
+                let message = format!(
+                    "instance name `{}` is also used by {}",
+                    policy.name,
+                    first.policy.source.display()
+                );
+                let help = "give each instance its own name (and file name)".to_owned();
+                self.errors
+                    .push(error(parsed, parsed.name_at, "name", message, help));
+                names.insert(&policy.name, first);
+            }
+            if let UserSpec::Named(user) = &policy.user
+                && let Some(first) = users.insert(user, parsed)
+            {
+                let message = format!(
+                    "user `{user}` is also used by instance `{}` ({})",
+                    first.policy.name,
+                    first.policy.source.display()
+                );
+                let help = "give each instance its own user, or use user = \"dynamic\"".to_owned();
+                self.errors
+                    .push(error(parsed, parsed.user_at, "user", message, help));
+                users.insert(user, first);
+            }
+        }
+    }
+}
+
+fn error(parsed: &Parsed, pos: Pos, field: &str, message: String, help: String) -> PolicyError {
+    at(&parsed.policy.source, pos, field, message, Some(help))
+}
+
+/// The `*.toml` files of `dir`, sorted.
+fn policy_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let path = entry?.path();
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let is_policy = path.extension().is_some_and(|ext| ext == "toml") && !name.starts_with('.');
+        if is_policy && path.is_file() {
+            files.push(path);
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+fn io_error(path: &Path, what: &str, error: &std::io::Error) -> PolicyError {
+    at(
+        path,
+        Pos { line: 0, col: 0 },
+        "file",
+        format!("{what}: {error}"),
+        None,
+    )
+}

@@ -1,0 +1,420 @@
+//! From the file as written ([`crate::raw`]) to a checked, normalised
+//! [`Policy`], collecting every problem rather than stopping at the first.
+
+use std::net::IpAddr;
+use std::ops::Range;
+use std::path::{Component, Path, PathBuf};
+
+use toml::Spanned;
+
+use crate::allow::{self, Entry, Net, Problem, Target};
+use crate::error::{Doc, PolicyError, Pos};
+use crate::locate;
+use crate::model::{
+    DnsSetting, Filesystem, HostRule, LandlockSettings, LogSettings, NetRule, Network, Policy,
+    Rate, RateUnit, UserSpec,
+};
+use crate::raw::{
+    RawAllow, RawAllowTable, RawDns, RawFilesystem, RawLandlock, RawNetwork, RawPolicy, RawPorts,
+};
+
+/// A valid policy and where its `name` and `user` were written, for the
+/// cross-file checks of [`crate::load`].
+#[derive(Debug)]
+pub(crate) struct Parsed {
+    pub policy: Policy,
+    pub name_at: Pos,
+    pub user_at: Pos,
+}
+
+/// Parse and validate one file's text. With `stem_must_match`, an explicit
+/// `name` must equal the file stem (policy directories are keyed by file name).
+pub(crate) fn parse(
+    text: &str,
+    source: &Path,
+    stem_must_match: bool,
+) -> Result<Parsed, Vec<PolicyError>> {
+    let doc = Doc { text, path: source };
+    let raw: RawPolicy = toml::from_str(text).map_err(|e| vec![locate::toml_error(doc, &e)])?;
+    let mut v = Validator {
+        doc,
+        errors: Vec::new(),
+    };
+    let (name, name_at) = v.name(raw.name.as_ref(), stem_must_match);
+    let user = v.user(&raw.user);
+    let directory = raw.directory.as_ref().and_then(|d| v.path(d, "directory"));
+    let network = v.network(&raw.network);
+    let filesystem = v.filesystem(&raw.filesystem);
+    let landlock = v.landlock(&raw.landlock);
+    if !v.errors.is_empty() {
+        // Checks run field by field; report in the order of the file.
+        v.errors.sort_by_key(|e| (e.line, e.col));
+        return Err(v.errors);
+    }
+    let mut policy = Policy {
+        name,
+        user,
+        directory,
+        network,
+        filesystem,
+        landlock,
+        source: source.to_path_buf(),
+    };
+    policy.normalise();
+    Ok(Parsed {
+        policy,
+        name_at,
+        user_at: doc.pos(raw.user.span().start),
+    })
+}
+
+/// Whether `name` is a valid instance name: `[a-z0-9][a-z0-9_-]{0,31}`.
+pub(crate) fn is_valid_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && name.len() <= 32
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
+}
+
+/// Whether `user` is a valid Linux user name: `[a-z_][a-z0-9_-]{0,31}`,
+/// optionally followed by `$`.
+fn is_valid_user(user: &str) -> bool {
+    let body = user.strip_suffix('$').unwrap_or(user);
+    let mut chars = body.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && body.len() <= 32
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
+}
+
+const NAME_HELP: &str = "instance names are 1 to 32 characters of a-z, 0-9, `_` and `-`, \
+     starting with a letter or digit";
+
+struct Validator<'a> {
+    doc: Doc<'a>,
+    errors: Vec<PolicyError>,
+}
+
+impl Validator<'_> {
+    fn error(&mut self, span: &Range<usize>, field: &str, message: String, help: Option<String>) {
+        self.errors.push(self.doc.error(span, field, message, help));
+    }
+
+    fn problem(&mut self, span: &Range<usize>, field: &str, problem: Problem) {
+        self.error(span, field, problem.message, problem.help);
+    }
+
+    fn name(&mut self, name: Option<&Spanned<String>>, stem_must_match: bool) -> (String, Pos) {
+        let stem = self
+            .doc
+            .path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned());
+        let Some(name) = name else {
+            // No `name`: the file stem is the name, so it must be a valid one.
+            let at = Pos { line: 1, col: 1 };
+            let stem = stem.unwrap_or_default();
+            if !is_valid_name(&stem) {
+                let message = format!(
+                    "no `name` is set and the file name `{stem}` is not a valid instance name"
+                );
+                let help = format!("rename the file or set `name = \"...\"`; {NAME_HELP}");
+                self.errors
+                    .push(self.doc.error_at(at, "name", message, Some(help)));
+            }
+            return (stem, at);
+        };
+        let span = name.span();
+        let name = name.get_ref();
+        if !is_valid_name(name) {
+            let message = format!("`{name}` is not a valid instance name");
+            self.error(&span, "name", message, Some(NAME_HELP.into()));
+        } else if let Some(stem) = stem.filter(|stem| stem_must_match && stem != name) {
+            let message = format!("name `{name}` differs from the file name `{stem}.toml`");
+            let help = format!("rename the file to `{name}.toml`, or remove the `name` line");
+            self.error(&span, "name", message, Some(help));
+        }
+        (name.clone(), self.doc.pos(span.start))
+    }
+
+    fn user(&mut self, user: &Spanned<String>) -> UserSpec {
+        let name = user.get_ref();
+        if name == "dynamic" {
+            return UserSpec::Dynamic;
+        }
+        if name == "root" {
+            let message = "the instance must not run as root".to_owned();
+            let help = "use a dedicated user, or \"dynamic\"".to_owned();
+            self.error(&user.span(), "user", message, Some(help));
+        } else if !is_valid_user(name) {
+            let message = format!("`{name}` is not a valid user name");
+            let help = "user names are a-z, 0-9, `_` and `-` (up to 32, not starting with a \
+                        digit or `-`), or \"dynamic\" to allocate one"
+                .to_owned();
+            self.error(&user.span(), "user", message, Some(help));
+        }
+        UserSpec::Named(name.clone())
+    }
+
+    /// A filesystem path: absolute, or `~`-relative; no `..`.
+    fn path(&mut self, path: &Spanned<String>, field: &str) -> Option<PathBuf> {
+        let text = path.get_ref();
+        let home_relative = text == "~" || text.starts_with("~/");
+        let problem = if text.is_empty() {
+            Some(("the path is empty".to_owned(), None))
+        } else if text.contains('\0') {
+            Some(("the path contains a NUL character".to_owned(), None))
+        } else if text.starts_with('~') && !home_relative {
+            let message = format!("`{text}`: only the instance user's home (`~/`) can be named");
+            Some((message, Some("write ~/... or an absolute path".to_owned())))
+        } else if !text.starts_with('/') && !home_relative {
+            let message = format!("`{text}` is a relative path");
+            let help = format!(
+                "write an absolute path (/{text}) or one in the instance user's home (~/{text})"
+            );
+            Some((message, Some(help)))
+        } else if Path::new(text)
+            .components()
+            .any(|c| c == Component::ParentDir)
+        {
+            let message = format!("`{text}` contains a `..` component");
+            Some((message, Some("write the path without `..`".to_owned())))
+        } else {
+            None
+        };
+        if let Some((message, help)) = problem {
+            self.error(&path.span(), field, message, help);
+            return None;
+        }
+        // Drops `.` components and trailing slashes, so duplicates compare equal.
+        Some(Path::new(text).components().collect())
+    }
+
+    fn paths(&mut self, paths: &[Spanned<String>], field: &str) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        for (i, path) in paths.iter().enumerate() {
+            out.extend(self.path(path, &format!("{field}[{i}]")));
+        }
+        out
+    }
+
+    fn network(&mut self, raw: &RawNetwork) -> Network {
+        let mut network = Network::default();
+        for (i, item) in raw.allow.iter().enumerate() {
+            let field = format!("network.allow[{i}]");
+            let entry = match item.get_ref() {
+                RawAllow::Text(text) => allow::parse_entry(text)
+                    .map_err(|problem| self.problem(&item.span(), &field, problem))
+                    .ok(),
+                RawAllow::Table(table) => self.allow_table(table, &item.span(), &field),
+            };
+            let Some(Entry {
+                target,
+                ports,
+                protocol,
+            }) = entry
+            else {
+                continue;
+            };
+            match target {
+                Target::V4(net) => network.allow_v4.push(NetRule {
+                    net,
+                    ports,
+                    protocol,
+                }),
+                Target::V6(net) => network.allow_v6.push(NetRule {
+                    net,
+                    ports,
+                    protocol,
+                }),
+                Target::Host(pattern) => network.hosts.push(HostRule {
+                    pattern,
+                    ports,
+                    protocol,
+                }),
+            }
+        }
+        if let Some(dns) = &raw.dns {
+            network.dns = self.dns(dns);
+        }
+        if let Some(rate) = raw.log.as_ref().and_then(|log| log.rate.as_ref()) {
+            network.log = LogSettings {
+                rate: self.rate(rate),
+            };
+        }
+        for (i, socket) in raw.unix_sockets.iter().enumerate() {
+            network
+                .unix_sockets
+                .extend(self.unix_socket(socket, &format!("network.unix_sockets[{i}]")));
+        }
+        network
+    }
+
+    fn allow_table(
+        &mut self,
+        table: &RawAllowTable,
+        span: &Range<usize>,
+        field: &str,
+    ) -> Option<Entry> {
+        let target = match (&table.cidr, &table.host) {
+            (Some(cidr), None) => match allow::parse_net(cidr.get_ref()) {
+                Ok(Net::V4(net)) => Some(Target::V4(net)),
+                Ok(Net::V6(net)) => Some(Target::V6(net)),
+                Err(problem) => {
+                    self.problem(&cidr.span(), &format!("{field}.cidr"), problem);
+                    None
+                }
+            },
+            (None, Some(host)) => allow::parse_host(host.get_ref())
+                .map(Target::Host)
+                .map_err(|problem| self.problem(&host.span(), &format!("{field}.host"), problem))
+                .ok(),
+            (Some(_), Some(host)) => {
+                let message = "an entry has either `cidr` or `host`, not both".to_owned();
+                let help = "split it into two entries".to_owned();
+                self.error(&host.span(), &format!("{field}.host"), message, Some(help));
+                None
+            }
+            (None, None) => {
+                let message = "the entry has neither `cidr` nor `host`".to_owned();
+                let help = "add cidr = \"10.0.0.0/8\" or host = \"api.example.com\"".to_owned();
+                self.error(span, field, message, Some(help));
+                None
+            }
+        };
+        let ports = match &table.ports {
+            None => Ok(None),
+            Some(ports) => match ports.get_ref() {
+                RawPorts::Number(n) => allow::port_number(*n),
+                RawPorts::Text(text) => allow::parse_ports(text),
+            }
+            .map(Some)
+            .map_err(|problem| self.problem(&ports.span(), &format!("{field}.ports"), problem)),
+        };
+        let protocol = match &table.protocol {
+            None => Ok(crate::model::Protocol::Any),
+            Some(protocol) => allow::parse_protocol(protocol.get_ref()).map_err(|problem| {
+                self.problem(&protocol.span(), &format!("{field}.protocol"), problem);
+            }),
+        };
+        Some(Entry {
+            target: target?,
+            ports: ports.ok()?,
+            protocol: protocol.ok()?,
+        })
+    }
+
+    fn dns(&mut self, dns: &Spanned<RawDns>) -> DnsSetting {
+        match dns.get_ref() {
+            RawDns::Word(word) if word == "system" => DnsSetting::System,
+            RawDns::Word(word) if word == "none" => DnsSetting::None,
+            RawDns::Word(word) => {
+                let message = format!("unknown dns setting `{word}`");
+                let help = "use \"system\", \"none\" or a list of resolver addresses such as \
+                            [\"10.0.0.53\"]"
+                    .to_owned();
+                self.error(&dns.span(), "network.dns", message, Some(help));
+                DnsSetting::System
+            }
+            RawDns::Servers(servers) if servers.is_empty() => {
+                let message = "the resolver list is empty".to_owned();
+                let help = "use dns = \"none\" to allow no resolver".to_owned();
+                self.error(&dns.span(), "network.dns", message, Some(help));
+                DnsSetting::None
+            }
+            RawDns::Servers(servers) => {
+                let mut out = Vec::new();
+                for (i, server) in servers.iter().enumerate() {
+                    if let Ok(addr) = server.get_ref().parse::<IpAddr>() {
+                        // An IPv4-mapped address is the IPv4 resolver.
+                        out.push(addr.to_canonical());
+                    } else {
+                        let message = format!("`{}` is not an IP address", server.get_ref());
+                        let help = "resolvers are given by address (a name could not be \
+                                    looked up without one)"
+                            .to_owned();
+                        self.error(
+                            &server.span(),
+                            &format!("network.dns[{i}]"),
+                            message,
+                            Some(help),
+                        );
+                    }
+                }
+                DnsSetting::Servers(out)
+            }
+        }
+    }
+
+    fn rate(&mut self, rate: &Spanned<String>) -> Rate {
+        let text = rate.get_ref();
+        let help = "write COUNT/second, COUNT/minute or COUNT/hour with COUNT at least 1, \
+                    e.g. \"10/second\"";
+        let parsed = text.split_once('/').and_then(|(count, unit)| {
+            let per = match unit {
+                "second" => RateUnit::Second,
+                "minute" => RateUnit::Minute,
+                "hour" => RateUnit::Hour,
+                _ => return None,
+            };
+            let count = count.parse::<u32>().ok().filter(|&c| c >= 1)?;
+            Some(Rate { count, per })
+        });
+        parsed.unwrap_or_else(|| {
+            let message = format!("`{text}` is not a rate");
+            self.error(&rate.span(), "network.log.rate", message, Some(help.into()));
+            Rate::default()
+        })
+    }
+
+    /// A pathname unix socket: absolute (the kernel compares `sun_path` as
+    /// given) and short enough for `sun_path`.
+    fn unix_socket(&mut self, socket: &Spanned<String>, field: &str) -> Option<PathBuf> {
+        let text = socket.get_ref();
+        let problem = if !text.starts_with('/') {
+            let message = format!("`{text}` is not an absolute path");
+            let help = "write the socket's absolute path, e.g. \"/run/postgresql/.s.PGSQL.5432\"";
+            Some((message, help))
+        } else if text.len() > 107 || text.contains('\0') {
+            let message = format!("`{text}` cannot be a unix socket path");
+            Some((message, "socket paths are at most 107 bytes, without NUL"))
+        } else if Path::new(text)
+            .components()
+            .any(|c| c == Component::ParentDir)
+        {
+            let message = format!("`{text}` contains a `..` component");
+            Some((message, "write the path without `..`"))
+        } else {
+            None
+        };
+        if let Some((message, help)) = problem {
+            self.error(&socket.span(), field, message, Some(help.to_owned()));
+            return None;
+        }
+        Some(Path::new(text).components().collect())
+    }
+
+    fn filesystem(&mut self, raw: &RawFilesystem) -> Filesystem {
+        Filesystem {
+            read_only: self.paths(&raw.read_only, "filesystem.read_only"),
+            read_write: self.paths(&raw.read_write, "filesystem.read_write"),
+            exec: self.paths(&raw.exec, "filesystem.exec"),
+        }
+    }
+
+    fn landlock(&mut self, raw: &RawLandlock) -> LandlockSettings {
+        let Some(abi) = &raw.minimum_abi else {
+            return LandlockSettings::default();
+        };
+        if let Ok(minimum_abi @ 1..=7) = u8::try_from(*abi.get_ref()) {
+            return LandlockSettings { minimum_abi };
+        }
+        let message = format!("minimum_abi {} is out of range", abi.get_ref());
+        let help = "Landlock ABI versions run from 1 to 7".to_owned();
+        self.error(&abi.span(), "landlock.minimum_abi", message, Some(help));
+        LandlockSettings::default()
+    }
+}

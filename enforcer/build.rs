@@ -1,5 +1,5 @@
 //! Builds the eBPF programs (`ebpf/programs`) for bpfel-unknown-none with nightly and puts the
-//! object in OUT_DIR, where `src/bpf` embeds it with `include_bytes_aligned!`.
+//! object in `OUT_DIR`, where `src/bpf` embeds it with `include_bytes_aligned!`.
 
 use anyhow::{Context as _, anyhow};
 use aya_build::{Package, Toolchain};

@@ -9,7 +9,9 @@ use thiserror::Error;
 
 #[derive(Debug, Error)]
 pub enum CgroupError {
-    #[error("no cgroup2 file system is mounted (looked in /proc/self/mountinfo); mount one with `mount -t cgroup2 none /sys/fs/cgroup`")]
+    #[error(
+        "no cgroup2 file system is mounted (looked in /proc/self/mountinfo); mount one with `mount -t cgroup2 none /sys/fs/cgroup`"
+    )]
     NotMounted,
     #[error("cannot read /proc/self/mountinfo: {0}")]
     MountInfo(#[source] io::Error),
@@ -36,7 +38,11 @@ fn find_cgroup2_mount(mountinfo: &str) -> Option<PathBuf> {
         if after.split_whitespace().next()? != "cgroup2" {
             return None;
         }
-        before.split_whitespace().nth(4).map(unescape_octal).map(PathBuf::from)
+        before
+            .split_whitespace()
+            .nth(4)
+            .map(unescape_octal)
+            .map(PathBuf::from)
     })
 }
 
@@ -46,7 +52,9 @@ fn unescape_octal(field: &str) -> String {
     let mut rest = field;
     while let Some(pos) = rest.find('\\') {
         out.push_str(&rest[..pos]);
-        let code = rest.get(pos + 1..pos + 4).and_then(|o| u8::from_str_radix(o, 8).ok());
+        let code = rest
+            .get(pos + 1..pos + 4)
+            .and_then(|o| u8::from_str_radix(o, 8).ok());
         if let Some(byte) = code {
             out.push(char::from(byte));
             rest = &rest[pos + 4..];
@@ -96,7 +104,10 @@ impl Cgroup {
     pub fn processes(&self) -> Result<Vec<u32>, CgroupError> {
         let procs = fs::read_to_string(self.path.join("cgroup.procs"))
             .map_err(|source| self.io_error("list processes", source))?;
-        Ok(procs.lines().filter_map(|l| l.trim().parse().ok()).collect())
+        Ok(procs
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect())
     }
 
     /// Kills every process in the cgroup and its descendants (`cgroup.kill`, kernel 5.14+;
@@ -181,6 +192,9 @@ mod tests {
 
     #[test]
     fn no_cgroup2_is_none() {
-        assert_eq!(find_cgroup2_mount("25 30 0:23 / /sys rw - sysfs sysfs rw\n"), None);
+        assert_eq!(
+            find_cgroup2_mount("25 30 0:23 / /sys rw - sysfs sysfs rw\n"),
+            None
+        );
     }
 }

@@ -7,8 +7,26 @@ use std::path::Path;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Feature {
     pub name: &'static str,
-    pub available: bool,
+    pub status: Status,
     pub detail: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Available,
+    Missing,
+    /// Could not be determined from here (e.g. securityfs is not mounted).
+    Unknown,
+}
+
+impl From<bool> for Status {
+    fn from(available: bool) -> Self {
+        if available {
+            Status::Available
+        } else {
+            Status::Missing
+        }
+    }
 }
 
 /// Probes the features isolate depends on, without changing anything.
@@ -22,12 +40,12 @@ pub fn report() -> Vec<Feature> {
     vec![
         Feature {
             name: "kernel",
-            available: true,
+            status: Status::Available,
             detail: release,
         },
         Feature {
             name: "cgroup2",
-            available: cgroup2.is_ok(),
+            status: Status::from(cgroup2.is_ok()),
             detail: match &cgroup2 {
                 Ok(path) => format!("mounted at {}", path.display()),
                 Err(e) => e.to_string(),
@@ -35,17 +53,17 @@ pub fn report() -> Vec<Feature> {
         },
         Feature {
             name: "btf",
-            available: Path::new("/sys/kernel/btf/vmlinux").exists(),
+            status: Status::from(Path::new("/sys/kernel/btf/vmlinux").exists()),
             detail: "/sys/kernel/btf/vmlinux".into(),
         },
         Feature {
             name: "bpffs",
-            available: is_mounted("bpf"),
+            status: Status::from(is_mounted("bpf")),
             detail: "isolate mounts it at /sys/fs/bpf when missing".into(),
         },
         Feature {
             name: "landlock",
-            available: landlock_abi.is_some(),
+            status: Status::from(landlock_abi.is_some()),
             detail: landlock_abi.map_or_else(
                 || "not enabled (add landlock to the lsm= kernel parameter)".into(),
                 |abi| format!("ABI {abi}"),
@@ -53,7 +71,11 @@ pub fn report() -> Vec<Feature> {
         },
         Feature {
             name: "lsm list",
-            available: lsm.is_some(),
+            status: if lsm.is_some() {
+                Status::Available
+            } else {
+                Status::Unknown
+            },
             detail: lsm.map_or_else(
                 || "securityfs not mounted: cannot read /sys/kernel/security/lsm".into(),
                 |l| l.trim().to_owned(),
@@ -61,7 +83,9 @@ pub fn report() -> Vec<Feature> {
         },
         Feature {
             name: "nf_tables",
-            available: Path::new("/proc/net/netfilter").exists() || is_module_loaded("nf_tables"),
+            status: Status::from(
+                Path::new("/proc/net/netfilter").exists() || is_module_loaded("nf_tables"),
+            ),
             detail: "needed by the nftables layer (the `nft` binary must be installed)".into(),
         },
     ]
@@ -76,8 +100,10 @@ fn is_mounted(fstype: &str) -> bool {
 }
 
 fn is_module_loaded(module: &str) -> bool {
-    fs::read_to_string("/proc/modules")
-        .is_ok_and(|m| m.lines().any(|l| l.split_whitespace().next() == Some(module)))
+    fs::read_to_string("/proc/modules").is_ok_and(|m| {
+        m.lines()
+            .any(|l| l.split_whitespace().next() == Some(module))
+    })
 }
 
 /// The Landlock ABI version, from `landlock_create_ruleset(NULL, 0, LANDLOCK_CREATE_RULESET_VERSION)`.

@@ -2,6 +2,10 @@
 //! map names, map keys and values, and the block-event record. Everything is `#[repr(C)]`
 //! with explicit padding so both sides agree on the layout byte for byte.
 #![no_std]
+#![allow(
+    clippy::pub_underscore_fields,
+    reason = "explicit padding fields keep the kernel/user layout obvious"
+)]
 
 /// Names of the maps in the eBPF object, as user space looks them up.
 pub mod map_names {
@@ -20,6 +24,11 @@ pub mod map_names {
 /// Names of the programs in the eBPF object.
 pub mod program_names {
     pub const CONNECT4: &str = "isolate_connect4";
+    pub const CONNECT6: &str = "isolate_connect6";
+    pub const SENDMSG4: &str = "isolate_sendmsg4";
+    pub const SENDMSG6: &str = "isolate_sendmsg6";
+    /// Every cgroup `sock_addr` program, in attach order.
+    pub const SOCK_ADDR: [&str; 4] = [CONNECT4, CONNECT6, SENDMSG4, SENDMSG6];
 }
 
 /// Entries in each LPM trie (all instances together).
@@ -94,6 +103,10 @@ pub struct AllowValue {
 impl AllowValue {
     /// Whether `port` over `protocol` (a `PROTO_*` bit) is allowed.
     #[inline(always)]
+    #[allow(
+        clippy::inline_always,
+        reason = "eBPF programs must not call out for this"
+    )]
     pub fn permits(&self, port: u16, protocol: u8) -> bool {
         let mut i = 0;
         while i < MAX_PORT_RULES {

@@ -12,8 +12,9 @@ use aya_ebpf::{
     programs::SockAddrContext,
 };
 use isolate_ebpf_common::{
-    AllowValue, BlockEvent, CounterKey, FAMILY_V4, InstanceState, KEY_HEADER_BITS, LAYER_CONNECT,
-    MAX_ALLOW_ENTRIES, MAX_INSTANCES, PROTO_TCP, PROTO_UDP, V4Key,
+    AllowValue, BlockEvent, CounterKey, FAMILY_V4, FAMILY_V6, InstanceState, KEY_HEADER_BITS,
+    LAYER_CONNECT, LAYER_SENDMSG, MAX_ALLOW_ENTRIES, MAX_INSTANCES, PROTO_TCP, PROTO_UDP, V4Key,
+    V6Key,
 };
 
 /// Return values of a cgroup sock_addr program.
@@ -29,6 +30,9 @@ static INSTANCES: HashMap<u32, InstanceState> = HashMap::with_max_entries(MAX_IN
 #[map(name = "ALLOW_V4")]
 static ALLOW_V4: LpmTrie<V4Key, AllowValue> = LpmTrie::with_max_entries(MAX_ALLOW_ENTRIES, 0);
 
+#[map(name = "ALLOW_V6")]
+static ALLOW_V6: LpmTrie<V6Key, AllowValue> = LpmTrie::with_max_entries(MAX_ALLOW_ENTRIES, 0);
+
 /// User space creates every counter of an instance up front, so increments are never lost to a
 /// racing first insert on two CPUs.
 #[map(name = "BLOCKED")]
@@ -43,6 +47,22 @@ pub fn isolate_connect4(ctx: SockAddrContext) -> i32 {
     judge_v4(&ctx, LAYER_CONNECT)
 }
 
+#[cgroup_sock_addr(connect6)]
+pub fn isolate_connect6(ctx: SockAddrContext) -> i32 {
+    judge_v6(&ctx, LAYER_CONNECT)
+}
+
+/// Unconnected UDP: `sendto`/`sendmsg` with a destination address.
+#[cgroup_sock_addr(sendmsg4)]
+pub fn isolate_sendmsg4(ctx: SockAddrContext) -> i32 {
+    judge_v4(&ctx, LAYER_SENDMSG)
+}
+
+#[cgroup_sock_addr(sendmsg6)]
+pub fn isolate_sendmsg6(ctx: SockAddrContext) -> i32 {
+    judge_v6(&ctx, LAYER_SENDMSG)
+}
+
 /// The UID of the calling task, and its policy generation when the UID is confined.
 #[inline(always)]
 fn confined_caller() -> Option<(u32, u32)> {
@@ -52,26 +72,43 @@ fn confined_caller() -> Option<(u32, u32)> {
     Some((uid, state.generation))
 }
 
+/// The destination port (host order) and protocol bit of a sock_addr context.
+#[inline(always)]
+fn port_and_protocol(ctx: &SockAddrContext) -> (u16, u8) {
+    // SAFETY: the kernel hands every sock_addr program a valid context; fields are read one
+    // u32 at a time, as the verifier wants.
+    let (port, protocol) = unsafe {
+        let sa = ctx.sock_addr;
+        (
+            core::ptr::read_volatile(&raw const (*sa).user_port),
+            core::ptr::read_volatile(&raw const (*sa).protocol),
+        )
+    };
+    (u16::from_be(port as u16), protocol_bit(protocol))
+}
+
 #[inline(always)]
 fn judge_v4(ctx: &SockAddrContext, layer: u8) -> i32 {
     let Some((uid, generation)) = confined_caller() else {
         return VERDICT_ALLOW;
     };
-    // SAFETY: the kernel hands every sock_addr program a valid context; fields are read one
-    // u32 at a time, as the verifier wants.
-    let (ip, port, protocol) = unsafe {
-        let sa = ctx.sock_addr;
-        (
-            core::ptr::read_volatile(&raw const (*sa).user_ip4),
-            core::ptr::read_volatile(&raw const (*sa).user_port),
-            core::ptr::read_volatile(&raw const (*sa).protocol),
-        )
-    };
+    // SAFETY: as in port_and_protocol.
+    let ip = unsafe { core::ptr::read_volatile(&raw const (*ctx.sock_addr).user_ip4) };
+    let (port, proto) = port_and_protocol(ctx);
     // user_ip4 is in network byte order in memory: its native bytes are the address bytes.
-    let addr = ip.to_ne_bytes();
-    let port = u16::from_be(port as u16);
-    let proto = protocol_bit(protocol);
-    let key = Key::new(KEY_HEADER_BITS + 32, V4Key { uid, generation, addr });
+    judge_v4_addr(uid, generation, ip.to_ne_bytes(), port, proto, layer)
+}
+
+#[inline(always)]
+fn judge_v4_addr(uid: u32, generation: u32, addr: [u8; 4], port: u16, proto: u8, layer: u8) -> i32 {
+    let key = Key::new(
+        KEY_HEADER_BITS + 32,
+        V4Key {
+            uid,
+            generation,
+            addr,
+        },
+    );
     if let Some(allowed) = ALLOW_V4.get(&key)
         && allowed.permits(port, proto)
     {
@@ -80,6 +117,49 @@ fn judge_v4(ctx: &SockAddrContext, layer: u8) -> i32 {
     let mut dest = [0u8; 16];
     dest[..4].copy_from_slice(&addr);
     record_block(uid, FAMILY_V4, proto, layer, dest, port);
+    VERDICT_DENY
+}
+
+#[inline(always)]
+fn judge_v6(ctx: &SockAddrContext, layer: u8) -> i32 {
+    let Some((uid, generation)) = confined_caller() else {
+        return VERDICT_ALLOW;
+    };
+    // SAFETY: as in port_and_protocol.
+    let words = unsafe {
+        let sa = ctx.sock_addr;
+        [
+            core::ptr::read_volatile(&raw const (*sa).user_ip6[0]),
+            core::ptr::read_volatile(&raw const (*sa).user_ip6[1]),
+            core::ptr::read_volatile(&raw const (*sa).user_ip6[2]),
+            core::ptr::read_volatile(&raw const (*sa).user_ip6[3]),
+        ]
+    };
+    let (port, proto) = port_and_protocol(ctx);
+    // ::ffff:a.b.c.d reaches an IPv4 host: judge it by the IPv4 policy, so a v6 socket is no
+    // way around it.
+    if words[0] == 0 && words[1] == 0 && words[2] == 0x0000_ffff_u32.to_be() {
+        return judge_v4_addr(uid, generation, words[3].to_ne_bytes(), port, proto, layer);
+    }
+    let mut addr = [0u8; 16];
+    addr[0..4].copy_from_slice(&words[0].to_ne_bytes());
+    addr[4..8].copy_from_slice(&words[1].to_ne_bytes());
+    addr[8..12].copy_from_slice(&words[2].to_ne_bytes());
+    addr[12..16].copy_from_slice(&words[3].to_ne_bytes());
+    let key = Key::new(
+        KEY_HEADER_BITS + 128,
+        V6Key {
+            uid,
+            generation,
+            addr,
+        },
+    );
+    if let Some(allowed) = ALLOW_V6.get(&key)
+        && allowed.permits(port, proto)
+    {
+        return VERDICT_ALLOW;
+    }
+    record_block(uid, FAMILY_V6, proto, layer, addr, port);
     VERDICT_DENY
 }
 
@@ -96,7 +176,13 @@ fn protocol_bit(protocol: u32) -> u8 {
 /// loses the event, never the verdict or the count.
 #[inline(always)]
 fn record_block(uid: u32, family: u8, protocol: u8, layer: u8, addr: [u8; 16], port: u16) {
-    let counter = CounterKey { uid, family, protocol, layer, _pad: 0 };
+    let counter = CounterKey {
+        uid,
+        family,
+        protocol,
+        layer,
+        _pad: 0,
+    };
     if let Some(count) = BLOCKED.get_ptr_mut(&counter) {
         // SAFETY: a per-CPU slot, written only by this CPU.
         unsafe { *count += 1 };

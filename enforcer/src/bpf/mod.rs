@@ -1,28 +1,40 @@
-//! The eBPF egress layer: loads isolate's programs, attaches them to a cgroup, and keeps each
-//! confined UID's policy in the maps.
+//! The eBPF egress layer: isolate's cgroup programs, attached to a cgroup and pinned in bpffs
+//! so that enforcement outlives the process that applied it, and each confined UID's policy
+//! kept in the maps.
+//!
+//! Shape, as every layer: [`BpfLayer::attach`] (load, attach, pin — or adopt what is already
+//! pinned), [`BpfLayer::apply_instance`], inspection ([`BpfLayer::blocked_counts`],
+//! [`BpfLayer::instances`], [`BpfLayer::read_events`]) and [`BpfLayer::detach`].
 
+mod events;
+mod pin;
 mod rules;
 
 use std::collections::BTreeMap;
-use std::os::fd::AsFd;
+use std::io;
+use std::path::{Path, PathBuf};
 
 use aya::Ebpf;
 use aya::maps::lpm_trie::{Key, LpmTrie};
-use aya::maps::{HashMap, MapData, PerCpuHashMap, PerCpuValues};
+use aya::maps::{HashMap, Map, MapData, PerCpuHashMap, PerCpuValues, RingBuf};
+use aya::programs::links::FdLink;
 use aya::programs::{CgroupAttachMode, CgroupSockAddr};
+use ipnet::{Ipv4Net, Ipv6Net};
 use isolate_ebpf_common::{
-    AllowValue, CounterKey, FAMILY_V4, FAMILY_V6, InstanceState, KEY_HEADER_BITS, LAYER_CONNECT,
-    LAYER_SENDMSG, PROTO_TCP, PROTO_UDP, V4Key, map_names, program_names,
+    AllowValue, BlockEvent, CounterKey, FAMILY_V4, FAMILY_V6, InstanceState, KEY_HEADER_BITS,
+    LAYER_CONNECT, LAYER_SENDMSG, PROTO_TCP, PROTO_UDP, V4Key, V6Key, map_names, program_names,
 };
 use thiserror::Error;
 
-pub use rules::{CompiledRules, RulesError, compile};
-
-/// `bpf_map_update_elem` flag: fail if the key exists.
-const BPF_NOEXIST: u64 = 1;
+pub use events::{BlockedAttempt, layer_name, protocol_name};
+pub use pin::{BPFFS, PinDir, ensure_bpffs};
+pub use rules::{CompiledRules, RulesError, compile, compile_rules};
 
 /// The eBPF object built by `build.rs` from `ebpf/programs`.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/isolate"));
+
+/// `bpf_map_update_elem` flag: fail if the key exists.
+const BPF_NOEXIST: u64 = 1;
 
 #[derive(Debug, Error)]
 pub enum BpfError {
@@ -34,16 +46,34 @@ pub enum BpfError {
         #[source]
         source: Box<aya::programs::ProgramError>,
     },
+    #[error("eBPF link of {name}: {source}")]
+    Link {
+        name: &'static str,
+        #[source]
+        source: Box<aya::programs::links::LinkError>,
+    },
     #[error("eBPF map {name}: {source}")]
     Map {
         name: &'static str,
         #[source]
         source: Box<aya::maps::MapError>,
     },
+    #[error("{action} {path}: {source}")]
+    Pin {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("cannot size per-CPU counters: {0}")]
-    Cpus(#[source] std::io::Error),
-    #[error("eBPF object has no {kind} named {name} (the embedded object and this binary disagree)")]
-    Missing { kind: &'static str, name: &'static str },
+    Cpus(#[source] io::Error),
+    #[error(
+        "eBPF object has no {kind} named {name} (the embedded object and this binary disagree)"
+    )]
+    Missing {
+        kind: &'static str,
+        name: &'static str,
+    },
 }
 
 fn map_error(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> BpfError {
@@ -53,54 +83,135 @@ fn map_error(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> BpfError
     }
 }
 
-/// The loaded programs and maps. Dropping it detaches the programs (links are owned by it).
+fn pin_error(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> BpfError {
+    let path = path.to_path_buf();
+    move |source| BpfError::Pin {
+        action,
+        path,
+        source,
+    }
+}
+
+/// The layer's maps, whether this process loaded them or adopted their pins.
 pub struct BpfLayer {
-    ebpf: Ebpf,
+    pins: PinDir,
+    instances: HashMap<MapData, u32, InstanceState>,
+    allow_v4: LpmTrie<MapData, V4Key, AllowValue>,
+    allow_v6: LpmTrie<MapData, V6Key, AllowValue>,
+    counters: PerCpuHashMap<MapData, CounterKey, u64>,
+    events: Option<RingBuf<MapData>>,
 }
 
 impl BpfLayer {
-    /// Loads the embedded object and its programs into the kernel (nothing is attached yet).
-    pub fn load() -> Result<Self, BpfError> {
-        let mut ebpf = Ebpf::load(EBPF_OBJECT).map_err(|e| BpfError::Load(Box::new(e)))?;
-        for name in [program_names::CONNECT4] {
-            sock_addr_program(&mut ebpf, name)?
-                .load()
-                .map_err(|e| BpfError::Program {
-                    name,
-                    source: Box::new(e),
-                })?;
+    /// Loads the programs, attaches them to the cgroup at `cgroup`, and pins links and maps
+    /// in `pins`; when `pins` already holds an attachment, adopts it instead (no second load,
+    /// no gap in enforcement). Processes in the cgroup and its descendants are then judged;
+    /// those whose UID has no policy pass untouched.
+    pub fn attach(cgroup: &Path, pins: PinDir) -> Result<Self, BpfError> {
+        ensure_bpffs().map_err(pin_error("mount bpffs at", Path::new(BPFFS)))?;
+        if pins.exists() {
+            return Self::open(pins);
         }
-        Ok(Self { ebpf })
+        pins.create().map_err(pin_error("create", pins.path()))?;
+        match Self::load_and_pin(cgroup, &pins) {
+            Ok(()) => Self::open(pins),
+            Err(e) => {
+                // Leave nothing half-applied.
+                let _ = pins.remove();
+                Err(e)
+            }
+        }
     }
 
-    /// Attaches every program to the cgroup open as `cgroup`. Processes in it and its
-    /// descendants are then judged; those whose UID has no policy pass untouched.
-    pub fn attach(&mut self, cgroup: impl AsFd) -> Result<(), BpfError> {
-        let cgroup = cgroup.as_fd();
-        for name in [program_names::CONNECT4] {
-            sock_addr_program(&mut self.ebpf, name)?
-                .attach(cgroup, CgroupAttachMode::Single)
-                .map_err(|e| BpfError::Program {
+    /// Opens an attachment pinned in `pins` (for status, updates and event reading).
+    pub fn open(pins: PinDir) -> Result<Self, BpfError> {
+        Ok(Self {
+            instances: open_map(&pins, map_names::INSTANCES)?,
+            allow_v4: open_map(&pins, map_names::ALLOW_V4)?,
+            allow_v6: open_map(&pins, map_names::ALLOW_V6)?,
+            counters: open_map(&pins, map_names::BLOCKED)?,
+            events: None,
+            pins,
+        })
+    }
+
+    /// Detaches the programs and removes every pin: nothing stays in bpffs or attached.
+    pub fn detach(self) -> Result<(), BpfError> {
+        let pins = self.pins.clone();
+        drop(self);
+        pins.remove().map_err(pin_error("remove", pins.path()))
+    }
+
+    fn load_and_pin(cgroup: &Path, pins: &PinDir) -> Result<(), BpfError> {
+        let mut ebpf = Ebpf::load(EBPF_OBJECT).map_err(|e| BpfError::Load(Box::new(e)))?;
+        let cgroup_file = std::fs::File::open(cgroup).map_err(pin_error("open cgroup", cgroup))?;
+        for name in program_names::SOCK_ADDR {
+            let program = sock_addr_program(&mut ebpf, name)?;
+            let program_error = |e| BpfError::Program {
+                name,
+                source: Box::new(e),
+            };
+            program.load().map_err(program_error)?;
+            // With BPF links (kernel 5.7+) the kernel always attaches in multi mode, so other
+            // tools' programs on the same cgroup keep working; `Single` only means "no flags",
+            // which link_create requires.
+            let link_id = program
+                .attach(&cgroup_file, CgroupAttachMode::Single)
+                .map_err(program_error)?;
+            let link = FdLink::try_from(program.take_link(link_id).map_err(program_error)?)
+                .map_err(|e| BpfError::Link {
                     name,
                     source: Box::new(e),
                 })?;
+            let path = pins.link(name);
+            link.pin(&path)
+                .map_err(|e| pin_error("pin", &path)(io::Error::other(e)))?;
+        }
+        for name in [
+            map_names::INSTANCES,
+            map_names::ALLOW_V4,
+            map_names::ALLOW_V6,
+            map_names::BLOCKED,
+            map_names::EVENTS,
+        ] {
+            let path = pins.map(name);
+            ebpf.map(name)
+                .ok_or(BpfError::Missing { kind: "map", name })?
+                .pin(&path)
+                .map_err(|e| pin_error("pin", &path)(io::Error::other(e)))?;
         }
         Ok(())
     }
 
+    pub fn pins(&self) -> &PinDir {
+        &self.pins
+    }
+
     /// Puts `rules` in force for `uid`, atomically: the new entries are written under a fresh
     /// generation, then the UID's generation flips in one map update, then the old entries go.
+    /// A connect sees the whole old policy or the whole new one, never a mix or nothing.
     pub fn apply_instance(&mut self, uid: u32, rules: &CompiledRules) -> Result<(), BpfError> {
         let old = self.instance_state(uid)?;
         let generation = old.map_or(1, |s| s.generation.wrapping_add(1));
-        self.insert_v4(uid, generation, rules)?;
+        let inserted = self.insert_rules(uid, generation, rules);
+        if let Err(e) = inserted {
+            // The old policy stays in force; drop what was written aside.
+            let _ = self.remove_generation(uid, generation);
+            return Err(e);
+        }
         self.create_counters(uid)?;
-        let mut instances = self.instances()?;
-        instances
-            .insert(uid, InstanceState { generation, flags: 0 }, 0)
+        self.instances
+            .insert(
+                uid,
+                InstanceState {
+                    generation,
+                    flags: 0,
+                },
+                0,
+            )
             .map_err(map_error(map_names::INSTANCES))?;
         if let Some(old) = old {
-            self.remove_v4(uid, old.generation)?;
+            self.remove_generation(uid, old.generation)?;
         }
         Ok(())
     }
@@ -110,23 +221,26 @@ impl BpfLayer {
         let Some(state) = self.instance_state(uid)? else {
             return Ok(());
         };
-        self.instances()?
+        self.instances
             .remove(&uid)
             .map_err(map_error(map_names::INSTANCES))?;
-        self.remove_v4(uid, state.generation)?;
-        let mut counters = self.counters()?;
+        self.remove_generation(uid, state.generation)?;
         for key in counter_keys(uid) {
-            let _ = counters.remove(&key);
+            let _ = self.counters.remove(&key);
         }
         Ok(())
     }
 
+    /// The confined UIDs.
+    pub fn instances(&self) -> Vec<u32> {
+        self.instances.keys().filter_map(Result::ok).collect()
+    }
+
     /// Blocked attempts of `uid`, summed over CPUs, by (family, protocol, layer).
-    pub fn blocked_counts(&mut self, uid: u32) -> Result<BTreeMap<CounterKey, u64>, BpfError> {
-        let counters = self.counters()?;
+    pub fn blocked_counts(&self, uid: u32) -> Result<BTreeMap<CounterKey, u64>, BpfError> {
         let mut totals = BTreeMap::new();
         for key in counter_keys(uid) {
-            match counters.get(&key, 0) {
+            match self.counters.get(&key, 0) {
                 Ok(values) => {
                     totals.insert(key, values.iter().sum());
                 }
@@ -137,36 +251,92 @@ impl BpfLayer {
         Ok(totals)
     }
 
-    fn instance_state(&mut self, uid: u32) -> Result<Option<InstanceState>, BpfError> {
-        match self.instances()?.get(&uid, 0) {
+    /// The (IPv4, IPv6) trie entries in force for `uid`.
+    pub fn entry_counts(&self, uid: u32) -> Result<(usize, usize), BpfError> {
+        Ok(match self.instance_state(uid)? {
+            Some(state) => {
+                let (v4, v6) = self.generation_keys(uid, state.generation);
+                (v4.len(), v6.len())
+            }
+            None => (0, 0),
+        })
+    }
+
+    /// Takes every block event queued so far. Only one process at a time should read them.
+    pub fn read_events(&mut self) -> Result<Vec<BlockedAttempt>, BpfError> {
+        if self.events.is_none() {
+            self.events = Some(open_map(&self.pins, map_names::EVENTS)?);
+        }
+        let ring = self.events.as_mut().expect("opened above");
+        let mut attempts = Vec::new();
+        while let Some(item) = ring.next() {
+            if item.len() >= size_of::<BlockEvent>() {
+                // SAFETY: BlockEvent is plain old data; the length was checked and the read
+                // is unaligned-safe.
+                let event: BlockEvent =
+                    unsafe { item.as_ptr().cast::<BlockEvent>().read_unaligned() };
+                attempts.push(BlockedAttempt::from(&event));
+            }
+        }
+        Ok(attempts)
+    }
+
+    fn instance_state(&self, uid: u32) -> Result<Option<InstanceState>, BpfError> {
+        match self.instances.get(&uid, 0) {
             Ok(state) => Ok(Some(state)),
             Err(aya::maps::MapError::KeyNotFound) => Ok(None),
             Err(e) => Err(map_error(map_names::INSTANCES)(e)),
         }
     }
 
-    fn insert_v4(&mut self, uid: u32, generation: u32, rules: &CompiledRules) -> Result<(), BpfError> {
-        let mut trie = self.allow_v4()?;
+    fn insert_rules(
+        &mut self,
+        uid: u32,
+        generation: u32,
+        rules: &CompiledRules,
+    ) -> Result<(), BpfError> {
         for (net, value) in &rules.v4 {
-            let key = v4_key(uid, generation, *net);
-            trie.insert(&key, value, 0)
+            self.allow_v4
+                .insert(&v4_key(uid, generation, *net), value, 0)
                 .map_err(map_error(map_names::ALLOW_V4))?;
+        }
+        for (net, value) in &rules.v6 {
+            self.allow_v6
+                .insert(&v6_key(uid, generation, *net), value, 0)
+                .map_err(map_error(map_names::ALLOW_V6))?;
         }
         Ok(())
     }
 
-    fn remove_v4(&mut self, uid: u32, generation: u32) -> Result<(), BpfError> {
-        let mut trie = self.allow_v4()?;
-        let stale: Vec<Key<V4Key>> = trie
+    /// Every trie key of (`uid`, `generation`), IPv4 and IPv6.
+    fn generation_keys(&self, uid: u32, generation: u32) -> (Vec<Key<V4Key>>, Vec<Key<V6Key>>) {
+        let v4 = self
+            .allow_v4
             .keys()
             .filter_map(Result::ok)
-            .filter(|key| {
-                let data = key.data();
-                data.uid == uid && data.generation == generation
-            })
+            .filter(|key| key.data().uid == uid && key.data().generation == generation)
             .collect();
-        for key in stale {
-            trie.remove(&key).map_err(map_error(map_names::ALLOW_V4))?;
+        let v6 = self
+            .allow_v6
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|key| key.data().uid == uid && key.data().generation == generation)
+            .collect();
+        (v4, v6)
+    }
+
+    /// Removes every trie entry of (`uid`, `generation`).
+    fn remove_generation(&mut self, uid: u32, generation: u32) -> Result<(), BpfError> {
+        let (v4, v6) = self.generation_keys(uid, generation);
+        for key in v4 {
+            self.allow_v4
+                .remove(&key)
+                .map_err(map_error(map_names::ALLOW_V4))?;
+        }
+        for key in v6 {
+            self.allow_v6
+                .remove(&key)
+                .map_err(map_error(map_names::ALLOW_V6))?;
         }
         Ok(())
     }
@@ -174,48 +344,27 @@ impl BpfLayer {
     /// Creates every counter of `uid` at zero, so the programs only ever increment.
     fn create_counters(&mut self, uid: u32) -> Result<(), BpfError> {
         let cpus = aya::util::nr_cpus().map_err(|(_, e)| BpfError::Cpus(e))?;
-        let mut counters = self.counters()?;
         for key in counter_keys(uid) {
-            if counters.get(&key, 0).is_err() {
-                let zeros =
-                    PerCpuValues::try_from(vec![0u64; cpus]).map_err(BpfError::Cpus)?;
-                counters
-                    .insert(key, zeros, BPF_NOEXIST)
-                    .or_else(|e| match e {
-                        // Created by a racing program invocation: already counting.
-                        aya::maps::MapError::SyscallError(ref s)
-                            if s.io_error.raw_os_error() == Some(libc::EEXIST) =>
-                        {
-                            Ok(())
-                        }
-                        e => Err(e),
-                    })
-                    .map_err(map_error(map_names::BLOCKED))?;
+            let zeros = PerCpuValues::try_from(vec![0u64; cpus]).map_err(BpfError::Cpus)?;
+            match self.counters.insert(key, zeros, BPF_NOEXIST) {
+                Ok(()) => {}
+                // Already there (an earlier apply, or a program invocation): keep counting.
+                Err(aya::maps::MapError::SyscallError(ref s))
+                    if s.io_error.raw_os_error() == Some(libc::EEXIST) => {}
+                Err(e) => return Err(map_error(map_names::BLOCKED)(e)),
             }
         }
         Ok(())
     }
+}
 
-    fn instances(&mut self) -> Result<HashMap<&mut MapData, u32, InstanceState>, BpfError> {
-        let map = self.map(map_names::INSTANCES)?;
-        HashMap::try_from(map).map_err(map_error(map_names::INSTANCES))
-    }
-
-    fn allow_v4(&mut self) -> Result<LpmTrie<&mut MapData, V4Key, AllowValue>, BpfError> {
-        let map = self.map(map_names::ALLOW_V4)?;
-        LpmTrie::try_from(map).map_err(map_error(map_names::ALLOW_V4))
-    }
-
-    fn counters(&mut self) -> Result<PerCpuHashMap<&mut MapData, CounterKey, u64>, BpfError> {
-        let map = self.map(map_names::BLOCKED)?;
-        PerCpuHashMap::try_from(map).map_err(map_error(map_names::BLOCKED))
-    }
-
-    fn map(&mut self, name: &'static str) -> Result<&mut aya::maps::Map, BpfError> {
-        self.ebpf
-            .map_mut(name)
-            .ok_or(BpfError::Missing { kind: "map", name })
-    }
+fn open_map<T>(pins: &PinDir, name: &'static str) -> Result<T, BpfError>
+where
+    T: TryFrom<Map, Error = aya::maps::MapError>,
+{
+    let data = MapData::from_pin(pins.map(name)).map_err(map_error(name))?;
+    let map = Map::from_map_data(data).map_err(map_error(name))?;
+    T::try_from(map).map_err(map_error(name))
 }
 
 fn sock_addr_program<'a>(
@@ -234,7 +383,7 @@ fn sock_addr_program<'a>(
         })
 }
 
-fn v4_key(uid: u32, generation: u32, net: ipnet::Ipv4Net) -> Key<V4Key> {
+fn v4_key(uid: u32, generation: u32, net: Ipv4Net) -> Key<V4Key> {
     Key::new(
         KEY_HEADER_BITS + u32::from(net.prefix_len()),
         V4Key {
@@ -245,19 +394,32 @@ fn v4_key(uid: u32, generation: u32, net: ipnet::Ipv4Net) -> Key<V4Key> {
     )
 }
 
+fn v6_key(uid: u32, generation: u32, net: Ipv6Net) -> Key<V6Key> {
+    Key::new(
+        KEY_HEADER_BITS + u32::from(net.prefix_len()),
+        V6Key {
+            uid,
+            generation,
+            addr: net.network().octets(),
+        },
+    )
+}
+
 /// Every counter an instance has: one per family, protocol and layer.
 fn counter_keys(uid: u32) -> impl Iterator<Item = CounterKey> {
     [FAMILY_V4, FAMILY_V6].into_iter().flat_map(move |family| {
-        [PROTO_TCP, PROTO_UDP, 0].into_iter().flat_map(move |protocol| {
-            [LAYER_CONNECT, LAYER_SENDMSG]
-                .into_iter()
-                .map(move |layer| CounterKey {
-                    uid,
-                    family,
-                    protocol,
-                    layer,
-                    _pad: 0,
-                })
-        })
+        [PROTO_TCP, PROTO_UDP, 0]
+            .into_iter()
+            .flat_map(move |protocol| {
+                [LAYER_CONNECT, LAYER_SENDMSG]
+                    .into_iter()
+                    .map(move |layer| CounterKey {
+                        uid,
+                        family,
+                        protocol,
+                        layer,
+                        _pad: 0,
+                    })
+            })
     })
 }

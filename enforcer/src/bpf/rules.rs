@@ -7,15 +7,56 @@
 
 use std::collections::BTreeMap;
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use isolate_ebpf_common::{AllowValue, MAX_PORT_RULES, PROTO_ANY, PROTO_TCP, PROTO_UDP, PortRule};
-use isolate_policy::{NetRule, Protocol};
+use isolate_policy::{NetRule, Network, Protocol};
 use thiserror::Error;
 
 /// Map entries for one instance.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct CompiledRules {
     pub v4: Vec<(Ipv4Net, AllowValue)>,
+    pub v6: Vec<(Ipv6Net, AllowValue)>,
+}
+
+impl CompiledRules {
+    /// Entries in both tries.
+    pub fn len(&self) -> usize {
+        self.v4.len() + self.v6.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A network prefix of either family, as the push-down needs it.
+trait Prefix: Copy + Ord + std::fmt::Display {
+    fn prefix_len(&self) -> u8;
+    /// The prefix of length `len` (≤ ours) that contains this one.
+    fn ancestor(&self, len: u8) -> Self;
+}
+
+impl Prefix for Ipv4Net {
+    fn prefix_len(&self) -> u8 {
+        Ipv4Net::prefix_len(self)
+    }
+    fn ancestor(&self, len: u8) -> Self {
+        Ipv4Net::new(self.network(), len)
+            .expect("len <= 32")
+            .trunc()
+    }
+}
+
+impl Prefix for Ipv6Net {
+    fn prefix_len(&self) -> u8 {
+        Ipv6Net::prefix_len(self)
+    }
+    fn ancestor(&self, len: u8) -> Self {
+        Ipv6Net::new(self.network(), len)
+            .expect("len <= 128")
+            .trunc()
+    }
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -27,15 +68,25 @@ pub enum RulesError {
     TooManyPortRules { net: String, count: usize },
 }
 
-/// Compiles allow rules into trie entries.
-pub fn compile(v4: &[NetRule<Ipv4Net>]) -> Result<CompiledRules, RulesError> {
+/// Compiles a policy's address rules into trie entries (host names are resolved elsewhere
+/// and arrive here as address rules).
+pub fn compile(network: &Network) -> Result<CompiledRules, RulesError> {
+    compile_rules(&network.allow_v4, &network.allow_v6)
+}
+
+/// Compiles allow rules of both families into trie entries.
+pub fn compile_rules(
+    v4: &[NetRule<Ipv4Net>],
+    v6: &[NetRule<Ipv6Net>],
+) -> Result<CompiledRules, RulesError> {
     Ok(CompiledRules {
         v4: push_down(v4)?,
+        v6: push_down(v6)?,
     })
 }
 
-fn push_down(rules: &[NetRule<Ipv4Net>]) -> Result<Vec<(Ipv4Net, AllowValue)>, RulesError> {
-    let mut own: BTreeMap<Ipv4Net, Vec<PortRule>> = BTreeMap::new();
+fn push_down<N: Prefix>(rules: &[NetRule<N>]) -> Result<Vec<(N, AllowValue)>, RulesError> {
+    let mut own: BTreeMap<N, Vec<PortRule>> = BTreeMap::new();
     for rule in rules {
         let entry = own.entry(rule.net).or_default();
         let port_rule = port_rule(rule);
@@ -48,21 +99,18 @@ fn push_down(rules: &[NetRule<Ipv4Net>]) -> Result<Vec<(Ipv4Net, AllowValue)>, R
             // Every prefix of `net` that has rules of its own, `net` included.
             let mut collected: Vec<PortRule> = Vec::new();
             for len in 0..=net.prefix_len() {
-                let ancestor = Ipv4Net::new(net.network(), len)
-                    .expect("len <= 32")
-                    .trunc();
-                for rule in own.get(&ancestor).into_iter().flatten() {
+                for rule in own.get(&net.ancestor(len)).into_iter().flatten() {
                     if !collected.contains(rule) {
                         collected.push(*rule);
                     }
                 }
             }
-            allow_value(&collected).map(|value| (net, value)).ok_or_else(|| {
-                RulesError::TooManyPortRules {
+            allow_value(&collected)
+                .map(|value| (net, value))
+                .ok_or_else(|| RulesError::TooManyPortRules {
                     net: net.to_string(),
                     count: collected.len(),
-                }
-            })
+                })
         })
         .collect()
 }
@@ -107,6 +155,10 @@ mod tests {
         }
     }
 
+    fn compile(v4: &[NetRule<Ipv4Net>]) -> Result<CompiledRules, RulesError> {
+        compile_rules(v4, &[])
+    }
+
     fn value_of<'a>(compiled: &'a CompiledRules, net: &str) -> &'a AllowValue {
         let net: Ipv4Net = net.parse().unwrap();
         &compiled.v4.iter().find(|(n, _)| *n == net).unwrap().1
@@ -134,6 +186,32 @@ mod tests {
         let value = value_of(&compiled, "127.0.0.1/32");
         assert!(value.permits(1, PROTO_TCP));
         assert!(value.permits(65535, PROTO_UDP));
+    }
+
+    #[test]
+    fn v6_rules_push_down_like_v4() {
+        let outer = NetRule {
+            net: "2001:db8::/32".parse().unwrap(),
+            ports: Some(PortRange {
+                first: 443,
+                last: 443,
+            }),
+            protocol: Protocol::Tcp,
+        };
+        let inner = NetRule {
+            net: "2001:db8:1::/48".parse().unwrap(),
+            ports: None,
+            protocol: Protocol::Udp,
+        };
+        let compiled = compile_rules(&[], &[outer, inner]).unwrap();
+        let (_, value) = compiled
+            .v6
+            .iter()
+            .find(|(n, _)| n.prefix_len() == 48)
+            .unwrap();
+        assert!(value.permits(443, PROTO_TCP));
+        assert!(value.permits(53, PROTO_UDP));
+        assert!(!value.permits(80, PROTO_TCP));
     }
 
     #[test]

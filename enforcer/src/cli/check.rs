@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use isolate_enforcer::kernel;
+use isolate_enforcer::kernel::{self, Status};
 
 use super::DEFAULT_POLICY_DIR;
 
@@ -11,7 +11,7 @@ use super::DEFAULT_POLICY_DIR;
 pub struct CheckArgs {
     /// Policy files or directories of them (default: the policy directory).
     paths: Vec<PathBuf>,
-    /// Report what the running kernel offers (cgroup2, BTF, bpffs, Landlock ABI, LSMs, nf_tables)
+    /// Report what the running kernel offers (cgroup2, BTF, bpffs, Landlock ABI, LSMs, `nf_tables`)
     /// instead of checking policies.
     #[arg(long)]
     kernel: bool,
@@ -21,15 +21,23 @@ pub struct CheckArgs {
 }
 
 #[allow(clippy::print_stdout, reason = "CLI output")]
-pub fn run(args: &CheckArgs) -> anyhow::Result<ExitCode> {
+pub fn run(args: &CheckArgs) -> ExitCode {
     if args.kernel {
         let report = kernel::report();
         for feature in &report {
-            let mark = if feature.available { "ok     " } else { "MISSING" };
+            let mark = match feature.status {
+                Status::Available => "ok     ",
+                Status::Missing => "MISSING",
+                Status::Unknown => "unknown",
+            };
             println!("{mark} {:<10} {}", feature.name, feature.detail);
         }
-        let all = report.iter().all(|f| f.available);
-        return Ok(if all { ExitCode::SUCCESS } else { ExitCode::FAILURE });
+        let all = report.iter().all(|f| f.status != Status::Missing);
+        return if all {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        };
     }
     let paths = if args.paths.is_empty() {
         vec![PathBuf::from(DEFAULT_POLICY_DIR)]
@@ -44,12 +52,16 @@ pub fn run(args: &CheckArgs) -> anyhow::Result<ExitCode> {
                     println!("{}", policy.to_toml());
                 }
             }
-            eprintln!("isolate: {} instance policy(ies) OK", policies.len());
-            Ok(ExitCode::SUCCESS)
+            let count = policies.len();
+            eprintln!(
+                "isolate: {count} {} OK",
+                if count == 1 { "policy" } else { "policies" }
+            );
+            ExitCode::SUCCESS
         }
         Err(errors) => {
             eprintln!("{errors}");
-            Ok(ExitCode::FAILURE)
+            ExitCode::FAILURE
         }
     }
 }

@@ -31,7 +31,7 @@ enum Command {
     /// Run a command as a confined instance.
     ///
     /// The child runs as the instance's user, in its own cgroup, with the instance's network
-    /// policy (eBPF and nftables), a Landlock file-system ruleset, no_new_privs and every
+    /// policy (eBPF and nftables), a Landlock file-system ruleset, `no_new_privs` and every
     /// capability dropped. Exits with the child's exit code (128+signal when it was killed).
     Exec(ExecArgs),
     /// Enforce every instance in the policy directory and keep it enforced.
@@ -77,7 +77,7 @@ struct DaemonArgs {
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Check(args) => check::run(&args),
+        Command::Check(args) => Ok(check::run(&args)),
         Command::Exec(_) => not_yet("exec", 7),
         Command::Daemon(_) => not_yet("daemon", 8),
         Command::Status => not_yet("status", 8),

@@ -1,0 +1,419 @@
+//! The eBPF egress layer end to end on the running kernel: isolate's programs attached to a
+//! child cgroup (never the root cgroup on the host) inside a private network namespace, judged
+//! by real connects and datagrams from a client running as the confined UID.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, SocketAddr, TcpListener, UdpSocket};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use common::probe::{self, Mode, accept_one, received};
+use common::sandbox::Sandbox;
+use ipnet::{Ipv4Net, Ipv6Net};
+use isolate_ebpf_common::{
+    CounterKey, FAMILY_V4, FAMILY_V6, LAYER_CONNECT, LAYER_SENDMSG, PROTO_TCP, PROTO_UDP,
+};
+use isolate_enforcer::bpf::{BpfLayer, CompiledRules, compile_rules};
+use isolate_policy::{NetRule, PortRange, Protocol};
+
+const CONFINED: u32 = 65534;
+const OTHER: u32 = 65533;
+
+fn main() -> ExitCode {
+    if let Some(code) = probe::main_if_probe() {
+        return code;
+    }
+    common::run_tests(&[
+        (
+            "tcp_v4_allowed_passes_and_forbidden_is_refused_at_once",
+            tcp_v4,
+        ),
+        ("tcp_v6_allowed_passes_and_forbidden_is_refused", tcp_v6),
+        ("v4_mapped_v6_is_judged_by_the_v4_policy", v4_mapped_v6),
+        ("udp_connected_and_unconnected_are_judged", udp),
+        ("other_uids_are_untouched", other_uid),
+        ("counters_rise_by_exactly_the_blocked_attempts", counters),
+        ("events_carry_pid_comm_and_destination", events),
+        (
+            "enforcement_survives_the_loader_and_is_adopted",
+            survives_loader,
+        ),
+        ("detach_removes_everything", detach_removes_everything),
+        (
+            "policy_update_under_load_never_lets_a_forbidden_connect_through",
+            update_under_load,
+        ),
+    ])
+}
+
+fn v4(net: &str, port: Option<u16>, protocol: Protocol) -> NetRule<Ipv4Net> {
+    NetRule {
+        net: net.parse().unwrap(),
+        ports: port.map(|p| PortRange { first: p, last: p }),
+        protocol,
+    }
+}
+
+fn v6(net: &str, port: Option<u16>, protocol: Protocol) -> NetRule<Ipv6Net> {
+    NetRule {
+        net: net.parse().unwrap(),
+        ports: port.map(|p| PortRange { first: p, last: p }),
+        protocol,
+    }
+}
+
+fn apply(sandbox: &mut Sandbox, v4_rules: &[NetRule<Ipv4Net>], v6_rules: &[NetRule<Ipv6Net>]) {
+    let rules = compile_rules(v4_rules, v6_rules).unwrap();
+    sandbox
+        .layer()
+        .apply_instance(CONFINED, &rules)
+        .expect("apply policy");
+}
+
+fn listen(addr: &str) -> (TcpListener, SocketAddr) {
+    let listener = TcpListener::bind(addr).unwrap();
+    let local = listener.local_addr().unwrap();
+    (listener, local)
+}
+
+fn assert_refused(sandbox: &Sandbox, mode: Mode, target: SocketAddr) {
+    let outcome = probe::run(sandbox, CONFINED, mode, target);
+    assert_eq!(
+        outcome.code,
+        libc::EPERM,
+        "{mode:?} to {target} must be refused with EPERM"
+    );
+    assert!(
+        outcome.elapsed < Duration::from_secs(2),
+        "the refusal must be immediate, took {:?}",
+        outcome.elapsed
+    );
+}
+
+fn assert_allowed(sandbox: &Sandbox, uid: u32, mode: Mode, target: SocketAddr) {
+    let outcome = probe::run(sandbox, uid, mode, target);
+    assert_eq!(
+        outcome.code, 0,
+        "{mode:?} to {target} as uid {uid} must be allowed"
+    );
+}
+
+fn tcp_v4() {
+    let mut sandbox = Sandbox::new();
+    let (allowed, allowed_addr) = listen("127.0.0.1:0");
+    let (wrong_port, wrong_port_addr) = listen("127.0.0.1:0");
+    let (wrong_host, wrong_host_addr) = listen("127.0.0.2:0");
+    apply(
+        &mut sandbox,
+        &[v4("127.0.0.1/32", Some(allowed_addr.port()), Protocol::Tcp)],
+        &[],
+    );
+
+    assert_allowed(&sandbox, CONFINED, Mode::Tcp, allowed_addr);
+    assert!(
+        accept_one(&allowed).is_some(),
+        "the allowed listener got the connection"
+    );
+    for (listener, addr) in [
+        (&wrong_port, wrong_port_addr),
+        (&wrong_host, wrong_host_addr),
+    ] {
+        assert_refused(&sandbox, Mode::Tcp, addr);
+        assert!(
+            accept_one(listener).is_none(),
+            "blocked listener {addr} received a connection"
+        );
+    }
+}
+
+fn tcp_v6() {
+    let mut sandbox = Sandbox::new();
+    let (allowed, allowed_addr) = listen("[::1]:0");
+    let (blocked, blocked_addr) = listen("[::1]:0");
+    apply(
+        &mut sandbox,
+        &[],
+        &[v6("::1/128", Some(allowed_addr.port()), Protocol::Tcp)],
+    );
+
+    assert_allowed(&sandbox, CONFINED, Mode::Tcp, allowed_addr);
+    assert!(accept_one(&allowed).is_some());
+    assert_refused(&sandbox, Mode::Tcp, blocked_addr);
+    assert!(
+        accept_one(&blocked).is_none(),
+        "blocked listener received a connection"
+    );
+}
+
+fn v4_mapped_v6() {
+    let mut sandbox = Sandbox::new();
+    // A dual-stack listener on [::] accepts v4-mapped connections.
+    let (allowed, allowed_addr) = listen("[::]:0");
+    let (blocked, blocked_addr) = listen("[::]:0");
+    // Only the IPv4 policy allows it; the v6 policy is empty.
+    apply(
+        &mut sandbox,
+        &[v4("127.0.0.1/32", Some(allowed_addr.port()), Protocol::Any)],
+        &[],
+    );
+    let mapped =
+        |port: u16| -> SocketAddr { format!("[::ffff:127.0.0.1]:{port}").parse().unwrap() };
+
+    assert_allowed(&sandbox, CONFINED, Mode::Tcp, mapped(allowed_addr.port()));
+    assert!(accept_one(&allowed).is_some());
+    assert_refused(&sandbox, Mode::Tcp, mapped(blocked_addr.port()));
+    assert!(accept_one(&blocked).is_none());
+
+    let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+    assert_refused(
+        &sandbox,
+        Mode::UdpSendto,
+        mapped(udp.local_addr().unwrap().port()),
+    );
+    assert!(!received(&udp), "a refused datagram arrived");
+}
+
+fn udp() {
+    let mut sandbox = Sandbox::new();
+    let allowed = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let blocked = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let allowed_addr = allowed.local_addr().unwrap();
+    let blocked_addr = blocked.local_addr().unwrap();
+    // UDP only: a TCP connect to the same port stays forbidden.
+    apply(
+        &mut sandbox,
+        &[v4("127.0.0.1/32", Some(allowed_addr.port()), Protocol::Udp)],
+        &[],
+    );
+
+    for mode in [Mode::UdpConnect, Mode::UdpSendto] {
+        assert_allowed(&sandbox, CONFINED, mode, allowed_addr);
+        assert!(received(&allowed), "{mode:?}: the allowed datagram arrived");
+        assert_refused(&sandbox, mode, blocked_addr);
+        assert!(!received(&blocked), "{mode:?}: a refused datagram arrived");
+    }
+    let (_tcp, tcp_addr) = listen(&format!("127.0.0.1:{}", allowed_addr.port()));
+    assert_refused(&sandbox, Mode::Tcp, tcp_addr);
+}
+
+fn other_uid() {
+    let mut sandbox = Sandbox::new();
+    let (listener, addr) = listen("127.0.0.1:0");
+    apply(&mut sandbox, &[], &[]);
+    assert_refused(&sandbox, Mode::Tcp, addr);
+    assert_allowed(&sandbox, OTHER, Mode::Tcp, addr);
+    assert!(
+        accept_one(&listener).is_some(),
+        "the unconfined UID reached its destination"
+    );
+}
+
+fn counters() {
+    let mut sandbox = Sandbox::new();
+    let (_listener, tcp_addr) = listen("127.0.0.1:0");
+    let udp = UdpSocket::bind("[::1]:0").unwrap();
+    let udp_addr = udp.local_addr().unwrap();
+    apply(&mut sandbox, &[], &[]);
+    for _ in 0..3 {
+        assert_refused(&sandbox, Mode::Tcp, tcp_addr);
+    }
+    for _ in 0..2 {
+        assert_refused(&sandbox, Mode::UdpSendto, udp_addr);
+    }
+    assert_allowed(&sandbox, OTHER, Mode::Tcp, tcp_addr);
+
+    let counts = sandbox.layer().blocked_counts(CONFINED).unwrap();
+    let key = |family, protocol, layer| CounterKey {
+        uid: CONFINED,
+        family,
+        protocol,
+        layer,
+        _pad: 0,
+    };
+    assert_eq!(
+        counts[&key(FAMILY_V4, PROTO_TCP, LAYER_CONNECT)],
+        3,
+        "{counts:?}"
+    );
+    assert_eq!(
+        counts[&key(FAMILY_V6, PROTO_UDP, LAYER_SENDMSG)],
+        2,
+        "{counts:?}"
+    );
+    assert_eq!(
+        counts.values().sum::<u64>(),
+        5,
+        "nothing else counted: {counts:?}"
+    );
+    assert!(
+        sandbox.layer().blocked_counts(OTHER).unwrap().is_empty(),
+        "an unconfined UID has no counters"
+    );
+}
+
+fn events() {
+    let mut sandbox = Sandbox::new();
+    let (_listener, v4_addr) = listen("127.0.0.1:0");
+    let (_listener6, v6_addr) = listen("[::1]:0");
+    apply(&mut sandbox, &[], &[]);
+    // Events left from nothing: the ring starts empty.
+    assert!(sandbox.layer().read_events().unwrap().is_empty());
+
+    let first = probe::run(&sandbox, CONFINED, Mode::Tcp, v4_addr);
+    let second = probe::run(&sandbox, CONFINED, Mode::Tcp, v6_addr);
+    let events = sandbox.layer().read_events().unwrap();
+    assert_eq!(events.len(), 2, "{events:?}");
+
+    let exe = std::env::current_exe().unwrap();
+    let exe_name = exe.file_name().unwrap().to_string_lossy();
+    let comm: String = exe_name.chars().take(15).collect();
+    for (event, outcome, addr) in [
+        (&events[0], &first, v4_addr),
+        (&events[1], &second, v6_addr),
+    ] {
+        assert_eq!(event.uid, CONFINED);
+        assert_eq!(event.pid, outcome.pid, "the event names the probe's pid");
+        assert_eq!(event.comm, comm);
+        assert_eq!(event.destination, addr.ip());
+        assert_eq!(event.port, addr.port());
+        assert_eq!(event.protocol, "tcp");
+        assert_eq!(event.layer, "connect");
+    }
+    assert_eq!(
+        events[0].to_string(),
+        format!(
+            "tcp {v4_addr} uid={CONFINED} pid={} comm={comm} layer=ebpf-connect",
+            first.pid
+        )
+    );
+}
+
+fn survives_loader() {
+    let mut sandbox = Sandbox::new();
+    let (_listener, addr) = listen("127.0.0.1:0");
+    apply(&mut sandbox, &[], &[]);
+    // The process drops every handle it had: the pins keep enforcement in place.
+    drop(sandbox.layer.take());
+    assert_refused(&sandbox, Mode::Tcp, addr);
+
+    // Attaching again adopts the pinned state rather than loading a second copy.
+    let mut adopted = BpfLayer::attach(&sandbox.attached_at, sandbox.pins.clone()).unwrap();
+    assert_eq!(
+        adopted.instances(),
+        vec![CONFINED],
+        "the adopted maps hold the instance"
+    );
+    let blocked: u64 = adopted.blocked_counts(CONFINED).unwrap().values().sum();
+    assert_eq!(blocked, 1, "counters survived");
+    adopted
+        .apply_instance(
+            CONFINED,
+            &compile_rules(&[v4("127.0.0.1/32", Some(addr.port()), Protocol::Tcp)], &[]).unwrap(),
+        )
+        .unwrap();
+    sandbox.layer = Some(adopted);
+    assert_allowed(&sandbox, CONFINED, Mode::Tcp, addr);
+}
+
+fn detach_removes_everything() {
+    let before = loaded_isolate_programs();
+    let mut sandbox = Sandbox::new();
+    assert_eq!(
+        loaded_isolate_programs(),
+        before + 4,
+        "four sock_addr programs loaded"
+    );
+    let (_listener, addr) = listen("127.0.0.1:0");
+    apply(&mut sandbox, &[], &[]);
+    assert_refused(&sandbox, Mode::Tcp, addr);
+    sandbox.layer.take().unwrap().detach().unwrap();
+    assert!(!sandbox.pins.path().exists(), "nothing stays in bpffs");
+    assert_allowed(&sandbox, CONFINED, Mode::Tcp, addr);
+    // The kernel frees programs after an RCU grace period: give it a moment.
+    let mut left = loaded_isolate_programs();
+    for _ in 0..100 {
+        if left == before {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+        left = loaded_isolate_programs();
+    }
+    assert_eq!(left, before, "every program was unloaded");
+}
+
+/// Programs loaded in the kernel whose name says they are isolate's.
+fn loaded_isolate_programs() -> usize {
+    aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .filter(|p| p.name_as_str().is_some_and(|n| n.starts_with("isolate_")))
+        .count()
+}
+
+fn update_under_load() {
+    let mut sandbox = Sandbox::new();
+    let (allowed, allowed_addr) = listen("127.0.0.1:0");
+    let (_blocked, blocked_addr) = listen("127.0.0.1:0");
+    // Keep the allowed listener's backlog empty while the client hammers it.
+    std::thread::spawn(move || {
+        for stream in allowed.incoming() {
+            drop(stream);
+        }
+    });
+    let extra_port = blocked_addr.port().wrapping_add(1);
+    let policy_a = compile_rules(
+        &[v4("127.0.0.1/32", Some(allowed_addr.port()), Protocol::Tcp)],
+        &[],
+    )
+    .unwrap();
+    let policy_b = compile_rules(
+        &[
+            v4("127.0.0.0/8", Some(extra_port), Protocol::Tcp),
+            v4("127.0.0.1/32", Some(allowed_addr.port()), Protocol::Tcp),
+            v4("10.0.0.0/8", None, Protocol::Any),
+        ],
+        &[v6("2001:db8::/32", None, Protocol::Any)],
+    )
+    .unwrap();
+    sandbox.layer().apply_instance(CONFINED, &policy_a).unwrap();
+
+    let mut client = probe::run_loop(&sandbox, CONFINED, allowed_addr, blocked_addr, 400);
+    let mut swaps = 0;
+    while client.try_wait().unwrap().is_none() {
+        let next: &CompiledRules = if swaps % 2 == 0 { &policy_b } else { &policy_a };
+        sandbox.layer().apply_instance(CONFINED, next).unwrap();
+        swaps += 1;
+    }
+    let status = client.wait().unwrap();
+    assert!(
+        swaps > 10,
+        "the policy changed {swaps} times during the run"
+    );
+    assert!(
+        status.success(),
+        "during {swaps} policy swaps a forbidden connect got through or an allowed one was refused"
+    );
+    eprintln!("{swaps} policy swaps during 400 rounds of allowed + forbidden connects");
+    let counts: u64 = sandbox
+        .layer()
+        .blocked_counts(CONFINED)
+        .unwrap()
+        .values()
+        .sum();
+    assert_eq!(counts, 400, "every forbidden attempt was counted");
+    // Old generations were removed as the swaps went: only the last policy's entries remain.
+    let last = if swaps % 2 == 0 { &policy_a } else { &policy_b };
+    assert_eq!(
+        sandbox.layer().entry_counts(CONFINED).unwrap(),
+        (last.v4.len(), last.v6.len())
+    );
+    let destinations: BTreeSet<IpAddr> = sandbox
+        .layer()
+        .read_events()
+        .unwrap()
+        .iter()
+        .map(|e| e.destination)
+        .collect();
+    assert_eq!(destinations, BTreeSet::from([blocked_addr.ip()]));
+}

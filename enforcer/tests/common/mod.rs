@@ -1,0 +1,60 @@
+//! What the root integration tests share: a tiny test runner (these tests are their own
+//! programs, `harness = false`, so they can re-execute themselves as a confined client), a
+//! sandbox of a child cgroup in a private network namespace, and client probes.
+
+#![allow(dead_code, reason = "each test binary uses a part")]
+#![allow(clippy::print_stdout, reason = "libtest-style report on stdout")]
+
+pub mod probe;
+pub mod sandbox;
+
+use std::process::ExitCode;
+
+/// A named test.
+pub type Test = (&'static str, fn());
+
+/// Runs `tests` (filtered by the first free argument, like libtest), each in its own thread
+/// with its own network namespace, and prints libtest's summary line.
+pub fn run_tests(tests: &[Test]) -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "--list") {
+        for (name, _) in tests {
+            println!("{name}: test");
+        }
+        return ExitCode::SUCCESS;
+    }
+    let filter = args.iter().find(|a| !a.starts_with('-')).cloned();
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "these tests need root (they load eBPF programs and make cgroups); run them through `cargo xtask test`"
+    );
+    let (mut passed, mut failed) = (0, 0);
+    for (name, test) in tests {
+        if filter.as_ref().is_some_and(|f| !name.contains(f.as_str())) {
+            continue;
+        }
+        let test = *test;
+        let outcome = std::thread::spawn(move || {
+            // Namespaces belong to the thread: each test gets a network of its own.
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+                .expect("unshare(CLONE_NEWNET)");
+            sandbox::bring_up_loopback();
+            test();
+        })
+        .join();
+        if outcome.is_ok() {
+            println!("test {name} ... ok");
+            passed += 1;
+        } else {
+            println!("test {name} ... FAILED");
+            failed += 1;
+        }
+    }
+    let result = if failed == 0 { "ok" } else { "FAILED" };
+    println!("\ntest result: {result}. {passed} passed; {failed} failed; 0 ignored");
+    if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}

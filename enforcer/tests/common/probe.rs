@@ -1,0 +1,165 @@
+//! The confined client: the test binary re-executed as `<binary> probe MODE ADDR…`, so that it
+//! can run as another UID inside the sandbox's cgroup. It exits with 0 on success or with the
+//! errno of the refused call; `loop` mode reports whether every attempt went as expected.
+
+use std::io::ErrorKind;
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use super::sandbox::Sandbox;
+
+/// How the client reaches its destination.
+#[derive(Clone, Copy, Debug)]
+pub enum Mode {
+    Tcp,
+    /// `connect` a UDP socket, then `send`.
+    UdpConnect,
+    /// `sendto` on an unconnected UDP socket.
+    UdpSendto,
+}
+
+impl Mode {
+    fn as_arg(self) -> &'static str {
+        match self {
+            Mode::Tcp => "tcp",
+            Mode::UdpConnect => "udp-connect",
+            Mode::UdpSendto => "udp-sendto",
+        }
+    }
+}
+
+/// The outcome of one probe run.
+#[derive(Debug)]
+pub struct Outcome {
+    /// 0, or the errno of the refused call.
+    pub code: i32,
+    pub pid: u32,
+    pub elapsed: Duration,
+}
+
+/// Runs the client as `uid` in `sandbox`.
+pub fn run(sandbox: &Sandbox, uid: u32, mode: Mode, target: SocketAddr) -> Outcome {
+    let exe = std::env::current_exe().unwrap();
+    let started = Instant::now();
+    let mut child = sandbox
+        .command_as(uid, &exe)
+        .args(["probe", mode.as_arg(), &target.to_string()])
+        .spawn()
+        .expect("start probe");
+    let pid = child.id();
+    let status = child.wait().expect("wait for probe");
+    Outcome {
+        code: status.code().expect("probe exited normally"),
+        pid,
+        elapsed: started.elapsed(),
+    }
+}
+
+/// Runs `loop` mode as `uid`: `rounds` times, connect to `allowed` (must succeed) and to
+/// `forbidden` (must be refused with EPERM). Returns whether every attempt went so.
+pub fn run_loop(
+    sandbox: &Sandbox,
+    uid: u32,
+    allowed: SocketAddr,
+    forbidden: SocketAddr,
+    rounds: u32,
+) -> std::process::Child {
+    let exe = std::env::current_exe().unwrap();
+    sandbox
+        .command_as(uid, &exe)
+        .args([
+            "probe",
+            "loop",
+            &allowed.to_string(),
+            &forbidden.to_string(),
+            &rounds.to_string(),
+        ])
+        .spawn()
+        .expect("start probe loop")
+}
+
+/// The client side, in the re-executed process. `None` when this process is not a probe.
+pub fn main_if_probe() -> Option<ExitCode> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) != Some("probe") {
+        return None;
+    }
+    let addr = |i: usize| -> SocketAddr { args[i].parse().expect("ADDR:PORT") };
+    let result = match args.get(1).map(String::as_str) {
+        Some("tcp") => TcpStream::connect_timeout(&addr(2), Duration::from_secs(5)).map(drop),
+        Some("udp-connect") => udp_socket_for(addr(2)).and_then(|s| {
+            s.connect(addr(2))?;
+            s.send(b"probe").map(drop)
+        }),
+        Some("udp-sendto") => {
+            udp_socket_for(addr(2)).and_then(|s| s.send_to(b"probe", addr(2)).map(drop))
+        }
+        Some("loop") => return Some(connect_loop(addr(2), addr(3), args[4].parse().unwrap())),
+        _ => panic!("usage: probe tcp|udp-connect|udp-sendto ADDR | probe loop OK BAD N"),
+    };
+    Some(match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("probe: {} {}: {e}", args[1], args[2]);
+            ExitCode::from(
+                e.raw_os_error()
+                    .map_or(101, |c| u8::try_from(c).unwrap_or(102)),
+            )
+        }
+    })
+}
+
+fn udp_socket_for(target: SocketAddr) -> std::io::Result<UdpSocket> {
+    UdpSocket::bind(if target.is_ipv4() {
+        "0.0.0.0:0"
+    } else {
+        "[::]:0"
+    })
+}
+
+fn connect_loop(allowed: SocketAddr, forbidden: SocketAddr, rounds: u32) -> ExitCode {
+    let mut wrong = 0;
+    for round in 0..rounds {
+        if let Err(e) = TcpStream::connect_timeout(&allowed, Duration::from_secs(5)) {
+            eprintln!("round {round}: allowed {allowed} failed: {e}");
+            wrong += 1;
+        }
+        match TcpStream::connect_timeout(&forbidden, Duration::from_secs(5)) {
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) => {}
+            other => {
+                eprintln!("round {round}: forbidden {forbidden} was not refused: {other:?}");
+                wrong += 1;
+            }
+        }
+    }
+    if wrong == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// Accepts a pending TCP connection on a non-blocking listener, if one arrived.
+pub fn accept_one(listener: &TcpListener) -> Option<TcpStream> {
+    listener.set_nonblocking(true).unwrap();
+    for _ in 0..20 {
+        match listener.accept() {
+            Ok((stream, _)) => return Some(stream),
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => panic!("accept: {e}"),
+        }
+    }
+    None
+}
+
+/// Whether a datagram has arrived on `socket`.
+pub fn received(socket: &UdpSocket) -> bool {
+    socket
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let mut buf = [0u8; 16];
+    socket.recv_from(&mut buf).is_ok()
+}

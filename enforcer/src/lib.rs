@@ -3,6 +3,9 @@
 //! builds from a validated policy, applies, inspects and removes; the supervisor and the daemon
 //! only compose layers.
 
+pub mod audit;
 pub mod bpf;
 pub mod cgroup;
 pub mod kernel;
+pub mod landlock;
+pub mod nft;

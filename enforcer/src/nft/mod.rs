@@ -1,1 +1,36 @@
-//! The nftables layer (issue #6): one table `inet isolate-<name>` per instance.
+//! The nftables layer (issue #6): one table `inet isolate-<name>` per instance, whose output
+//! chain sends the instance UID's packets to a `confined` chain that accepts replies and the
+//! allow-listed destinations (interval sets), then logs (rate-limited), counts and drops the rest.
+//!
+//! Shape, as every layer: [`render`] a validated policy into one nftables JSON transaction,
+//! [`apply`] it atomically through `nft -j -f -`, inspect ([`is_applied`], [`counters`]) and
+//! [`remove`]. Only the table `isolate-<name>` is ever touched; the ruleset is never flushed.
+//! `nft` is a runtime dependency (the `nftables` package).
+
+mod command;
+mod error;
+mod render;
+mod table;
+
+use ipnet::{Ipv4Net, Ipv6Net};
+use isolate_policy::{LogSettings, NetRule};
+
+pub use error::NftError;
+pub use render::{
+    CHAIN_CONFINED, CHAIN_OUTPUT, COUNTER_NAMES, log_prefix, render, set_name, table_name,
+};
+pub use table::{apply, counters, is_applied, remove};
+
+/// What the nftables layer enforces for one instance. The rules are already normalised and host
+/// names already resolved by the caller (see [`crate::network`]).
+#[derive(Debug, Clone, Copy)]
+pub struct NftPolicy<'a> {
+    /// Instance name; the table is `isolate-<instance>`.
+    pub instance: &'a str,
+    /// The UID whose packets are judged (`meta skuid`).
+    pub uid: u32,
+    pub v4: &'a [NetRule<Ipv4Net>],
+    pub v6: &'a [NetRule<Ipv6Net>],
+    /// Rate limit of the kernel log lines of blocked packets.
+    pub log: &'a LogSettings,
+}

@@ -1,0 +1,401 @@
+//! Renders an [`NftPolicy`] into one nftables JSON transaction (the `nftables` crate's schema).
+//!
+//! The table it builds, in `nft list ruleset` spelling:
+//!
+//! ```text
+//! table inet isolate-NAME {
+//!     counter blocked_v4_tcp { … }                      # and _udp, _other, and v6 likewise
+//!     set allow_v4_tcp_443 { type ipv4_addr; flags interval; elements = { … } }
+//!     chain output {
+//!         type filter hook output priority filter; policy accept;
+//!         meta skuid UID jump confined
+//!     }
+//!     chain confined {
+//!         ct state established,related accept
+//!         tcp dport 443 ip daddr @allow_v4_tcp_443 accept      # one rule per set
+//!         limit rate 10/second log prefix "isolate-NAME-blocked " flags skuid
+//!         meta nfproto ipv4 meta l4proto tcp counter name "blocked_v4_tcp" drop
+//!         …                                                  # udp, other; v6 likewise
+//!     }
+//! }
+//! ```
+
+use std::borrow::Cow;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+
+use ipnet::IpNet;
+use isolate_policy::{PortRange, Protocol};
+use nftables::expr::{
+    CT, Expression, Meta, MetaKey, NamedExpression, Payload, PayloadField, Prefix, Range, SetItem,
+};
+use nftables::schema::{
+    self, Chain, NfCmd, NfListObject, NfObject, Nftables, Rule, SetFlag, SetType, SetTypeValue,
+    Table,
+};
+use nftables::stmt::{self, JumpTarget, Log, LogFlag, Match, Operator, Statement};
+use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
+
+use super::NftPolicy;
+
+/// The base chain on the output hook.
+pub const CHAIN_OUTPUT: &str = "output";
+/// The regular chain the instance UID's packets jump to.
+pub const CHAIN_CONFINED: &str = "confined";
+/// The named counters of dropped packets, by family and transport protocol.
+pub const COUNTER_NAMES: [&str; 6] = [
+    "blocked_v4_other",
+    "blocked_v4_tcp",
+    "blocked_v4_udp",
+    "blocked_v6_other",
+    "blocked_v6_tcp",
+    "blocked_v6_udp",
+];
+
+/// Priority 0 ("filter") on the output hook. It runs after conntrack (-200), so `ct state` is
+/// known, and after output DNAT (-100), so the destination judged is where the packet really
+/// goes. Relative to other tables it does not matter for safety: a drop in any base chain is
+/// final, while an accept elsewhere only passes the packet on to the next chain — ours.
+const OUTPUT_PRIORITY: i32 = 0;
+
+/// The instance's table: `isolate-<instance>`.
+pub fn table_name(instance: &str) -> String {
+    format!("isolate-{instance}")
+}
+
+/// The prefix of the kernel log lines of blocked packets (the trailing space separates it from
+/// the fields the kernel appends). At most 49 bytes for a 32-byte name; nft's limit is 127.
+pub fn log_prefix(instance: &str) -> String {
+    format!("isolate-{instance}-blocked ")
+}
+
+/// The name of the allow-list set of one family (`v4`/`v6`) and (protocol, ports) group, such as
+/// `allow_v4_any` or `allow_v6_tcp_8000_8080`.
+pub fn set_name(family: &str, protocol: Protocol, ports: Option<PortRange>) -> String {
+    let ports = match ports {
+        None => String::new(),
+        Some(p) if p.first == p.last => format!("_{}", p.first),
+        Some(p) => format!("_{}_{}", p.first, p.last),
+    };
+    format!("allow_{family}_{protocol}{ports}")
+}
+
+/// Counter values carried over when a policy is re-applied.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) struct CounterValue {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// One allow-list set: the networks of one family that share a (protocol, ports) group.
+#[derive(Debug, Clone)]
+pub(super) struct AllowSet {
+    pub name: String,
+    v6: bool,
+    protocol: Protocol,
+    ports: Option<PortRange>,
+    nets: BTreeSet<IpNet>,
+    /// The policy entries it was built from, spelled as in the policy file (for errors).
+    pub entries: Vec<String>,
+}
+
+/// Renders the whole table, replacing whatever table of that name exists (see [`replace_table`]).
+/// Counters start at zero.
+pub fn render(policy: &NftPolicy) -> Nftables<'static> {
+    render_with_counters(policy, &BTreeMap::new())
+}
+
+/// [`render`], with counters starting at `seeds` (by name) rather than zero.
+pub(super) fn render_with_counters(
+    policy: &NftPolicy,
+    seeds: &BTreeMap<String, CounterValue>,
+) -> Nftables<'static> {
+    let table = table_name(policy.instance);
+    let sets = allow_sets(policy);
+    let mut batch = replace_table(&table);
+    for name in COUNTER_NAMES {
+        batch.push(add(NfListObject::Counter(counter(
+            &table,
+            name,
+            seeds.get(name).copied(),
+        ))));
+    }
+    for set in &sets {
+        batch.push(add(NfListObject::Set(Box::new(set.to_schema(&table)))));
+    }
+    batch.push(add(NfListObject::Chain(Chain {
+        family: NfFamily::INet,
+        table: table.clone().into(),
+        name: CHAIN_CONFINED.into(),
+        ..Chain::default()
+    })));
+    batch.push(add(NfListObject::Chain(Chain {
+        family: NfFamily::INet,
+        table: table.clone().into(),
+        name: CHAIN_OUTPUT.into(),
+        _type: Some(NfChainType::Filter),
+        hook: Some(NfHook::Output),
+        prio: Some(OUTPUT_PRIORITY),
+        // Other UIDs' packets are none of this table's business.
+        policy: Some(NfChainPolicy::Accept),
+        ..Chain::default()
+    })));
+    for expr in confined_rules(policy, &sets) {
+        batch.push(add(rule(&table, CHAIN_CONFINED, expr)));
+    }
+    // Last, so that the UID is diverted only into a complete chain (the batch is atomic anyway).
+    let divert = vec![
+        matches(meta(MetaKey::Skuid), Expression::Number(policy.uid)),
+        Statement::Jump(JumpTarget {
+            target: CHAIN_CONFINED.into(),
+        }),
+    ];
+    batch.push(add(rule(&table, CHAIN_OUTPUT, divert)));
+    Nftables {
+        objects: batch.into(),
+    }
+}
+
+/// `add table` + `delete table` + `add table`: the classic idiom that makes one transaction
+/// replace the table whether or not it exists, so re-applying is idempotent and atomic.
+pub(super) fn replace_table(table: &str) -> Vec<NfObject<'static>> {
+    let mut batch = delete_table(table);
+    batch.push(add(table_object(table)));
+    batch
+}
+
+/// `add table` + `delete table`: deletes the table, without an error when it does not exist.
+pub(super) fn delete_table(table: &str) -> Vec<NfObject<'static>> {
+    vec![
+        add(table_object(table)),
+        NfObject::CmdObject(NfCmd::Delete(table_object(table))),
+    ]
+}
+
+/// The allow-list sets of both families, in a deterministic order.
+pub(super) fn allow_sets(policy: &NftPolicy) -> Vec<AllowSet> {
+    let v4 = policy
+        .v4
+        .iter()
+        .map(|r| (IpNet::V4(r.net), r.protocol, r.ports, r.to_string()));
+    let v6 = policy
+        .v6
+        .iter()
+        .map(|r| (IpNet::V6(r.net), r.protocol, r.ports, r.to_string()));
+    let mut sets = group(false, v4);
+    sets.extend(group(true, v6));
+    sets
+}
+
+/// The allow-set with that one set alone, for finding which set the kernel refuses.
+pub(super) fn add_set(table: &str, set: &AllowSet) -> NfObject<'static> {
+    add(NfListObject::Set(Box::new(set.to_schema(table))))
+}
+
+type Group = (Protocol, Option<PortRange>);
+
+fn group(
+    v6: bool,
+    rules: impl Iterator<Item = (IpNet, Protocol, Option<PortRange>, String)>,
+) -> Vec<AllowSet> {
+    let mut groups: BTreeMap<Group, (BTreeSet<IpNet>, Vec<String>)> = BTreeMap::new();
+    for (net, protocol, ports, entry) in rules {
+        let (nets, entries) = groups.entry((protocol, ports)).or_default();
+        nets.insert(net.trunc());
+        entries.push(entry);
+    }
+    let family = if v6 { "v6" } else { "v4" };
+    groups
+        .into_iter()
+        .map(|((protocol, ports), (nets, entries))| AllowSet {
+            name: set_name(family, protocol, ports),
+            v6,
+            protocol,
+            ports,
+            nets,
+            entries,
+        })
+        .collect()
+}
+
+impl AllowSet {
+    fn to_schema(&self, table: &str) -> schema::Set<'static> {
+        let elem: Vec<Expression<'static>> = self
+            .nets
+            .iter()
+            .map(|net| {
+                Expression::Named(NamedExpression::Prefix(Prefix {
+                    addr: Box::new(text(net.network().to_string())),
+                    len: u32::from(net.prefix_len()),
+                }))
+            })
+            .collect();
+        schema::Set {
+            family: NfFamily::INet,
+            table: table.to_owned().into(),
+            name: self.name.clone().into(),
+            set_type: SetTypeValue::Single(if self.v6 {
+                SetType::Ipv6Addr
+            } else {
+                SetType::Ipv4Addr
+            }),
+            flags: Some(HashSet::from([SetFlag::Interval])),
+            elem: Some(elem.into()),
+            ..schema::Set::default()
+        }
+    }
+
+    /// `[meta l4proto …] [tcp|udp|th dport …] ip[6] daddr @set accept`.
+    fn allow_rule(&self) -> Vec<Statement<'static>> {
+        let mut expr = Vec::new();
+        let l4proto = match self.protocol {
+            // "any" in a policy means TCP and UDP (as in the eBPF layer), not every protocol.
+            Protocol::Any => Expression::Named(NamedExpression::Set(vec![
+                SetItem::Element(text("tcp")),
+                SetItem::Element(text("udp")),
+            ])),
+            Protocol::Tcp => text("tcp"),
+            Protocol::Udp => text("udp"),
+        };
+        // `tcp dport` and `udp dport` imply their protocol; `th dport` does not.
+        let dport = match self.protocol {
+            Protocol::Any => "th",
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        };
+        if self.ports.is_none() || self.protocol == Protocol::Any {
+            expr.push(matches(meta(MetaKey::L4proto), l4proto));
+        }
+        if let Some(ports) = self.ports {
+            expr.push(matches(payload(dport, "dport"), port_expr(ports)));
+        }
+        let family = if self.v6 { "ip6" } else { "ip" };
+        expr.push(matches(
+            payload(family, "daddr"),
+            text(format!("@{}", self.name)),
+        ));
+        expr.push(Statement::Accept(None));
+        expr
+    }
+}
+
+fn confined_rules(policy: &NftPolicy, sets: &[AllowSet]) -> Vec<Vec<Statement<'static>>> {
+    // Replies of allowed (or inbound) connections; conntrack runs before this chain.
+    let mut rules = vec![vec![
+        Statement::Match(Match {
+            left: Expression::Named(NamedExpression::CT(CT {
+                key: "state".into(),
+                family: None,
+                dir: None,
+            })),
+            right: Expression::List(vec![text("established"), text("related")]),
+            op: Operator::IN,
+        }),
+        Statement::Accept(None),
+    ]];
+    rules.extend(sets.iter().map(AllowSet::allow_rule));
+    // The limit gates the log only: a packet over the rate skips this rule and is still counted
+    // and dropped by the next ones.
+    let rate = policy.log.rate;
+    rules.push(vec![
+        Statement::Limit(stmt::Limit {
+            rate: rate.count,
+            rate_unit: None,
+            per: Some(rate.per.as_str().into()),
+            burst: None,
+            burst_unit: None,
+            inv: None,
+        }),
+        Statement::Log(Some(Log {
+            prefix: Some(log_prefix(policy.instance).into()),
+            flags: Some(HashSet::from([LogFlag::Skuid])),
+            ..Log::new(None)
+        })),
+    ]);
+    for (family, nfproto) in [("v4", "ipv4"), ("v6", "ipv6")] {
+        // `other` last: it has no protocol match and takes what tcp and udp left.
+        for protocol in ["tcp", "udp", "other"] {
+            let mut expr = vec![matches(meta(MetaKey::Nfproto), text(nfproto))];
+            if protocol != "other" {
+                expr.push(matches(meta(MetaKey::L4proto), text(protocol)));
+            }
+            expr.push(Statement::Counter(stmt::Counter::Named(
+                format!("blocked_{family}_{protocol}").into(),
+            )));
+            expr.push(Statement::Drop(None));
+            rules.push(expr);
+        }
+    }
+    rules
+}
+
+fn counter(table: &str, name: &str, seed: Option<CounterValue>) -> schema::Counter<'static> {
+    // The crate's schema holds u32 values: a seed beyond that saturates (packets of blocked
+    // attempts never get there; bytes might, after 4 GiB of blocked traffic).
+    let clamp = |v: u64| u32::try_from(v).unwrap_or(u32::MAX);
+    schema::Counter {
+        family: NfFamily::INet,
+        table: table.to_owned().into(),
+        name: name.to_owned().into(),
+        handle: None,
+        packets: seed.map(|s| clamp(s.packets)),
+        bytes: seed.map(|s| clamp(s.bytes)),
+    }
+}
+
+fn table_object(table: &str) -> NfListObject<'static> {
+    NfListObject::Table(Table {
+        family: NfFamily::INet,
+        name: table.to_owned().into(),
+        handle: None,
+    })
+}
+
+fn rule(table: &str, chain: &'static str, expr: Vec<Statement<'static>>) -> NfListObject<'static> {
+    NfListObject::Rule(Rule {
+        family: NfFamily::INet,
+        table: table.to_owned().into(),
+        chain: chain.into(),
+        expr: expr.into(),
+        ..Rule::default()
+    })
+}
+
+fn add(object: NfListObject<'static>) -> NfObject<'static> {
+    NfObject::CmdObject(NfCmd::Add(object))
+}
+
+fn matches(left: Expression<'static>, right: Expression<'static>) -> Statement<'static> {
+    Statement::Match(Match {
+        left,
+        right,
+        op: Operator::EQ,
+    })
+}
+
+fn meta(key: MetaKey) -> Expression<'static> {
+    Expression::Named(NamedExpression::Meta(Meta { key }))
+}
+
+fn payload(protocol: &'static str, field: &'static str) -> Expression<'static> {
+    Expression::Named(NamedExpression::Payload(Payload::PayloadField(
+        PayloadField {
+            protocol: protocol.into(),
+            field: field.into(),
+        },
+    )))
+}
+
+fn text(s: impl Into<Cow<'static, str>>) -> Expression<'static> {
+    Expression::String(s.into())
+}
+
+fn port_expr(ports: PortRange) -> Expression<'static> {
+    let (first, last) = (u32::from(ports.first), u32::from(ports.last));
+    if first == last {
+        Expression::Number(first)
+    } else {
+        Expression::Range(Box::new(Range {
+            range: [Expression::Number(first), Expression::Number(last)],
+        }))
+    }
+}

@@ -1,0 +1,176 @@
+//! Applying, inspecting and removing an instance's table in the kernel.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use nftables::schema::Nftables;
+use serde_json::Value;
+
+use super::command::{self, RunError};
+use super::render::{self, CounterValue, table_name};
+use super::{NftError, NftPolicy};
+
+/// Puts the instance's table in place, replacing the one there in a single transaction: packets
+/// see the old policy or the new one, never a mixture. Applying the same policy again leaves one
+/// identical table. When nft or the kernel refuses, nothing changes and the error quotes nft.
+///
+/// Counters carry over: their values are read just before and seeded into the new table, so a
+/// re-apply (e.g. after host names are re-resolved) does not reset them. Packets counted between
+/// that read and the commit are lost (a few milliseconds).
+pub fn apply(policy: &NftPolicy) -> Result<(), NftError> {
+    let instance = policy.instance;
+    check_instance(instance)?;
+    let seeds = if is_applied(instance)? {
+        read_counters(instance)?
+    } else {
+        BTreeMap::new()
+    };
+    let batch = render::render_with_counters(policy, &seeds);
+    command::apply(&batch).map_err(|e| match e {
+        RunError::Failed(stderr) => NftError::Rejected {
+            instance: instance.to_owned(),
+            culprit: find_culprit(policy),
+            stderr,
+        },
+        other => other.for_instance(instance, "apply its ruleset"),
+    })
+}
+
+/// Deletes the instance's table; no error when it is not there.
+pub fn remove(instance: &str) -> Result<(), NftError> {
+    check_instance(instance)?;
+    // `add` + `delete` in one transaction: no error when absent, and no check-then-act race.
+    let batch = Nftables {
+        objects: render::delete_table(&table_name(instance)).into(),
+    };
+    command::apply(&batch).map_err(|e| e.for_instance(instance, "delete its table"))
+}
+
+/// Whether the instance's table is in place.
+pub fn is_applied(instance: &str) -> Result<bool, NftError> {
+    check_instance(instance)?;
+    let action = "list the inet tables";
+    let out =
+        command::list(&["list", "tables", "inet"]).map_err(|e| e.for_instance(instance, action))?;
+    let table = table_name(instance);
+    Ok(objects(instance, action, &out)?
+        .iter()
+        .filter_map(|o| o.get("table"))
+        .any(|t| t["family"] == "inet" && t["name"] == table.as_str()))
+}
+
+/// Packets counted by each named counter of the instance's table (`blocked_v4_tcp`, …).
+pub fn counters(instance: &str) -> Result<BTreeMap<String, u64>, NftError> {
+    check_instance(instance)?;
+    if !is_applied(instance)? {
+        return Err(NftError::NotApplied {
+            instance: instance.to_owned(),
+        });
+    }
+    Ok(read_counters(instance)?
+        .into_iter()
+        .map(|(name, value)| (name, value.packets))
+        .collect())
+}
+
+/// The table's counters, read as JSON values rather than through the crate's schema, whose
+/// counter fields are u32.
+fn read_counters(instance: &str) -> Result<BTreeMap<String, CounterValue>, NftError> {
+    let action = "list its counters";
+    let table = table_name(instance);
+    let out = command::list(&["list", "counters", "table", "inet", &table])
+        .map_err(|e| e.for_instance(instance, action))?;
+    Ok(objects(instance, action, &out)?
+        .iter()
+        .filter_map(|o| o.get("counter"))
+        .filter_map(|c| {
+            let value = CounterValue {
+                packets: c["packets"].as_u64()?,
+                bytes: c["bytes"].as_u64()?,
+            };
+            Some((c["name"].as_str()?.to_owned(), value))
+        })
+        .collect())
+}
+
+/// The objects of nft's JSON output (`{"nftables": [...]}`).
+fn objects(instance: &str, action: &'static str, out: &str) -> Result<Vec<Value>, NftError> {
+    let mut json: Value = serde_json::from_str(out).map_err(|source| NftError::Output {
+        instance: instance.to_owned(),
+        action,
+        source,
+    })?;
+    Ok(match json["nftables"].take() {
+        Value::Array(objects) => objects,
+        _ => Vec::new(),
+    })
+}
+
+/// After a refusal: which allow-list set nft refuses on its own (each checked with `nft -c`,
+/// which commits nothing), described by the policy entries it was built from.
+fn find_culprit(policy: &NftPolicy) -> Option<String> {
+    let table = table_name(policy.instance);
+    render::allow_sets(policy).into_iter().find_map(|set| {
+        let mut batch = render::replace_table(&table);
+        batch.push(render::add_set(&table, &set));
+        let refused = matches!(
+            command::check(&Nftables {
+                objects: batch.into()
+            }),
+            Err(RunError::Failed(_))
+        );
+        refused.then(|| describe(&set.name, &set.entries))
+    })
+}
+
+fn describe(set: &str, entries: &[String]) -> String {
+    const SHOWN: usize = 8;
+    let mut list = entries[..entries.len().min(SHOWN)].join(", ");
+    if entries.len() > SHOWN {
+        let _ = write!(list, " and {} more", entries.len() - SHOWN);
+    }
+    format!("the set {set}, built from the network.allow entries {list}")
+}
+
+/// Instance names are the policy's (`[a-z0-9][a-z0-9_-]{0,31}`): they keep the table name
+/// predictable and the log prefix within nft's 127 bytes.
+fn check_instance(instance: &str) -> Result<(), NftError> {
+    let mut chars = instance.chars();
+    let valid = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && instance.len() <= 32
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
+    if valid {
+        Ok(())
+    } else {
+        Err(NftError::InvalidInstance {
+            instance: instance.to_owned(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn instance_names_follow_the_policy_alphabet() {
+        for ok in ["a", "my-project", "x_1", &"a".repeat(32)] {
+            assert!(check_instance(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "-a", "A", "a b", "a/b", &"a".repeat(33)] {
+            assert!(
+                matches!(check_instance(bad), Err(NftError::InvalidInstance { .. })),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_long_culprit_list_is_shortened() {
+        let entries: Vec<String> = (0..10).map(|i| format!("10.0.{i}.0/24")).collect();
+        let text = describe("allow_v4_any", &entries);
+        assert!(text.ends_with("10.0.7.0/24 and 2 more"), "{text}");
+    }
+}

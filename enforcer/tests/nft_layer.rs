@@ -1,0 +1,477 @@
+//! The nftables layer on the running kernel. Every test runs in its own network namespace
+//! (`common::run_tests`), and rulesets are per namespace: the host's ruleset is never touched.
+//! Traffic goes over loopback, whose packets pass the output hook like any other.
+
+mod common;
+mod uid_client;
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::process::{Command, ExitCode};
+
+use common::probe::{accept_one, received};
+use ipnet::{Ipv4Net, Ipv6Net};
+use isolate_enforcer::nft::{self, NftError, NftPolicy};
+use isolate_policy::{LogSettings, NetRule, PortRange, Protocol, Rate, RateUnit};
+use serde_json::Value;
+use uid_client::{Mode, TIMED_OUT};
+
+/// UIDs no other test binary uses (the eBPF tests use 65533 and 65534).
+const CONFINED: u32 = 65531;
+const OTHER: u32 = 65532;
+const INSTANCE: &str = "demo";
+
+fn main() -> ExitCode {
+    if let Some(code) = uid_client::main_if_client() {
+        return code;
+    }
+    common::run_tests(&[
+        ("render_builds_the_table_the_policy_describes", render),
+        ("render_is_deterministic", render_is_deterministic),
+        ("apply_twice_leaves_one_identical_table", apply_twice),
+        ("a_changed_policy_replaces_the_old_one", replace),
+        ("remove_leaves_nothing_and_spares_other_tables", remove),
+        ("a_refused_policy_changes_nothing", refused),
+        ("tcp_allowed_connects_forbidden_times_out", tcp),
+        ("udp_forbidden_is_dropped_and_counted_exactly", udp),
+        ("other_uids_are_untouched", other_uid),
+    ])
+}
+
+// ---- policy helpers ----
+
+fn v4(net: &str, ports: Option<PortRange>, protocol: Protocol) -> NetRule<Ipv4Net> {
+    NetRule {
+        net: net.parse().unwrap(),
+        ports,
+        protocol,
+    }
+}
+
+fn v6(net: &str, ports: Option<PortRange>, protocol: Protocol) -> NetRule<Ipv6Net> {
+    NetRule {
+        net: net.parse().unwrap(),
+        ports,
+        protocol,
+    }
+}
+
+fn port(p: u16) -> PortRange {
+    PortRange::single(p)
+}
+
+const LOG: LogSettings = LogSettings {
+    rate: Rate {
+        count: 7,
+        per: RateUnit::Minute,
+    },
+};
+
+fn policy<'a>(v4: &'a [NetRule<Ipv4Net>], v6: &'a [NetRule<Ipv6Net>]) -> NftPolicy<'a> {
+    NftPolicy {
+        instance: INSTANCE,
+        uid: CONFINED,
+        v4,
+        v6,
+        log: &LOG,
+    }
+}
+
+// ---- nft helpers (run nft directly, to see what the kernel holds) ----
+
+fn nft(args: &[&str]) -> String {
+    let out = Command::new("nft").args(args).output().expect("run nft");
+    assert!(
+        out.status.success(),
+        "nft {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The names of every table in the namespace.
+fn tables() -> Vec<String> {
+    let json: Value = serde_json::from_str(&nft(&["-j", "list", "tables"])).unwrap();
+    json["nftables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|o| Some(o.get("table")?["name"].as_str()?.to_owned()))
+        .collect()
+}
+
+fn ruleset() -> String {
+    nft(&["list", "ruleset"])
+}
+
+fn counters() -> BTreeMap<String, u64> {
+    nft::counters(INSTANCE).expect("read counters")
+}
+
+/// The objects of one kind in a rendered batch (`{"add": {KIND: …}}`).
+fn added<'a>(batch: &'a Value, kind: &str) -> Vec<&'a Value> {
+    batch["nftables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|o| o.get("add")?.get(kind))
+        .collect()
+}
+
+// ---- traffic helpers ----
+
+fn listen(addr: &str) -> (TcpListener, SocketAddr) {
+    let listener = TcpListener::bind(addr).unwrap();
+    let local = listener.local_addr().unwrap();
+    (listener, local)
+}
+
+fn udp_listen(addr: &str) -> (UdpSocket, SocketAddr) {
+    let socket = UdpSocket::bind(addr).unwrap();
+    let local = socket.local_addr().unwrap();
+    (socket, local)
+}
+
+fn assert_connects(uid: u32, listener: &TcpListener, addr: SocketAddr) {
+    assert_eq!(
+        uid_client::run(uid, Mode::Tcp, addr),
+        0,
+        "uid {uid} must reach {addr}"
+    );
+    assert!(
+        accept_one(listener).is_some(),
+        "the listener on {addr} got the connection"
+    );
+}
+
+fn assert_times_out(listener: &TcpListener, addr: SocketAddr) {
+    assert_eq!(
+        uid_client::run(CONFINED, Mode::Tcp, addr),
+        TIMED_OUT,
+        "a connect to {addr} must go unanswered"
+    );
+    assert!(
+        accept_one(listener).is_none(),
+        "the forbidden listener on {addr} got a connection"
+    );
+}
+
+// ---- tests ----
+
+fn render() {
+    let v4_rules = [
+        v4("10.0.0.0/8", None, Protocol::Any),
+        v4("127.0.0.1/32", Some(port(8787)), Protocol::Tcp),
+        v4("192.168.0.0/16", Some(port(53)), Protocol::Udp),
+        v4(
+            "127.0.0.0/8",
+            Some(PortRange {
+                first: 8000,
+                last: 8080,
+            }),
+            Protocol::Any,
+        ),
+    ];
+    let v6_rules = [
+        v6("2001:db8::/32", None, Protocol::Any),
+        v6("::1/128", Some(port(443)), Protocol::Tcp),
+    ];
+    let policy = policy(&v4_rules, &v6_rules);
+    let batch = serde_json::to_value(nft::render(&policy)).unwrap();
+
+    let tables = added(&batch, "table");
+    assert!(
+        tables
+            .iter()
+            .all(|t| t["name"] == "isolate-demo" && t["family"] == "inet"),
+        "only the instance's table: {tables:?}"
+    );
+    let chains = added(&batch, "chain");
+    let names: Vec<&str> = chains.iter().map(|c| c["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["confined", "output"]);
+    let output = chains[1];
+    assert_eq!(output["hook"], "output");
+    assert_eq!(output["type"], "filter");
+    assert_eq!(output["prio"], 0);
+    assert_eq!(output["policy"], "accept", "other UIDs pass");
+
+    let sets: BTreeMap<&str, &Value> = added(&batch, "set")
+        .into_iter()
+        .map(|s| (s["name"].as_str().unwrap(), s))
+        .collect();
+    assert_eq!(
+        sets.keys().copied().collect::<Vec<_>>(),
+        [
+            "allow_v4_any",
+            "allow_v4_any_8000_8080",
+            "allow_v4_tcp_8787",
+            "allow_v4_udp_53",
+            "allow_v6_any",
+            "allow_v6_tcp_443",
+        ]
+    );
+    for set in sets.values() {
+        assert_eq!(set["flags"], serde_json::json!(["interval"]));
+    }
+    assert_eq!(sets["allow_v6_tcp_443"]["type"], "ipv6_addr");
+    assert_eq!(
+        sets["allow_v4_any"]["elem"],
+        serde_json::json!([{"prefix": {"addr": "10.0.0.0", "len": 8}}])
+    );
+    let counters: Vec<&str> = added(&batch, "counter")
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(counters, nft::COUNTER_NAMES);
+
+    // What the kernel holds, in nft's own spelling.
+    nft::apply(&policy).expect("apply");
+    let text = nft(&["list", "table", "inet", "isolate-demo"]);
+    for expected in [
+        "type filter hook output priority filter; policy accept;",
+        "meta skuid 65531 jump confined",
+        "ct state established,related accept",
+        "meta l4proto { tcp, udp } ip daddr @allow_v4_any accept",
+        "meta l4proto { tcp, udp } th dport 8000-8080 ip daddr @allow_v4_any_8000_8080 accept",
+        "tcp dport 8787 ip daddr @allow_v4_tcp_8787 accept",
+        "udp dport 53 ip daddr @allow_v4_udp_53 accept",
+        "tcp dport 443 ip6 daddr @allow_v6_tcp_443 accept",
+        "limit rate 7/minute",
+        "log prefix \"isolate-demo-blocked \" flags skuid",
+        "meta nfproto ipv4 meta l4proto tcp counter name \"blocked_v4_tcp\" drop",
+        "meta nfproto ipv6 counter name \"blocked_v6_other\" drop",
+    ] {
+        assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
+    }
+}
+
+fn render_is_deterministic() {
+    let mut v4_rules = vec![
+        v4("10.0.0.0/8", None, Protocol::Any),
+        v4("192.168.1.0/24", Some(port(443)), Protocol::Tcp),
+        v4("172.16.0.0/12", None, Protocol::Any),
+    ];
+    let json = |rules: &[NetRule<Ipv4Net>]| {
+        serde_json::to_string(&nft::render(&policy(rules, &[]))).unwrap()
+    };
+    let first = json(&v4_rules);
+    assert_eq!(first, json(&v4_rules), "same policy, same output");
+    v4_rules.reverse();
+    assert_eq!(
+        first,
+        json(&v4_rules),
+        "the order of the rules does not matter"
+    );
+}
+
+fn apply_twice() {
+    let rules = [v4("10.0.0.0/8", None, Protocol::Any)];
+    assert!(!nft::is_applied(INSTANCE).unwrap());
+    nft::apply(&policy(&rules, &[])).expect("first apply");
+    let once = ruleset();
+    nft::apply(&policy(&rules, &[])).expect("second apply");
+    assert_eq!(tables(), ["isolate-demo"], "exactly one table");
+    assert_eq!(ruleset(), once, "the same ruleset after a re-apply");
+    assert!(nft::is_applied(INSTANCE).unwrap());
+}
+
+fn replace() {
+    let (first, first_addr) = listen("127.0.0.1:0");
+    let (second, second_addr) = listen("127.0.0.1:0");
+    let (_udp, udp_addr) = udp_listen("127.0.0.1:0");
+    let allow_first = [v4(
+        "127.0.0.1/32",
+        Some(port(first_addr.port())),
+        Protocol::Tcp,
+    )];
+    let allow_second = [v4(
+        "127.0.0.1/32",
+        Some(port(second_addr.port())),
+        Protocol::Tcp,
+    )];
+
+    nft::apply(&policy(&allow_first, &[])).unwrap();
+    assert_connects(CONFINED, &first, first_addr);
+    assert_times_out(&second, second_addr);
+    for _ in 0..2 {
+        uid_client::run(CONFINED, Mode::Udp, udp_addr);
+    }
+    assert_eq!(counters()["blocked_v4_udp"], 2);
+
+    nft::apply(&policy(&allow_second, &[])).unwrap();
+    assert_eq!(tables(), ["isolate-demo"]);
+    assert_connects(CONFINED, &second, second_addr);
+    assert_times_out(&first, first_addr);
+    uid_client::run(CONFINED, Mode::Udp, udp_addr);
+    assert_eq!(
+        counters()["blocked_v4_udp"],
+        3,
+        "counters carry over a replace"
+    );
+}
+
+fn remove() {
+    // Someone else's table, which isolate must leave alone.
+    nft(&["add", "table", "inet", "host-fw"]);
+    nft(&[
+        "add",
+        "chain",
+        "inet",
+        "host-fw",
+        "out",
+        "{ type filter hook output priority 10 ; }",
+    ]);
+    nft(&["add", "rule", "inet", "host-fw", "out", "counter"]);
+    let host = nft(&["list", "table", "inet", "host-fw"]);
+
+    nft::apply(&policy(&[v4("10.0.0.0/8", None, Protocol::Any)], &[])).unwrap();
+    nft::remove(INSTANCE).expect("remove");
+    assert_eq!(tables(), ["host-fw"], "nothing of isolate's is left");
+    assert!(!nft::is_applied(INSTANCE).unwrap());
+    assert!(matches!(
+        nft::counters(INSTANCE),
+        Err(NftError::NotApplied { .. })
+    ));
+    nft::remove(INSTANCE).expect("removing what is not there is fine");
+    assert_eq!(
+        nft(&["list", "table", "inet", "host-fw"]),
+        host,
+        "the other table is untouched"
+    );
+}
+
+fn refused() {
+    // Overlapping networks in one group: normalisation never produces this, nft refuses it.
+    let overlapping = [
+        v4("10.0.0.0/8", None, Protocol::Any),
+        v4("10.1.0.0/16", None, Protocol::Any),
+    ];
+    let error = nft::apply(&policy(&overlapping, &[])).unwrap_err();
+    assert!(tables().is_empty(), "a refused first apply leaves nothing");
+
+    nft::apply(&policy(&[v4("192.168.0.0/16", None, Protocol::Any)], &[])).unwrap();
+    let before = ruleset();
+    let again = nft::apply(&policy(&overlapping, &[])).unwrap_err();
+    assert_eq!(ruleset(), before, "a refused apply changes nothing");
+    assert_eq!(again.to_string(), error.to_string());
+
+    let NftError::Rejected {
+        instance,
+        culprit,
+        stderr,
+    } = &error
+    else {
+        panic!("expected Rejected, got {error:?}");
+    };
+    assert_eq!(instance, INSTANCE);
+    assert!(stderr.contains("conflicting intervals"), "{stderr}");
+    let culprit = culprit.as_deref().expect("the set is named");
+    assert!(
+        culprit.contains("allow_v4_any") && culprit.contains("10.1.0.0/16"),
+        "{culprit}"
+    );
+    let message = error.to_string();
+    assert!(
+        message.starts_with("instance demo: nft refused")
+            && message.contains("nothing was changed"),
+        "{message}"
+    );
+
+    // A name that cannot make a table is refused before nft runs.
+    let bad = NftPolicy {
+        instance: "Not A Name",
+        ..policy(&[], &[])
+    };
+    assert!(matches!(
+        nft::apply(&bad),
+        Err(NftError::InvalidInstance { .. })
+    ));
+    assert_eq!(ruleset(), before);
+}
+
+fn tcp() {
+    let (allowed, allowed_addr) = listen("127.0.0.1:0");
+    let (forbidden, forbidden_addr) = listen("127.0.0.1:0");
+    let (allowed_v6, allowed_v6_addr) = listen("[::1]:0");
+    let (forbidden_v6, forbidden_v6_addr) = listen("[::1]:0");
+    nft::apply(&policy(
+        &[v4(
+            "127.0.0.1/32",
+            Some(port(allowed_addr.port())),
+            Protocol::Tcp,
+        )],
+        &[v6(
+            "::1/128",
+            Some(port(allowed_v6_addr.port())),
+            Protocol::Any,
+        )],
+    ))
+    .unwrap();
+
+    assert_connects(CONFINED, &allowed, allowed_addr);
+    assert_times_out(&forbidden, forbidden_addr);
+    assert_connects(CONFINED, &allowed_v6, allowed_v6_addr);
+    assert_times_out(&forbidden_v6, forbidden_v6_addr);
+
+    // A dropped SYN is retransmitted within the timeout now and then: count packets, not
+    // attempts (the UDP test checks exact counts).
+    let counts = counters();
+    assert!(counts["blocked_v4_tcp"] >= 1, "{counts:?}");
+    assert!(counts["blocked_v6_tcp"] >= 1, "{counts:?}");
+    assert_eq!(counts["blocked_v4_udp"] + counts["blocked_v6_udp"], 0);
+}
+
+fn udp() {
+    let (allowed, allowed_addr) = udp_listen("127.0.0.1:0");
+    let (forbidden, forbidden_addr) = udp_listen("127.0.0.1:0");
+    let (forbidden_v6, forbidden_v6_addr) = udp_listen("[::1]:0");
+    nft::apply(&policy(
+        &[v4(
+            "127.0.0.0/8",
+            Some(port(allowed_addr.port())),
+            Protocol::Udp,
+        )],
+        &[],
+    ))
+    .unwrap();
+
+    assert_eq!(uid_client::run(CONFINED, Mode::Udp, allowed_addr), 0);
+    assert!(received(&allowed), "the allowed datagram arrived");
+    // A drop on the output hook fails the send with EPERM.
+    for _ in 0..3 {
+        assert_eq!(
+            uid_client::run(CONFINED, Mode::Udp, forbidden_addr),
+            libc::EPERM
+        );
+    }
+    for _ in 0..2 {
+        assert_eq!(
+            uid_client::run(CONFINED, Mode::Udp, forbidden_v6_addr),
+            libc::EPERM
+        );
+    }
+    assert!(!received(&forbidden), "a forbidden datagram arrived");
+    assert!(!received(&forbidden_v6), "a forbidden datagram arrived");
+
+    let expected: BTreeMap<String, u64> = nft::COUNTER_NAMES
+        .iter()
+        .map(|name| (name.to_string(), 0))
+        .chain([("blocked_v4_udp".into(), 3), ("blocked_v6_udp".into(), 2)])
+        .collect();
+    assert_eq!(counters(), expected);
+}
+
+fn other_uid() {
+    let (listener, addr) = listen("127.0.0.1:0");
+    let (udp, udp_addr) = udp_listen("[::1]:0");
+    nft::apply(&policy(&[], &[])).unwrap();
+
+    assert_times_out(&listener, addr);
+    let blocked = counters();
+    assert_connects(OTHER, &listener, addr);
+    assert_eq!(uid_client::run(OTHER, Mode::Udp, udp_addr), 0);
+    assert!(received(&udp));
+    // Root (this process) too.
+    assert!(std::net::TcpStream::connect(addr).is_ok());
+    assert_eq!(counters(), blocked, "nothing of other UIDs was counted");
+}

@@ -1,1 +1,121 @@
-//! The audit trail (issue #6): block events to journald, or to stderr without it.
+//! The audit trail (issue #6): every blocked attempt becomes a structured journald record
+//! (`ISOLATE_INSTANCE`, `ISOLATE_DEST`, … — `journalctl ISOLATE_INSTANCE=NAME`), or, where
+//! journald is absent, one line on stderr. Records are rate-limited per instance by the policy's
+//! `log.rate`; what the limit turns away is counted and reported when logging resumes.
+
+mod journal;
+mod limit;
+mod record;
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use isolate_policy::Rate;
+
+use crate::bpf::BlockedAttempt;
+use journal::Journal;
+use limit::{Admit, TokenBucket};
+use record::Entry;
+
+pub use journal::DEFAULT_JOURNAL_SOCKET;
+
+/// Where audit records go: journald, or the fallback writer (stderr unless replaced).
+pub struct AuditSink {
+    journal: Journal,
+    fallback: Box<dyn Write + Send>,
+    buckets: HashMap<String, TokenBucket>,
+}
+
+impl AuditSink {
+    /// Records to journald at [`DEFAULT_JOURNAL_SOCKET`], else to stderr.
+    pub fn new() -> Self {
+        Self::with_journal_socket(DEFAULT_JOURNAL_SOCKET)
+    }
+
+    /// Records to journald listening at `socket` (a unix datagram socket), else to stderr.
+    pub fn with_journal_socket(socket: impl Into<PathBuf>) -> Self {
+        Self {
+            journal: Journal::new(socket.into()),
+            fallback: Box::new(std::io::stderr()),
+            buckets: HashMap::new(),
+        }
+    }
+
+    /// Writes the records that journald cannot take to `writer` instead of stderr.
+    #[must_use]
+    pub fn with_fallback(mut self, writer: impl Write + Send + 'static) -> Self {
+        self.fallback = Box::new(writer);
+        self
+    }
+
+    /// Records one blocked attempt of `instance`, unless `rate` (the instance's `log.rate`) is
+    /// exhausted; then it is only counted. Never fails: an audit sink that cannot write says so
+    /// through `tracing` and carries on.
+    pub fn record(&mut self, instance: &str, rate: &Rate, attempt: &BlockedAttempt) {
+        let now = Instant::now();
+        let bucket = match self.buckets.get_mut(instance) {
+            // A reloaded policy with another rate starts a fresh bucket.
+            Some(bucket) if bucket.rate() == *rate => bucket,
+            _ => self
+                .buckets
+                .entry(instance.to_owned())
+                .insert_entry(TokenBucket::new(*rate, now))
+                .into_mut(),
+        };
+        match bucket.admit(now) {
+            Admit::No => {}
+            Admit::Yes { suppressed } => {
+                if suppressed > 0 {
+                    self.emit(&record::suppressed(instance, suppressed, *rate));
+                }
+                self.emit(&record::blocked(instance, attempt));
+            }
+        }
+    }
+
+    /// Reports the records still being suppressed (e.g. when an instance stops), so that none
+    /// goes uncounted.
+    pub fn flush_suppressed(&mut self) {
+        let mut pending: Vec<(String, u64, Rate)> = self
+            .buckets
+            .iter_mut()
+            .map(|(instance, bucket)| (instance.clone(), bucket.take_suppressed(), bucket.rate()))
+            .filter(|(_, count, _)| *count > 0)
+            .collect();
+        pending.sort_by(|a, b| a.0.cmp(&b.0));
+        for (instance, count, rate) in pending {
+            self.emit(&record::suppressed(&instance, count, rate));
+        }
+    }
+
+    fn emit(&mut self, entry: &Entry) {
+        let fields: Vec<(&str, &str)> =
+            entry.fields.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        if self.journal.send(&journal::encode(&fields)).is_ok() {
+            return;
+        }
+        // No journald (or it refused): the same record, as one line.
+        let written =
+            writeln!(self.fallback, "{}", entry.line).and_then(|()| self.fallback.flush());
+        if let Err(error) = written {
+            tracing::warn!(%error, record = %entry.line, "cannot write an audit record");
+        }
+    }
+}
+
+impl Default for AuditSink {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Debug for AuditSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditSink")
+            .field("journal", &self.journal)
+            .field("instances", &self.buckets.len())
+            .finish_non_exhaustive()
+    }
+}

@@ -22,7 +22,7 @@ pub use render::{
 pub use table::{apply, counters, is_applied, remove};
 
 /// What the nftables layer enforces for one instance. The rules are already normalised and host
-/// names already resolved by the caller (see [`crate::network`]).
+/// names already resolved by the caller (`network::effective_rules`).
 #[derive(Debug, Clone, Copy)]
 pub struct NftPolicy<'a> {
     /// Instance name; the table is `isolate-<instance>`.

@@ -1,0 +1,94 @@
+//! What an audit record says: its journal fields and its one-line stderr form.
+
+use std::fmt::Write as _;
+use std::net::IpAddr;
+
+use isolate_policy::Rate;
+
+use crate::bpf::BlockedAttempt;
+
+/// journald's "warning".
+const PRIORITY_WARNING: &str = "4";
+const SYSLOG_IDENTIFIER: &str = "isolate";
+
+/// One record, ready for either sink.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Entry {
+    /// Journal fields, `MESSAGE` first.
+    pub fields: Vec<(&'static str, String)>,
+    /// The same record as one stderr line, without the newline.
+    pub line: String,
+}
+
+/// The record of one blocked attempt:
+/// `isolate-NAME-blocked tcp 203.0.113.7:443 pid=… comm=…` plus `ISOLATE_*` fields.
+pub(super) fn blocked(instance: &str, attempt: &BlockedAttempt) -> Entry {
+    let port = attempt.port;
+    let dest = match attempt.destination {
+        IpAddr::V4(addr) => format!("{addr}:{port}"),
+        IpAddr::V6(addr) => format!("[{addr}]:{port}"),
+    };
+    let head = format!("isolate-{instance}-blocked {} {dest}", attempt.protocol);
+    // Block events come from the eBPF layer (nft's drops are logged by the kernel itself).
+    let layer = format!("ebpf-{}", attempt.layer);
+    let comm = one_line(&attempt.comm);
+    let (uid, pid) = (attempt.uid, attempt.pid);
+    Entry {
+        fields: vec![
+            ("MESSAGE", format!("{head} pid={pid} comm={comm}")),
+            ("PRIORITY", PRIORITY_WARNING.to_owned()),
+            ("SYSLOG_IDENTIFIER", SYSLOG_IDENTIFIER.to_owned()),
+            ("ISOLATE_INSTANCE", instance.to_owned()),
+            ("ISOLATE_LAYER", layer.clone()),
+            ("ISOLATE_DEST", attempt.destination.to_string()),
+            ("ISOLATE_PORT", port.to_string()),
+            ("ISOLATE_PROTO", attempt.protocol.to_owned()),
+            ("ISOLATE_PID", pid.to_string()),
+            // The raw name: journal fields are binary-safe.
+            ("ISOLATE_COMM", attempt.comm.clone()),
+            ("ISOLATE_UID", uid.to_string()),
+        ],
+        line: format!("{head} uid={uid} pid={pid} comm={comm} layer={layer}"),
+    }
+}
+
+/// The record that follows a gap: `isolate-NAME-blocked: N records suppressed …`.
+pub(super) fn suppressed(instance: &str, count: u64, rate: Rate) -> Entry {
+    let message =
+        format!("isolate-{instance}-blocked: {count} records suppressed (audit log rate {rate})");
+    Entry {
+        fields: vec![
+            ("MESSAGE", message.clone()),
+            ("PRIORITY", PRIORITY_WARNING.to_owned()),
+            ("SYSLOG_IDENTIFIER", SYSLOG_IDENTIFIER.to_owned()),
+            ("ISOLATE_INSTANCE", instance.to_owned()),
+            ("ISOLATE_SUPPRESSED", count.to_string()),
+        ],
+        line: message,
+    }
+}
+
+/// The confined process chooses its own `comm` (prctl): escape spaces, control characters and
+/// backslashes so that it cannot split a record or forge another one.
+fn one_line(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() || c.is_whitespace() || c == '\\' {
+            let _ = write!(out, "\\u{{{:x}}}", u32::from(c));
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn comm_cannot_forge_a_line() {
+        assert_eq!(one_line("curl"), "curl");
+        assert_eq!(one_line("a b\nc\\"), "a\\u{20}b\\u{a}c\\u{5c}");
+    }
+}

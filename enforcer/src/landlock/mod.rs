@@ -12,8 +12,12 @@
 //!   names the missing features; above it, the kernel's newer features are used when it has
 //!   them, and the report lists those it lacks. No Landlock at all is always an error.
 //! - TCP connect is restricted to the union of the policy's TCP ports (ABI 4) unless a TCP rule
-//!   allows every port, or the union exceeds [`MAX_PORT_RULES`]; TCP bind is not restricted,
-//!   since servers bind ports their egress policy does not name.
+//!   allows every port, or the union exceeds [`MAX_PORT_RULES`]. TCP bind is not restricted by
+//!   default, since servers bind ports their egress policy does not name; a caller that knows
+//!   the port can set [`LandlockPlan::tcp_bind_ports`].
+//! - A small [`baseline`] of system paths (loader, libraries, `/proc`, `/dev/null`, name
+//!   service files) is added to every plan, tagged as such; missing paths are skipped with a
+//!   warning, except the instance directory, which must exist.
 //! - UDP port rules and pathname unix-socket rules (newer ABIs) are not used: the eBPF layer
 //!   judges UDP and unix-socket connects.
 //! - Denials are logged through the kernel audit subsystem (ABI 7); they appear only where
@@ -21,7 +25,7 @@
 
 mod abi;
 mod apply;
-mod baseline;
+pub mod baseline;
 mod error;
 mod plan;
 mod ports;

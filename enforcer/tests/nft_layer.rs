@@ -35,6 +35,7 @@ fn main() -> ExitCode {
         ("tcp_allowed_connects_forbidden_times_out", tcp),
         ("udp_forbidden_is_dropped_and_counted_exactly", udp),
         ("other_uids_are_untouched", other_uid),
+        ("icmp_is_allowed_only_by_a_rule_without_ports", icmp),
     ])
 }
 
@@ -231,7 +232,7 @@ fn render() {
         "type filter hook output priority filter; policy accept;",
         "meta skuid 65531 jump confined",
         "ct state established,related accept",
-        "meta l4proto { tcp, udp } ip daddr @allow_v4_any accept",
+        "\t\tip daddr @allow_v4_any accept",
         "meta l4proto { tcp, udp } th dport 8000-8080 ip daddr @allow_v4_any_8000_8080 accept",
         "tcp dport 8787 ip daddr @allow_v4_tcp_8787 accept",
         "udp dport 53 ip daddr @allow_v4_udp_53 accept",
@@ -474,4 +475,25 @@ fn other_uid() {
     // Root (this process) too.
     assert!(std::net::TcpStream::connect(addr).is_ok());
     assert_eq!(counters(), blocked, "nothing of other UIDs was counted");
+}
+
+fn icmp() {
+    // Let every group open ping sockets (this namespace only).
+    std::fs::write("/proc/sys/net/ipv4/ping_group_range", "0 2147483647").unwrap();
+    let loopback_v4: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let loopback_v6: SocketAddr = "[::1]:0".parse().unwrap();
+    // v4: an "any" rule without ports covers ICMP; v6: ports or a protocol exclude it.
+    nft::apply(&policy(
+        &[v4("127.0.0.1/32", None, Protocol::Any)],
+        &[v6("::1/128", Some(port(443)), Protocol::Any)],
+    ))
+    .unwrap();
+
+    assert_eq!(uid_client::run(CONFINED, Mode::Icmp, loopback_v4), 0);
+    // The IPv6 ping socket does not report the drop (the kernel ignores its output's result
+    // there); the counter shows it.
+    uid_client::run(CONFINED, Mode::Icmp, loopback_v6);
+    let counts = counters();
+    assert_eq!(counts["blocked_v4_other"], 0, "{counts:?}");
+    assert_eq!(counts["blocked_v6_other"], 1, "{counts:?}");
 }

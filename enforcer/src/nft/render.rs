@@ -247,26 +247,26 @@ impl AllowSet {
     /// `[meta l4proto …] [tcp|udp|th dport …] ip[6] daddr @set accept`.
     fn allow_rule(&self) -> Vec<Statement<'static>> {
         let mut expr = Vec::new();
-        let l4proto = match self.protocol {
-            // "any" in a policy means TCP and UDP (as in the eBPF layer), not every protocol.
-            Protocol::Any => Expression::Named(NamedExpression::Set(vec![
-                SetItem::Element(text("tcp")),
-                SetItem::Element(text("udp")),
-            ])),
-            Protocol::Tcp => text("tcp"),
-            Protocol::Udp => text("udp"),
-        };
-        // `tcp dport` and `udp dport` imply their protocol; `th dport` does not.
-        let dport = match self.protocol {
-            Protocol::Any => "th",
-            Protocol::Tcp => "tcp",
-            Protocol::Udp => "udp",
-        };
-        if self.ports.is_none() || self.protocol == Protocol::Any {
-            expr.push(matches(meta(MetaKey::L4proto), l4proto));
-        }
-        if let Some(ports) = self.ports {
-            expr.push(matches(payload(dport, "dport"), port_expr(ports)));
+        // As in the eBPF layer: "any" without ports is every protocol (ICMP too); with ports it
+        // is TCP and UDP, the protocols that have ports.
+        match (self.protocol, self.ports) {
+            (Protocol::Any, None) => {}
+            (Protocol::Any, Some(ports)) => {
+                let tcp_udp = NamedExpression::Set(vec![
+                    SetItem::Element(text("tcp")),
+                    SetItem::Element(text("udp")),
+                ]);
+                expr.push(matches(meta(MetaKey::L4proto), Expression::Named(tcp_udp)));
+                expr.push(matches(payload("th", "dport"), port_expr(ports)));
+            }
+            // `tcp dport` and `udp dport` imply their protocol.
+            (protocol, Some(ports)) => {
+                expr.push(matches(
+                    payload(protocol.as_str(), "dport"),
+                    port_expr(ports),
+                ));
+            }
+            (protocol, None) => expr.push(matches(meta(MetaKey::L4proto), text(protocol.as_str()))),
         }
         let family = if self.v6 { "ip6" } else { "ip" };
         expr.push(matches(

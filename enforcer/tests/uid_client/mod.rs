@@ -1,5 +1,5 @@
 //! A client running as another UID: the test binary re-executed as
-//! `<binary> uid-client tcp|udp ADDR`, with its groups and IDs switched before exec (no cgroup:
+//! `<binary> uid-client tcp|udp|icmp ADDR`, with its groups and IDs switched before exec (no cgroup:
 //! the nftables layer matches the socket's UID). It inherits the calling thread's network
 //! namespace. Exit code: 0 on success, `TIMED_OUT` when a TCP connect got no answer, else the
 //! errno of the failed call.
@@ -21,6 +21,8 @@ pub enum Mode {
     Tcp,
     /// One datagram, `sendto` on an unconnected socket.
     Udp,
+    /// One echo request from a ping socket (the port is ignored); needs `ping_group_range`.
+    Icmp,
 }
 
 /// Runs the client as `uid` against `target`; returns its exit code.
@@ -28,6 +30,7 @@ pub fn run(uid: u32, mode: Mode, target: SocketAddr) -> i32 {
     let mode = match mode {
         Mode::Tcp => "tcp",
         Mode::Udp => "udp",
+        Mode::Icmp => "icmp",
     };
     let mut cmd = Command::new(std::env::current_exe().unwrap());
     cmd.args(["uid-client", mode, &target.to_string()]);
@@ -64,6 +67,7 @@ pub fn main_if_client() -> Option<ExitCode> {
             };
             UdpSocket::bind(any).and_then(|s| s.send_to(b"probe", target).map(drop))
         }
+        "icmp" => icmp_echo(target),
         other => panic!("uid-client: unknown mode {other}"),
     };
     Some(match result {
@@ -71,6 +75,28 @@ pub fn main_if_client() -> Option<ExitCode> {
         Err(e) if e.kind() == ErrorKind::TimedOut => exit(TIMED_OUT),
         Err(e) => exit(e.raw_os_error().unwrap_or(101)),
     })
+}
+
+fn icmp_echo(target: SocketAddr) -> std::io::Result<()> {
+    use nix::sys::socket::{
+        AddressFamily, MsgFlags, SockFlag, SockProtocol, SockType, SockaddrIn, SockaddrIn6, sendto,
+        socket,
+    };
+    use std::os::fd::AsRawFd;
+
+    // Type, code, checksum (the kernel fills it in for ping sockets), identifier, sequence.
+    let (family, protocol, echo_request) = match target {
+        SocketAddr::V4(_) => (AddressFamily::Inet, SockProtocol::Icmp, 8),
+        SocketAddr::V6(_) => (AddressFamily::Inet6, SockProtocol::IcmpV6, 128),
+    };
+    let packet = [echo_request, 0, 0, 0, 0, 0, 0, 1];
+    let fd = socket(family, SockType::Datagram, SockFlag::empty(), protocol)?;
+    let fd = fd.as_raw_fd();
+    match target {
+        SocketAddr::V4(a) => sendto(fd, &packet, &SockaddrIn::from(a), MsgFlags::empty()),
+        SocketAddr::V6(a) => sendto(fd, &packet, &SockaddrIn6::from(a), MsgFlags::empty()),
+    }?;
+    Ok(())
 }
 
 fn exit(code: i32) -> ExitCode {

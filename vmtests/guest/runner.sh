@@ -70,5 +70,5 @@ say "done (uptime ${uptime}s)"
 if [ "$VMTEST_MODE" = keep ]; then
     shell
 elif [ "$VMTEST_GUEST" = systemd ]; then
-    systemctl poweroff
+    systemctl poweroff --check-inhibitors=no
 fi

@@ -56,15 +56,19 @@ pub struct VmTestArgs {
     /// QEMU machine type.
     #[arg(long, value_enum, default_value_t)]
     pub machine: qemu::Machine,
-    /// Guest memory in MiB.
-    #[arg(long, default_value_t = 2048)]
-    pub memory: u32,
+    /// Guest memory in MiB (default 2048).
+    #[arg(long, value_name = "MIB")]
+    pub memory: Option<u32>,
     /// Do not build: share target/release/isolate and the test executables as they are.
     #[arg(long)]
     pub no_build: bool,
     /// Copy the guest console to stderr as it comes.
     #[arg(long, short)]
     pub verbose: bool,
+    /// Seconds a guest may take to start its first scenario before it counts as hung
+    /// (default: 60 for the initramfs guest, 120 for the systemd guest).
+    #[arg(long, value_name = "SECS", hide = true)]
+    pub boot_timeout: Option<u64>,
     /// Add the deliberately failing scenarios of vmtests/selfcheck/ (the harness must report
     /// them as failures and keep their logs).
     #[arg(long, hide = true)]
@@ -233,7 +237,7 @@ impl Boot<'_> {
                 Guest::Systemd => kernel.image.as_deref(),
                 Guest::Initramfs => None,
             },
-            memory_mb: self.args.memory,
+            memory_mb: self.args.memory.unwrap_or(2048),
             cpus: 2,
         }
     }
@@ -250,10 +254,10 @@ impl Boot<'_> {
 
     fn run(&self, scenarios: &[&Scenario]) -> anyhow::Result<Vec<Labelled>> {
         let watch = qemu::Watch {
-            boot: Duration::from_secs(match self.guest {
+            boot: Duration::from_secs(self.args.boot_timeout.unwrap_or(match self.guest {
                 Guest::Initramfs => 60,
                 Guest::Systemd => 120,
-            }),
+            })),
             scenarios: scenarios
                 .iter()
                 .map(|s| (s.name.clone(), Duration::from_secs(s.timeout_secs + 30)))

@@ -27,6 +27,7 @@ pub mod program_names {
     pub const CONNECT6: &str = "isolate_connect6";
     pub const SENDMSG4: &str = "isolate_sendmsg4";
     pub const SENDMSG6: &str = "isolate_sendmsg6";
+    pub const EGRESS: &str = "isolate_egress";
     /// Every cgroup `sock_addr` program, in attach order.
     pub const SOCK_ADDR: [&str; 4] = [CONNECT4, CONNECT6, SENDMSG4, SENDMSG6];
 }
@@ -41,7 +42,10 @@ pub const MAX_PORT_RULES: usize = 8;
 /// Bits of `PortRule::protocols`.
 pub const PROTO_TCP: u8 = 1;
 pub const PROTO_UDP: u8 = 2;
-pub const PROTO_ANY: u8 = PROTO_TCP | PROTO_UDP;
+/// Anything else (ICMP from ping sockets, SCTP, ...): no ports; allowed only by a rule that
+/// names neither protocol nor ports.
+pub const PROTO_OTHER: u8 = 4;
+pub const PROTO_ANY: u8 = PROTO_TCP | PROTO_UDP | PROTO_OTHER;
 
 /// Per-UID state: the generation whose entries in the allow tries are in force.
 ///
@@ -130,6 +134,8 @@ pub const FAMILY_V6: u8 = 6;
 /// Which hook refused, as in `BlockEvent::layer` and `CounterKey::layer`.
 pub const LAYER_CONNECT: u8 = 1;
 pub const LAYER_SENDMSG: u8 = 2;
+/// The `cgroup_skb/egress` backstop (packets of protocols the socket hooks do not judge).
+pub const LAYER_EGRESS: u8 = 3;
 
 /// Key of the blocked-attempt counters.
 #[repr(C)]

@@ -7,14 +7,14 @@ use aya_ebpf::{
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_ktime_get_ns,
     },
-    macros::{cgroup_sock_addr, map},
+    macros::{cgroup_skb, cgroup_sock_addr, map},
     maps::{HashMap, LpmTrie, PerCpuHashMap, RingBuf, lpm_trie::Key},
-    programs::SockAddrContext,
+    programs::{SkBuffContext, SockAddrContext},
 };
 use isolate_ebpf_common::{
     AllowValue, BlockEvent, CounterKey, FAMILY_V4, FAMILY_V6, InstanceState, KEY_HEADER_BITS,
-    LAYER_CONNECT, LAYER_SENDMSG, MAX_ALLOW_ENTRIES, MAX_INSTANCES, PROTO_TCP, PROTO_UDP, V4Key,
-    V6Key,
+    LAYER_CONNECT, LAYER_EGRESS, LAYER_SENDMSG, MAX_ALLOW_ENTRIES, MAX_INSTANCES, PROTO_OTHER,
+    PROTO_TCP, PROTO_UDP, V4Key, V6Key,
 };
 
 /// Return values of a cgroup sock_addr program.
@@ -61,6 +61,47 @@ pub fn isolate_sendmsg4(ctx: SockAddrContext) -> i32 {
 #[cgroup_sock_addr(sendmsg6)]
 pub fn isolate_sendmsg6(ctx: SockAddrContext) -> i32 {
     judge_v6(&ctx, LAYER_SENDMSG)
+}
+
+const ETH_P_IP: u32 = 0x0800;
+const ETH_P_IPV6: u32 = 0x86DD;
+
+/// The backstop: packets of protocols the socket hooks do not judge (ICMP from ping sockets,
+/// anything a socket type without a sock_addr hook sends). TCP and UDP were judged at connect
+/// or sendmsg time, and their replies (an instance serving on a port answers anyone who
+/// reached it) must flow, so they pass here.
+#[cgroup_skb(egress)]
+pub fn isolate_egress(ctx: SkBuffContext) -> i32 {
+    let uid = ctx.get_socket_uid();
+    // SAFETY: the value is copied out at once; user space only replaces whole entries.
+    let Some(state) = (unsafe { INSTANCES.get(&uid) }) else {
+        return VERDICT_ALLOW;
+    };
+    let generation = state.generation;
+    // Packet data starts at the network header in cgroup_skb programs.
+    // `protocol` holds the skb's big-endian 16-bit EtherType, zero-extended.
+    match u32::from(u16::from_be(ctx.skb.protocol() as u16)) {
+        ETH_P_IP => {
+            let (Ok(protocol), Ok(daddr)) = (ctx.load::<u8>(9), ctx.load::<[u8; 4]>(16)) else {
+                return VERDICT_DENY;
+            };
+            if u32::from(protocol) == IPPROTO_TCP || u32::from(protocol) == IPPROTO_UDP {
+                return VERDICT_ALLOW;
+            }
+            judge_v4_addr(uid, generation, daddr, 0, PROTO_OTHER, LAYER_EGRESS)
+        }
+        ETH_P_IPV6 => {
+            let (Ok(next_header), Ok(daddr)) = (ctx.load::<u8>(6), ctx.load::<[u8; 16]>(24)) else {
+                return VERDICT_DENY;
+            };
+            if u32::from(next_header) == IPPROTO_TCP || u32::from(next_header) == IPPROTO_UDP {
+                return VERDICT_ALLOW;
+            }
+            judge_v6_addr(uid, generation, daddr, 0, PROTO_OTHER, LAYER_EGRESS)
+        }
+        // Neither IPv4 nor IPv6: nothing a policy speaks of; fail closed.
+        _ => VERDICT_DENY,
+    }
 }
 
 /// The UID of the calling task, and its policy generation when the UID is confined.
@@ -146,6 +187,18 @@ fn judge_v6(ctx: &SockAddrContext, layer: u8) -> i32 {
     addr[4..8].copy_from_slice(&words[1].to_ne_bytes());
     addr[8..12].copy_from_slice(&words[2].to_ne_bytes());
     addr[12..16].copy_from_slice(&words[3].to_ne_bytes());
+    judge_v6_addr(uid, generation, addr, port, proto, layer)
+}
+
+#[inline(always)]
+fn judge_v6_addr(
+    uid: u32,
+    generation: u32,
+    addr: [u8; 16],
+    port: u16,
+    proto: u8,
+    layer: u8,
+) -> i32 {
     let key = Key::new(
         KEY_HEADER_BITS + 128,
         V6Key {
@@ -168,7 +221,7 @@ fn protocol_bit(protocol: u32) -> u8 {
     match protocol {
         IPPROTO_TCP => PROTO_TCP,
         IPPROTO_UDP => PROTO_UDP,
-        _ => 0,
+        _ => PROTO_OTHER,
     }
 }
 

@@ -4,7 +4,8 @@ use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use isolate_ebpf_common::{
-    BlockEvent, FAMILY_V4, LAYER_CONNECT, LAYER_SENDMSG, PROTO_TCP, PROTO_UDP,
+    BlockEvent, FAMILY_V4, LAYER_CONNECT, LAYER_EGRESS, LAYER_SENDMSG, PROTO_OTHER, PROTO_TCP,
+    PROTO_UDP,
 };
 
 /// One blocked attempt.
@@ -65,7 +66,8 @@ pub fn protocol_name(protocol: u8) -> &'static str {
     match protocol {
         PROTO_TCP => "tcp",
         PROTO_UDP => "udp",
-        _ => "other",
+        PROTO_OTHER => "other",
+        _ => "unknown",
     }
 }
 
@@ -73,6 +75,7 @@ pub fn layer_name(layer: u8) -> &'static str {
     match layer {
         LAYER_CONNECT => "connect",
         LAYER_SENDMSG => "sendmsg",
+        LAYER_EGRESS => "egress",
         _ => "unknown",
     }
 }

@@ -18,11 +18,12 @@ use aya::Ebpf;
 use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{HashMap, Map, MapData, PerCpuHashMap, PerCpuValues, RingBuf};
 use aya::programs::links::FdLink;
-use aya::programs::{CgroupAttachMode, CgroupSockAddr};
+use aya::programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr};
 use ipnet::{Ipv4Net, Ipv6Net};
 use isolate_ebpf_common::{
     AllowValue, BlockEvent, CounterKey, FAMILY_V4, FAMILY_V6, InstanceState, KEY_HEADER_BITS,
-    LAYER_CONNECT, LAYER_SENDMSG, PROTO_TCP, PROTO_UDP, V4Key, V6Key, map_names, program_names,
+    LAYER_CONNECT, LAYER_EGRESS, LAYER_SENDMSG, PROTO_OTHER, PROTO_TCP, PROTO_UDP, V4Key, V6Key,
+    map_names, program_names,
 };
 use thiserror::Error;
 
@@ -145,28 +146,28 @@ impl BpfLayer {
     fn load_and_pin(cgroup: &Path, pins: &PinDir) -> Result<(), BpfError> {
         let mut ebpf = Ebpf::load(EBPF_OBJECT).map_err(|e| BpfError::Load(Box::new(e)))?;
         let cgroup_file = std::fs::File::open(cgroup).map_err(pin_error("open cgroup", cgroup))?;
+        // With BPF links (kernel 5.7+) the kernel always attaches in multi mode, so other
+        // tools' programs on the same cgroup keep working; `Single` only means "no flags",
+        // which link_create requires.
+        let mode = CgroupAttachMode::Single;
         for name in program_names::SOCK_ADDR {
-            let program = sock_addr_program(&mut ebpf, name)?;
-            let program_error = |e| BpfError::Program {
-                name,
-                source: Box::new(e),
-            };
+            let program: &mut CgroupSockAddr = program(&mut ebpf, name)?;
+            let program_error = program_error(name);
             program.load().map_err(program_error)?;
-            // With BPF links (kernel 5.7+) the kernel always attaches in multi mode, so other
-            // tools' programs on the same cgroup keep working; `Single` only means "no flags",
-            // which link_create requires.
-            let link_id = program
-                .attach(&cgroup_file, CgroupAttachMode::Single)
-                .map_err(program_error)?;
-            let link = FdLink::try_from(program.take_link(link_id).map_err(program_error)?)
-                .map_err(|e| BpfError::Link {
-                    name,
-                    source: Box::new(e),
-                })?;
-            let path = pins.link(name);
-            link.pin(&path)
-                .map_err(|e| pin_error("pin", &path)(io::Error::other(e)))?;
+            let link_id = program.attach(&cgroup_file, mode).map_err(program_error)?;
+            let link = program.take_link(link_id).map_err(program_error)?;
+            pin_link(pins, name, FdLink::try_from(link))?;
         }
+        let name = program_names::EGRESS;
+        let program: &mut CgroupSkb = program(&mut ebpf, name)?;
+        let program_error = program_error(name);
+        program.load().map_err(program_error)?;
+        let link_id = program
+            .attach(&cgroup_file, CgroupSkbAttachType::Egress, mode)
+            .map_err(program_error)?;
+        let link = program.take_link(link_id).map_err(program_error)?;
+        pin_link(pins, name, FdLink::try_from(link))?;
+
         for name in [
             map_names::INSTANCES,
             map_names::ALLOW_V4,
@@ -367,20 +368,40 @@ where
     T::try_from(map).map_err(map_error(name))
 }
 
-fn sock_addr_program<'a>(
-    ebpf: &'a mut Ebpf,
-    name: &'static str,
-) -> Result<&'a mut CgroupSockAddr, BpfError> {
+fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, BpfError>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
     ebpf.program_mut(name)
         .ok_or(BpfError::Missing {
             kind: "program",
             name,
         })?
         .try_into()
-        .map_err(|e| BpfError::Program {
-            name,
-            source: Box::new(e),
-        })
+        .map_err(program_error(name))
+}
+
+fn program_error(name: &'static str) -> impl Fn(aya::programs::ProgramError) -> BpfError + Copy {
+    move |e| BpfError::Program {
+        name,
+        source: Box::new(e),
+    }
+}
+
+/// Pins a program's link so the attachment outlives this process.
+fn pin_link(
+    pins: &PinDir,
+    name: &'static str,
+    link: Result<FdLink, aya::programs::links::LinkError>,
+) -> Result<(), BpfError> {
+    let link = link.map_err(|e| BpfError::Link {
+        name,
+        source: Box::new(e),
+    })?;
+    let path = pins.link(name);
+    link.pin(&path)
+        .map_err(|e| pin_error("pin", &path)(io::Error::other(e)))?;
+    Ok(())
 }
 
 fn v4_key(uid: u32, generation: u32, net: Ipv4Net) -> Key<V4Key> {
@@ -408,10 +429,10 @@ fn v6_key(uid: u32, generation: u32, net: Ipv6Net) -> Key<V6Key> {
 /// Every counter an instance has: one per family, protocol and layer.
 fn counter_keys(uid: u32) -> impl Iterator<Item = CounterKey> {
     [FAMILY_V4, FAMILY_V6].into_iter().flat_map(move |family| {
-        [PROTO_TCP, PROTO_UDP, 0]
+        [PROTO_TCP, PROTO_UDP, PROTO_OTHER]
             .into_iter()
             .flat_map(move |protocol| {
-                [LAYER_CONNECT, LAYER_SENDMSG]
+                [LAYER_CONNECT, LAYER_SENDMSG, LAYER_EGRESS]
                     .into_iter()
                     .map(move |layer| CounterKey {
                         uid,

@@ -8,6 +8,8 @@
 use std::collections::BTreeMap;
 
 use ipnet::{Ipv4Net, Ipv6Net};
+#[cfg(test)]
+use isolate_ebpf_common::PROTO_OTHER;
 use isolate_ebpf_common::{AllowValue, MAX_PORT_RULES, PROTO_ANY, PROTO_TCP, PROTO_UDP, PortRule};
 use isolate_policy::{NetRule, Network, Protocol};
 use thiserror::Error;
@@ -118,7 +120,9 @@ fn push_down<N: Prefix>(rules: &[NetRule<N>]) -> Result<Vec<(N, AllowValue)>, Ru
 fn port_rule<N>(rule: &NetRule<N>) -> PortRule {
     let (first, last) = rule.ports.map_or((0, u16::MAX), |p| (p.first, p.last));
     let protocols = match rule.protocol {
-        Protocol::Any => PROTO_ANY,
+        // Protocols without ports are covered only when the rule does not name ports.
+        Protocol::Any if rule.ports.is_none() => PROTO_ANY,
+        Protocol::Any => PROTO_TCP | PROTO_UDP,
         Protocol::Tcp => PROTO_TCP,
         Protocol::Udp => PROTO_UDP,
     };
@@ -186,6 +190,22 @@ mod tests {
         let value = value_of(&compiled, "127.0.0.1/32");
         assert!(value.permits(1, PROTO_TCP));
         assert!(value.permits(65535, PROTO_UDP));
+        assert!(value.permits(0, PROTO_OTHER), "ICMP too");
+    }
+
+    #[test]
+    fn ports_or_a_protocol_exclude_portless_protocols() {
+        let compiled = compile(&[
+            rule("10.0.0.0/8", Some((1, 65535)), Protocol::Any),
+            rule("10.1.0.0/16", None, Protocol::Tcp),
+        ])
+        .unwrap();
+        assert!(!value_of(&compiled, "10.0.0.0/8").permits(0, PROTO_OTHER));
+        assert!(!value_of(&compiled, "10.1.0.0/16").permits(0, PROTO_OTHER));
+        assert!(
+            value_of(&compiled, "10.1.0.0/16").permits(22, PROTO_UDP),
+            "inherited"
+        );
     }
 
     #[test]

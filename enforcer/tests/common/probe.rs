@@ -17,6 +17,8 @@ pub enum Mode {
     UdpConnect,
     /// `sendto` on an unconnected UDP socket.
     UdpSendto,
+    /// An ICMP echo request from an unprivileged ping socket (the port is ignored).
+    IcmpSendto,
 }
 
 impl Mode {
@@ -25,6 +27,7 @@ impl Mode {
             Mode::Tcp => "tcp",
             Mode::UdpConnect => "udp-connect",
             Mode::UdpSendto => "udp-sendto",
+            Mode::IcmpSendto => "icmp-sendto",
         }
     }
 }
@@ -95,6 +98,7 @@ pub fn main_if_probe() -> Option<ExitCode> {
         Some("udp-sendto") => {
             udp_socket_for(addr(2)).and_then(|s| s.send_to(b"probe", addr(2)).map(drop))
         }
+        Some("icmp-sendto") => icmp_echo(addr(2)),
         Some("loop") => return Some(connect_loop(addr(2), addr(3), args[4].parse().unwrap())),
         _ => panic!("usage: probe tcp|udp-connect|udp-sendto ADDR | probe loop OK BAD N"),
     };
@@ -108,6 +112,47 @@ pub fn main_if_probe() -> Option<ExitCode> {
             )
         }
     })
+}
+
+/// Sends one echo request from a ping socket (`SOCK_DGRAM`, `IPPROTO_ICMP`).
+fn icmp_echo(target: SocketAddr) -> std::io::Result<()> {
+    let SocketAddr::V4(target) = target else {
+        return Err(std::io::Error::other("icmp probes are IPv4 only"));
+    };
+    // SAFETY: a plain socket call; the descriptor is closed below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM, libc::IPPROTO_ICMP) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // type 8 (echo request), code 0, checksum (the kernel fills it for ping sockets), id, seq.
+    let packet = [8u8, 0, 0, 0, 0, 0, 0, 1];
+    let addr = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: 0,
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(*target.ip()).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    // SAFETY: valid buffer and address of the stated lengths.
+    let sent = unsafe {
+        libc::sendto(
+            fd,
+            packet.as_ptr().cast(),
+            packet.len(),
+            0,
+            (&raw const addr).cast(),
+            size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        )
+    };
+    let result = if sent < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(())
+    };
+    // SAFETY: closing the descriptor opened above.
+    unsafe { libc::close(fd) };
+    result
 }
 
 fn udp_socket_for(target: SocketAddr) -> std::io::Result<UdpSocket> {

@@ -1,0 +1,42 @@
+//! `cargo xtask …`: every developer workflow that is more than one cargo command.
+
+mod build;
+mod demo;
+mod setup;
+mod test;
+mod util;
+mod vm;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "isolate's developer workflows", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install every prerequisite (apt packages, nightly rust-src, bpf-linker, VM kernels and
+    /// images). Idempotent: a second run takes seconds.
+    Setup(setup::SetupArgs),
+    /// Build the eBPF object and the `isolate` binary that embeds it.
+    Build(build::BuildArgs),
+    /// Run every test: fmt, clippy, unit, host integration, then the VM suite.
+    Test(test::TestArgs),
+    /// Boot real kernels in QEMU and run the VM scenarios.
+    Vmtest(vm::VmTestArgs),
+    /// The main job: show isolate confining a workload.
+    Demo,
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Setup(args) => setup::run(&args),
+        Command::Build(args) => build::run(&args).map(|_| ()),
+        Command::Test(args) => test::run(&args),
+        Command::Vmtest(args) => vm::run(&args),
+        Command::Demo => demo::run(),
+    }
+}

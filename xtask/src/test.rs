@@ -1,0 +1,31 @@
+//! `cargo xtask test`: every test, in the order that fails fastest — format, lints, unit and
+//! host integration tests, then the VM suite. Installs what it needs first.
+
+use clap::{Args, FromArgMatches as _};
+
+use crate::{setup, util, vm};
+
+#[derive(Args)]
+pub struct TestArgs {
+    /// Skip the VM suite (host checks only).
+    #[arg(long)]
+    pub no_vm: bool,
+}
+
+pub fn run(args: &TestArgs) -> anyhow::Result<()> {
+    setup::run(&setup::SetupArgs { no_vm: args.no_vm })?;
+    util::run(util::cargo().args(["fmt", "--all", "--check"]))?;
+    util::run(util::cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
+    util::run(util::cargo().args(["test"]))?;
+    if !args.no_vm {
+        vm::run(&default_vm_args())?;
+    }
+    Ok(())
+}
+
+/// `cargo xtask vmtest` with no options, as clap fills in the defaults.
+fn default_vm_args() -> vm::VmTestArgs {
+    let command = <vm::VmTestArgs as Args>::augment_args(clap::Command::new("vmtest"));
+    vm::VmTestArgs::from_arg_matches(&command.get_matches_from(["vmtest"]))
+        .expect("the vmtest defaults parse")
+}

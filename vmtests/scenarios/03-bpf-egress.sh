@@ -13,8 +13,8 @@ test -x "$TESTBIN/bpf_egress" || {
 ISOLATE_IN_VM=1 "$TESTBIN/bpf_egress" >"$RESULTS/output.txt" 2>&1
 rc=$?
 cat "$RESULTS/output.txt"
-if ! grep -q "^test result: .* [1-9][0-9]* passed" "$RESULTS/output.txt"; then
-    echo "bpf_egress passed no test"
+if [ "$rc" -eq 0 ] && ! grep -q "^test result: ok\. [1-9][0-9]* passed" "$RESULTS/output.txt"; then
+    echo "bpf_egress exited 0 but ran no test"
     exit 1
 fi
 exit "$rc"

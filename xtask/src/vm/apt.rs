@@ -271,3 +271,49 @@ fn parse_one_line(text: &str) -> Vec<SourceEntry> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deb822_stanzas_give_each_uri_its_suites() {
+        let text = "Types: deb\n# a comment\nURIs: http://mirror.example/debian\n\
+                    Suites: bookworm bookworm-updates\nComponents: main\n\n\
+                    Types: deb-src\nURIs: http://src.example/debian\nSuites: bookworm\n\n\
+                    Types: deb\nURIs: http://mirror.example/debian-security\n\
+                    Suites: bookworm-security\nEnabled: no\n";
+        let entries = parse_deb822(text);
+        assert_eq!(entries.len(), 1);
+        assert_eq!(entries[0].uri, "http://mirror.example/debian");
+        assert_eq!(entries[0].suites, ["bookworm", "bookworm-updates"]);
+    }
+
+    #[test]
+    fn one_line_sources_skip_options_and_comments() {
+        let text = "# deb http://commented.example/debian bookworm main\n\
+                    deb [signed-by=/k.gpg arch=amd64] http://mirror.example/debian bookworm main\n\
+                    deb-src http://src.example/debian bookworm main\n";
+        let entries = parse_one_line(text);
+        assert_eq!(entries.len(), 1);
+        assert_eq!(entries[0].uri, "http://mirror.example/debian");
+        assert_eq!(entries[0].suites, ["bookworm"]);
+    }
+
+    #[test]
+    fn deb_lines_cover_release_updates_and_security() {
+        let mirrors = Mirrors {
+            archive: "http://mirror.example/debian".into(),
+            security: Some("http://mirror.example/debian-security".into()),
+        };
+        let lines = mirrors.deb_lines("trixie", Path::new("/k.gpg"));
+        assert_eq!(
+            lines,
+            [
+                "deb [signed-by=/k.gpg] http://mirror.example/debian trixie main",
+                "deb [signed-by=/k.gpg] http://mirror.example/debian trixie-updates main",
+                "deb [signed-by=/k.gpg] http://mirror.example/debian-security trixie-security main",
+            ]
+        );
+    }
+}

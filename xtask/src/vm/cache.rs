@@ -116,3 +116,22 @@ fn partial_path(dest: &Path) -> PathBuf {
     name.push(".partial");
     dest.with_file_name(name)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_stable_and_length_delimited() {
+        let mut a = Key::new("t");
+        a.add_str("ab").add_str("c");
+        let mut b = Key::new("t");
+        b.add_str("a").add_str("bc");
+        assert_ne!(a.hex(), b.hex());
+        let mut c = Key::new("t");
+        c.add_str("ab").add_str("c");
+        assert_eq!(a.hex(), c.hex());
+        // Cache names must not change between builds of xtask.
+        assert_eq!(Key::new("").hex(), "a8c7f832281a39c5");
+    }
+}

@@ -215,3 +215,37 @@ pub fn tail(log: &Path, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn result_files_give_status_and_time() {
+        assert_eq!(parse_rc("0 123\n"), Some((0, Duration::from_millis(1230))));
+        assert_eq!(parse_rc("143 500"), Some((143, Duration::from_secs(5))));
+        assert_eq!(parse_rc("garbage"), None);
+    }
+
+    #[test]
+    fn headers_give_guests_and_timeout() {
+        let dir = std::env::temp_dir().join(format!("vmtest-scenario-{}", std::process::id()));
+        fs::create_dir_all(dir.join("scenarios")).unwrap();
+        let path = dir.join("scenarios/05-x.sh");
+        fs::write(
+            &path,
+            "#!/bin/sh\n# vmtest-guest: systemd initramfs\n# vmtest-timeout: 7\n",
+        )
+        .unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
+        let scenario = parse(&dir, &path).unwrap();
+        fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(scenario.name, "05-x");
+        assert_eq!(scenario.guests, [Guest::Systemd, Guest::Initramfs]);
+        assert_eq!(scenario.timeout_secs, 7);
+        assert_eq!(
+            run_list(&[&scenario]),
+            "05-x\t7\t/share/vmtests/scenarios/05-x.sh\n"
+        );
+    }
+}

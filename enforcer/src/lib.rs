@@ -6,6 +6,8 @@
 pub mod audit;
 pub mod bpf;
 pub mod cgroup;
+pub mod exec;
 pub mod kernel;
 pub mod landlock;
+pub mod network;
 pub mod nft;

@@ -1,6 +1,7 @@
 //! Subcommands of `isolate`, one module each.
 
 mod check;
+mod exec;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -33,7 +34,7 @@ enum Command {
     /// The child runs as the instance's user, in its own cgroup, with the instance's network
     /// policy (eBPF and nftables), a Landlock file-system ruleset, `no_new_privs` and every
     /// capability dropped. Exits with the child's exit code (128+signal when it was killed).
-    Exec(ExecArgs),
+    Exec(exec::ExecArgs),
     /// Enforce every instance in the policy directory and keep it enforced.
     ///
     /// Applies each instance's layers, re-reads the directory on SIGHUP, serves Prometheus
@@ -50,25 +51,6 @@ enum Command {
 }
 
 #[derive(clap::Args)]
-struct ExecArgs {
-    /// The instance, by name, in the policy directory.
-    #[arg(long, conflicts_with = "policy", required_unless_present = "policy")]
-    instance: Option<String>,
-    /// A policy file to use instead of an instance name.
-    #[arg(long)]
-    policy: Option<PathBuf>,
-    /// The policy directory.
-    #[arg(long, default_value = DEFAULT_POLICY_DIR)]
-    policy_dir: PathBuf,
-    /// Print what would be applied without doing it.
-    #[arg(long)]
-    dry_run: bool,
-    /// The command to run, after `--`.
-    #[arg(last = true, required = true)]
-    command: Vec<String>,
-}
-
-#[derive(clap::Args)]
 struct DaemonArgs {
     /// The policy directory.
     #[arg(long, default_value = DEFAULT_POLICY_DIR)]
@@ -78,7 +60,7 @@ struct DaemonArgs {
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Check(args) => Ok(check::run(&args)),
-        Command::Exec(_) => not_yet("exec", 7),
+        Command::Exec(args) => exec::run(&args),
         Command::Daemon(_) => not_yet("daemon", 8),
         Command::Status => not_yet("status", 8),
     }

@@ -1,0 +1,80 @@
+//! `isolate exec`: run a command as a confined instance.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::bail;
+use isolate_enforcer::exec::{self, ExecPlan, Layers};
+use isolate_policy::Policy;
+
+use super::DEFAULT_POLICY_DIR;
+
+#[derive(clap::Args)]
+pub struct ExecArgs {
+    /// The instance, by name: its policy is <policy-dir>/<name>.toml.
+    #[arg(long, conflicts_with = "policy", required_unless_present = "policy")]
+    instance: Option<String>,
+    /// A policy file to use instead of an instance name.
+    #[arg(long)]
+    policy: Option<PathBuf>,
+    /// The policy directory.
+    #[arg(long, default_value = DEFAULT_POLICY_DIR)]
+    policy_dir: PathBuf,
+    /// Network layers to apply: ebpf, nftables, or both (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "ebpf,nftables", value_parser = ["ebpf", "nftables"])]
+    layers: Vec<String>,
+    /// Print what would be applied (user, cgroup, network rules, Landlock rules) and exit.
+    #[arg(long)]
+    dry_run: bool,
+    /// The command to run, after `--`.
+    #[arg(last = true, required = true)]
+    command: Vec<OsString>,
+}
+
+#[allow(clippy::print_stdout, reason = "CLI output")]
+pub fn run(args: &ExecArgs) -> anyhow::Result<ExitCode> {
+    let policy = load_policy(args)?;
+    let layers = Layers {
+        ebpf: args.layers.iter().any(|l| l == "ebpf"),
+        nftables: args.layers.iter().any(|l| l == "nftables"),
+    };
+    let plan = ExecPlan::new(policy, layers, args.dry_run)?;
+    if args.dry_run {
+        println!("{plan}");
+        println!("command   {}", shell_words(&args.command));
+        return Ok(ExitCode::SUCCESS);
+    }
+    let code = exec::run(plan, &args.command)?;
+    // Exit codes above 255 cannot happen: 128 + signal number stays below.
+    Ok(ExitCode::from(u8::try_from(code).unwrap_or(u8::MAX)))
+}
+
+fn load_policy(args: &ExecArgs) -> anyhow::Result<Policy> {
+    let path = match (&args.policy, &args.instance) {
+        (Some(path), _) => path.clone(),
+        (None, Some(name)) => args.policy_dir.join(format!("{name}.toml")),
+        (None, None) => {
+            bail!("name an instance (--instance NAME) or a policy file (--policy FILE)")
+        }
+    };
+    let policy = isolate_policy::load_file(&path).map_err(|errors| anyhow::anyhow!("{errors}"))?;
+    if let Some(name) = &args.instance
+        && &policy.name != name
+    {
+        bail!(
+            "{}: name: the file names instance `{}`, not `{name}`",
+            path.display(),
+            policy.name
+        );
+    }
+    Ok(policy)
+}
+
+fn shell_words(words: &[OsString]) -> String {
+    words
+        .iter()
+        .map(|w| w.to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join(" ")
+}

@@ -1,0 +1,423 @@
+//! `isolate exec` in embedded mode: the supervisor that applies an instance's layers itself,
+//! runs the command as the confined instance, and removes what it installed when the child
+//! exits. Nothing is left half-applied: if a layer cannot be applied, the child never starts
+//! and everything applied before is taken away.
+
+mod child;
+mod supervise;
+mod user;
+
+use std::ffi::{CString, OsString};
+use std::fmt;
+use std::os::fd::OwnedFd;
+use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use isolate_policy::Policy;
+use thiserror::Error;
+
+use crate::audit::AuditSink;
+use crate::bpf::{self, BpfLayer, PinDir};
+use crate::cgroup::{Cgroup, CgroupError, cgroup2_mount};
+use crate::landlock::{LandlockPlan, PreparedRuleset};
+use crate::network::{EffectiveRules, effective_rules, system_resolve};
+
+pub use user::{DYNAMIC_UIDS, InstanceUser, UserError};
+
+/// Which network layers to apply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Layers {
+    pub ebpf: bool,
+    pub nftables: bool,
+}
+
+impl Default for Layers {
+    fn default() -> Self {
+        Self {
+            ebpf: true,
+            nftables: true,
+        }
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum ExecError {
+    #[error(transparent)]
+    User(#[from] UserError),
+    #[error("instance {instance}: {source}")]
+    Cgroup {
+        instance: String,
+        #[source]
+        source: CgroupError,
+    },
+    #[error("instance {instance}: eBPF layer: {source}")]
+    Bpf {
+        instance: String,
+        #[source]
+        source: bpf::BpfError,
+    },
+    #[error("{file}: network.allow: {source}")]
+    Rules {
+        file: PathBuf,
+        #[source]
+        source: bpf::RulesError,
+    },
+    #[error("instance {instance}: nftables layer: {message}")]
+    Nft { instance: String, message: String },
+    #[error("instance {instance}: Landlock: {message}")]
+    Landlock { instance: String, message: String },
+    #[error("instance {instance} is already running (its cgroup {} has processes); stop it first", .cgroup.display())]
+    AlreadyRunning { instance: String, cgroup: PathBuf },
+    #[error("cannot start `{command}`: {source}")]
+    Spawn {
+        command: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("supervising the child: {0}")]
+    Supervise(#[source] nix::Error),
+    #[error("isolate exec must run as root (it switches users and loads eBPF programs)")]
+    NotRoot,
+}
+
+/// What `exec` will do, computed without changing anything (also what `--dry-run` prints).
+pub struct ExecPlan {
+    pub policy: Policy,
+    pub user: InstanceUser,
+    pub cgroup: PathBuf,
+    pub pins: PinDir,
+    pub layers: Layers,
+    pub rules: EffectiveRules,
+    pub landlock: LandlockPlan,
+    pub workdir: PathBuf,
+}
+
+/// Where the instance cgroups live, under the cgroup2 root.
+const CGROUP_SUBTREE: &str = "isolate";
+/// Where embedded-mode runs pin their eBPF objects.
+const PIN_SUBTREE: &str = "isolate/exec";
+
+impl ExecPlan {
+    /// Plans a run; with `dry_run`, nothing is reserved or created.
+    pub fn new(policy: Policy, layers: Layers, dry_run: bool) -> Result<Self, ExecError> {
+        let instance = policy.name.clone();
+        let user = if dry_run {
+            InstanceUser::preview(&policy)?
+        } else {
+            InstanceUser::resolve(&policy)?
+        };
+        let resolv_conf = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+        let rules = effective_rules(&policy.network, &resolv_conf, system_resolve);
+        let mut landlock =
+            LandlockPlan::from_policy(&policy, &user.home).map_err(|e| ExecError::Landlock {
+                instance: instance.clone(),
+                message: e.to_string(),
+            })?;
+        if layers.ebpf && landlock.tcp_connect_ports.take().is_some() {
+            // Landlock refuses before the eBPF hooks run, so the refusal would go uncounted
+            // and unrecorded; the eBPF layer enforces the same ports and audits them.
+            landlock.notes.push(
+                "TCP connect ports are left to the eBPF layer, which counts and records each refusal"
+                    .into(),
+            );
+        }
+        let cgroup_root = cgroup2_mount().map_err(|source| ExecError::Cgroup {
+            instance: instance.clone(),
+            source,
+        })?;
+        let workdir = policy.directory.as_deref().map_or_else(
+            || user.home.clone(),
+            |d| isolate_policy::expand_home(d, &user.home),
+        );
+        Ok(Self {
+            cgroup: cgroup_root.join(CGROUP_SUBTREE).join(&instance),
+            pins: PinDir::new(Path::new(bpf::BPFFS).join(PIN_SUBTREE).join(&instance)),
+            policy,
+            user,
+            layers,
+            rules,
+            landlock,
+            workdir,
+        })
+    }
+}
+
+impl fmt::Display for ExecPlan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let user_kind = if self.user.is_dynamic() {
+            " (dynamic)"
+        } else {
+            ""
+        };
+        writeln!(
+            f,
+            "instance  {} ({})",
+            self.policy.name,
+            self.policy.source.display()
+        )?;
+        writeln!(
+            f,
+            "user      {}{user_kind} uid={} gid={} home={}",
+            self.user.name,
+            self.user.uid,
+            self.user.gid,
+            self.user.home.display()
+        )?;
+        writeln!(f, "workdir   {}", self.workdir.display())?;
+        writeln!(f, "cgroup    {}", self.cgroup.display())?;
+        writeln!(
+            f,
+            "privileges  no_new_privs, every capability dropped, supplementary groups reset"
+        )?;
+        let layers: Vec<&str> = [
+            ("ebpf", self.layers.ebpf),
+            ("nftables", self.layers.nftables),
+        ]
+        .into_iter()
+        .filter_map(|(name, on)| on.then_some(name))
+        .collect();
+        writeln!(f, "network layers  {}", layers.join(", "))?;
+        if self.layers.ebpf {
+            writeln!(f, "  ebpf pins  {}", self.pins.path().display())?;
+        }
+        writeln!(f, "  allowed destinations:")?;
+        for rule in &self.rules.v4 {
+            writeln!(f, "    {rule}")?;
+        }
+        for rule in &self.rules.v6 {
+            writeln!(f, "    {rule}")?;
+        }
+        if self.rules.v4.is_empty() && self.rules.v6.is_empty() {
+            writeln!(f, "    (none: every connection is refused)")?;
+        }
+        for host in &self.rules.unresolved {
+            writeln!(f, "    {host}: not resolved now, so not reachable")?;
+        }
+        write!(f, "landlock\n{}", self.landlock)
+    }
+}
+
+/// The layers applied so far; dropping it removes them in reverse order.
+struct Applied {
+    instance: String,
+    cgroup: Option<Cgroup>,
+    bpf: Option<BpfLayer>,
+    nft: bool,
+}
+
+impl Drop for Applied {
+    fn drop(&mut self) {
+        if let Some(cgroup) = self.cgroup.take() {
+            let path = cgroup.path().to_path_buf();
+            match cgroup.remove() {
+                Ok(()) => {
+                    if let Ok(root) = cgroup2_mount() {
+                        remove_empty_parents(&path, &root);
+                    }
+                }
+                Err(e) => tracing::warn!(instance = %self.instance, "{e}"),
+            }
+        }
+        if let Some(layer) = self.bpf.take() {
+            let pins = layer.pins().path().to_path_buf();
+            if let Err(e) = layer.detach() {
+                tracing::warn!(instance = %self.instance, "eBPF layer: {e}");
+            }
+            remove_empty_parents(&pins, Path::new(bpf::BPFFS));
+        }
+        if self.nft
+            && let Err(e) = crate::nft::remove(&self.instance)
+        {
+            tracing::warn!(instance = %self.instance, "nftables layer: {e}");
+        }
+    }
+}
+
+/// Runs `command` as the confined instance and returns its exit code (128 + signal when killed).
+pub fn run(plan: ExecPlan, command: &[OsString]) -> Result<i32, ExecError> {
+    if !nix::unistd::geteuid().is_root() {
+        return Err(ExecError::NotRoot);
+    }
+    let instance = plan.policy.name.clone();
+    let landlock = plan.landlock.prepare().map_err(|e| ExecError::Landlock {
+        instance: instance.clone(),
+        message: e.to_string(),
+    })?;
+    tracing::info!(instance, "Landlock: {}", landlock.report());
+    let mut applied = apply_layers(&plan)?;
+    let cgroup = applied.cgroup.as_ref().expect("created by apply_layers");
+    let mut signals = supervise::block_signals().map_err(ExecError::Supervise)?;
+    let child = spawn(&plan, cgroup, landlock, command)?;
+    tracing::info!(instance, pid = child.id(), uid = plan.user.uid, "started");
+    let rate = plan.policy.network.log.rate;
+    let mut audit = AuditSink::new();
+    let code = supervise::wait(&child, &mut signals, Duration::from_millis(200), || {
+        if let Some(layer) = applied.bpf.as_mut() {
+            pump_events(&instance, rate, layer, &mut audit);
+        }
+    })
+    .map_err(ExecError::Supervise)?;
+    audit.flush_suppressed();
+    tracing::info!(instance, code, "exited");
+    drop(applied);
+    // Last: a dynamic user's UID is released only once nothing of the run holds it.
+    drop(plan);
+    Ok(code)
+}
+
+fn apply_layers(plan: &ExecPlan) -> Result<Applied, ExecError> {
+    let instance = plan.policy.name.clone();
+    let mut applied = Applied {
+        instance: instance.clone(),
+        cgroup: None,
+        bpf: None,
+        nft: false,
+    };
+    applied.cgroup = Some(create_cgroup(&instance, &plan.cgroup)?);
+    if plan.layers.ebpf {
+        let bpf_error = |source| ExecError::Bpf {
+            instance: instance.clone(),
+            source,
+        };
+        let compiled = bpf::compile_rules(&plan.rules.v4, &plan.rules.v6).map_err(|source| {
+            ExecError::Rules {
+                file: plan.policy.source.clone(),
+                source,
+            }
+        })?;
+        if plan.pins.exists() {
+            // Left by a run that crashed: its cgroup is gone, so start afresh.
+            plan.pins.remove().map_err(|e| {
+                bpf_error(bpf::BpfError::Pin {
+                    action: "remove stale",
+                    path: plan.pins.path().to_path_buf(),
+                    source: e,
+                })
+            })?;
+        }
+        let layer = applied
+            .bpf
+            .insert(BpfLayer::attach(&plan.cgroup, plan.pins.clone()).map_err(bpf_error)?);
+        layer
+            .apply_instance(plan.user.uid, &compiled)
+            .map_err(bpf_error)?;
+    }
+    if plan.layers.nftables {
+        crate::nft::apply(&crate::nft::NftPolicy {
+            instance: &instance,
+            uid: plan.user.uid,
+            v4: &plan.rules.v4,
+            v6: &plan.rules.v6,
+            log: &plan.policy.network.log,
+        })
+        .map_err(|e| ExecError::Nft {
+            instance: instance.clone(),
+            message: e.to_string(),
+        })?;
+        applied.nft = true;
+    }
+    Ok(applied)
+}
+
+/// Creates the instance cgroup; a leftover empty one (from a crash) is replaced.
+fn create_cgroup(instance: &str, path: &Path) -> Result<Cgroup, ExecError> {
+    let cgroup_error = |source| ExecError::Cgroup {
+        instance: instance.to_owned(),
+        source,
+    };
+    let parent = path.parent().expect("the cgroup is below the subtree");
+    std::fs::create_dir_all(parent).map_err(|source| {
+        cgroup_error(CgroupError::Io {
+            path: parent.to_path_buf(),
+            action: "create",
+            source,
+        })
+    })?;
+    if path.exists() {
+        let procs = std::fs::read_to_string(path.join("cgroup.procs")).unwrap_or_default();
+        if !procs.trim().is_empty() {
+            return Err(ExecError::AlreadyRunning {
+                instance: instance.to_owned(),
+                cgroup: path.to_path_buf(),
+            });
+        }
+        let _ = std::fs::remove_dir(path);
+    }
+    let name = path
+        .file_name()
+        .expect("named")
+        .to_string_lossy()
+        .into_owned();
+    Cgroup::create(parent, &name).map_err(cgroup_error)
+}
+
+fn spawn(
+    plan: &ExecPlan,
+    cgroup: &Cgroup,
+    landlock: PreparedRuleset,
+    command: &[OsString],
+) -> Result<std::process::Child, ExecError> {
+    let spawn_error = |source| ExecError::Spawn {
+        command: command
+            .iter()
+            .map(|a| a.to_string_lossy())
+            .collect::<Vec<_>>()
+            .join(" "),
+        source,
+    };
+    let procs: OwnedFd = std::fs::OpenOptions::new()
+        .write(true)
+        .open(cgroup.path().join("cgroup.procs"))
+        .map_err(spawn_error)?
+        .into();
+    let workdir = CString::new(plan.workdir.clone().into_os_string().into_encoded_bytes())
+        .map_err(|e| spawn_error(std::io::Error::other(e)))?;
+    let mut setup = child::ChildSetup {
+        cgroup_procs: procs,
+        uid: plan.user.uid,
+        gid: plan.user.gid,
+        workdir,
+        landlock: Some(landlock),
+        supervisor_pid: nix::unistd::getpid().as_raw(),
+    };
+    let mut cmd = Command::new(&command[0]);
+    cmd.args(&command[1..])
+        .env("HOME", &plan.user.home)
+        .env("USER", &plan.user.name)
+        .env("LOGNAME", &plan.user.name);
+    // SAFETY: `enter` only makes syscalls (and small allocations, safe in this single-threaded
+    // process) on data prepared before the fork.
+    unsafe {
+        cmd.pre_exec(move || setup.enter());
+    }
+    cmd.spawn().map_err(spawn_error)
+}
+
+fn pump_events(
+    instance: &str,
+    rate: isolate_policy::Rate,
+    layer: &mut BpfLayer,
+    audit: &mut AuditSink,
+) {
+    match layer.read_events() {
+        Ok(events) => {
+            for event in events {
+                audit.record(instance, &rate, &event);
+            }
+        }
+        Err(e) => tracing::warn!(instance, "reading block events: {e}"),
+    }
+}
+
+/// Removes `path`'s parent directories up to (not including) `stop` while they are empty.
+fn remove_empty_parents(path: &Path, stop: &Path) {
+    let mut dir = path.parent();
+    while let Some(d) = dir {
+        if d == stop || std::fs::remove_dir(d).is_err() {
+            break;
+        }
+        dir = d.parent();
+    }
+}

@@ -1,0 +1,176 @@
+//! The instance's user: an existing account, or a UID allocated for the run from a reserved
+//! range (as systemd's `DynamicUser=` does) and released afterwards.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use isolate_policy::{Policy, UserSpec};
+use nix::unistd::{Uid, User};
+use thiserror::Error;
+
+/// The range dynamic UIDs come from (systemd's `DynamicUser=` range).
+pub const DYNAMIC_UIDS: std::ops::RangeInclusive<u32> = 61184..=65519;
+/// Where allocated dynamic UIDs are recorded, one file each, so two runs never share one.
+const DYNAMIC_LOCK_DIR: &str = "/run/isolate/dynamic-uids";
+/// Home directories of dynamic users.
+const DYNAMIC_HOME_DIR: &str = "/var/lib/isolate";
+
+#[derive(Debug, Error)]
+pub enum UserError {
+    #[error(
+        "{file}: user: no user named `{name}` exists; create it (e.g. `useradd --system {name}`) or set user = \"dynamic\""
+    )]
+    Unknown { file: PathBuf, name: String },
+    #[error("{file}: user: `{name}` is root (UID 0); an instance needs a user of its own")]
+    Root { file: PathBuf, name: String },
+    #[error("cannot look up user `{name}`: {source}")]
+    Lookup {
+        name: String,
+        #[source]
+        source: nix::Error,
+    },
+    #[error("every UID in {}..={} is taken; cannot allocate a dynamic user", DYNAMIC_UIDS.start(), DYNAMIC_UIDS.end())]
+    Exhausted,
+    #[error("dynamic user {what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// The user a child runs as.
+#[derive(Debug)]
+pub struct InstanceUser {
+    pub name: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub home: PathBuf,
+    dynamic: bool,
+    /// For a dynamic user: the lock file that reserves the UID (removed on drop).
+    lease: Option<PathBuf>,
+}
+
+impl InstanceUser {
+    /// Resolves the policy's user; a dynamic one is allocated now and held until dropped.
+    pub fn resolve(policy: &Policy) -> Result<Self, UserError> {
+        match &policy.user {
+            UserSpec::Named(name) => Self::named(policy, name),
+            UserSpec::Dynamic => Self::dynamic(&policy.name, true),
+        }
+    }
+
+    /// As `resolve`, but changes nothing: a dynamic user is the UID that would be allocated
+    /// now, without reserving it or preparing its home (for `--dry-run`).
+    pub fn preview(policy: &Policy) -> Result<Self, UserError> {
+        match &policy.user {
+            UserSpec::Named(name) => Self::named(policy, name),
+            UserSpec::Dynamic => Self::dynamic(&policy.name, false),
+        }
+    }
+
+    pub fn is_dynamic(&self) -> bool {
+        self.dynamic
+    }
+
+    fn named(policy: &Policy, name: &str) -> Result<Self, UserError> {
+        let user = User::from_name(name)
+            .map_err(|source| UserError::Lookup {
+                name: name.to_owned(),
+                source,
+            })?
+            .ok_or_else(|| UserError::Unknown {
+                file: policy.source.clone(),
+                name: name.to_owned(),
+            })?;
+        if user.uid.is_root() {
+            return Err(UserError::Root {
+                file: policy.source.clone(),
+                name: name.to_owned(),
+            });
+        }
+        Ok(Self {
+            name: user.name,
+            uid: user.uid.as_raw(),
+            gid: user.gid.as_raw(),
+            home: user.dir,
+            dynamic: false,
+            lease: None,
+        })
+    }
+
+    fn dynamic(instance: &str, reserve: bool) -> Result<Self, UserError> {
+        let io_error = |what: String| move |source| UserError::Io { what, source };
+        if reserve {
+            fs::create_dir_all(DYNAMIC_LOCK_DIR).map_err(io_error(DYNAMIC_LOCK_DIR.into()))?;
+        }
+        for uid in DYNAMIC_UIDS {
+            if User::from_uid(Uid::from_raw(uid)).ok().flatten().is_some() {
+                continue;
+            }
+            let lease = Path::new(DYNAMIC_LOCK_DIR).join(uid.to_string());
+            if reserve {
+                match fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(&lease)
+                {
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                    Err(e) => return Err(io_error(lease.display().to_string())(e)),
+                }
+            } else if lease.exists() {
+                continue;
+            }
+            let user = Self {
+                name: format!("isolate-{instance}"),
+                uid,
+                gid: uid,
+                home: Path::new(DYNAMIC_HOME_DIR).join(instance),
+                dynamic: true,
+                lease: reserve.then_some(lease),
+            };
+            if reserve {
+                user.prepare_home()?;
+            }
+            return Ok(user);
+        }
+        Err(UserError::Exhausted)
+    }
+
+    /// A dynamic user's home persists across runs (like a systemd `StateDirectory=`); it is handed,
+    /// contents and all, to whichever UID this run got.
+    fn prepare_home(&self) -> Result<(), UserError> {
+        let io_error = |source| UserError::Io {
+            what: self.home.display().to_string(),
+            source,
+        };
+        fs::create_dir_all(&self.home).map_err(io_error)?;
+        let owner =
+            std::os::unix::fs::MetadataExt::uid(&fs::metadata(&self.home).map_err(io_error)?);
+        if owner != self.uid {
+            chown_tree(&self.home, self.uid, self.gid).map_err(io_error)?;
+        }
+        Ok(())
+    }
+}
+
+/// `chown -hR uid:gid path`, without following symlinks.
+fn chown_tree(path: &Path, uid: u32, gid: u32) -> io::Result<()> {
+    std::os::unix::fs::lchown(path, Some(uid), Some(gid))?;
+    if fs::symlink_metadata(path)?.is_dir() {
+        for entry in fs::read_dir(path)? {
+            chown_tree(&entry?.path(), uid, gid)?;
+        }
+    }
+    Ok(())
+}
+
+impl Drop for InstanceUser {
+    fn drop(&mut self) {
+        if let Some(lease) = &self.lease {
+            let _ = fs::remove_file(lease);
+        }
+    }
+}

@@ -1,0 +1,441 @@
+//! `isolate exec` end to end, as a user runs it: the child runs as the instance user with no
+//! privileges, inside its cgroup, confined by the network layers and Landlock; exit codes and
+//! signals propagate; nothing is left behind, after success or failure.
+//!
+//! Each test runs in its own network namespace (the nftables layer then edits only that
+//! namespace's ruleset) with instances named uniquely for this process.
+
+mod common;
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::probe::accept_one;
+use common::sandbox::unique_name;
+
+fn main() -> ExitCode {
+    common::run_tests(&[
+        ("exit_codes_propagate", exit_codes),
+        ("signals_are_forwarded_and_reported", signals),
+        (
+            "the_child_has_no_privileges_and_cannot_regain_them",
+            privileges,
+        ),
+        (
+            "network_policy_confines_the_child_and_its_descendants",
+            network,
+        ),
+        ("landlock_confines_files", files),
+        ("nothing_is_left_behind", nothing_left),
+        ("dry_run_changes_nothing", dry_run),
+        (
+            "a_layer_that_fails_leaves_nothing_applied_and_no_child",
+            fails_closed,
+        ),
+        ("a_named_user_is_used", named_user),
+    ])
+}
+
+/// The binary under test: `$ISOLATE` (the VM suite) or the one cargo built.
+fn isolate() -> PathBuf {
+    std::env::var_os("ISOLATE").map_or_else(
+        || PathBuf::from(env!("CARGO_BIN_EXE_isolate")),
+        PathBuf::from,
+    )
+}
+
+/// An instance with its own directory (world-readable, so the instance user can enter it) and
+/// policy file.
+struct Instance {
+    name: String,
+    dir: tempfile::TempDir,
+    policy: PathBuf,
+}
+
+impl Instance {
+    /// `extra` is appended to the policy (its `[network]` and `[filesystem]` tables).
+    fn new(network: &str, filesystem: &str) -> Self {
+        let name = unique_name("x")
+            .trim_start_matches("isolate-test-")
+            .replace('_', "-");
+        let dir = tempfile::Builder::new()
+            .prefix("isolate-exec-")
+            .tempdir()
+            .unwrap();
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
+        let policy = dir.path().join(format!("{name}.toml"));
+        std::fs::write(
+            &policy,
+            format!(
+                "name = \"{name}\"\nuser = \"dynamic\"\ndirectory = \"{}\"\n\n[network]\ndns = \"none\"\n{network}\n\n[filesystem]\nread_only = [\"/usr\", \"/etc\"]\nexec = [\"/usr/bin\", \"/bin\"]\n{filesystem}\n",
+                dir.path().display()
+            ),
+        )
+        .unwrap();
+        Self { name, dir, policy }
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(isolate());
+        cmd.arg("exec").arg("--policy").arg(&self.policy).args(args);
+        cmd
+    }
+
+    fn run(&self, argv: &[&str]) -> Output {
+        let mut cmd = self.command(&["--"]);
+        cmd.args(argv)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run isolate exec")
+    }
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn exit_codes() {
+    let instance = Instance::new("", "");
+    assert_eq!(
+        instance.run(&["/bin/sh", "-c", "exit 7"]).status.code(),
+        Some(7)
+    );
+    assert_eq!(instance.run(&["/bin/true"]).status.code(), Some(0));
+    let killed = instance.run(&["/bin/sh", "-c", "kill -KILL $$"]);
+    assert_eq!(
+        killed.status.code(),
+        Some(128 + 9),
+        "128 + SIGKILL: {}",
+        stderr(&killed)
+    );
+    let missing = instance.run(&["/usr/bin/does-not-exist"]);
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(
+        stderr(&missing).contains("cannot start `/usr/bin/does-not-exist`"),
+        "{}",
+        stderr(&missing)
+    );
+}
+
+fn signals() {
+    let instance = Instance::new("", "");
+    let mut child = instance
+        .command(&["--", "/bin/sleep", "30"])
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until the child runs in its cgroup, then ask the supervisor to stop.
+    let procs = cgroup_of(&instance.name).join("cgroup.procs");
+    let started = Instant::now();
+    while std::fs::read_to_string(&procs).map_or(true, |p| p.trim().is_empty()) {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the child never started"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let asked = Instant::now();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id().cast_signed()),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(
+        status.code(),
+        Some(128 + 15),
+        "the child died of the forwarded SIGTERM"
+    );
+    assert!(
+        asked.elapsed() < Duration::from_secs(5),
+        "stopped in {:?}",
+        asked.elapsed()
+    );
+}
+
+fn privileges() {
+    let instance = Instance::new("", "");
+    // A setuid-root copy of `id` in an exec path: without no_new_privs it would report euid 0.
+    let bin = instance.dir.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let suid_id = bin.join("id");
+    std::fs::copy("/usr/bin/id", &suid_id).unwrap();
+    std::fs::set_permissions(
+        &suid_id,
+        std::os::unix::fs::PermissionsExt::from_mode(0o4755),
+    )
+    .unwrap();
+    let policy = std::fs::read_to_string(&instance.policy).unwrap().replace(
+        "exec = [\"/usr/bin\", \"/bin\"]",
+        &format!("exec = [\"/usr/bin\", \"/bin\", \"{}\"]", bin.display()),
+    );
+    std::fs::write(&instance.policy, policy).unwrap();
+
+    let out = instance.run(&[
+        "/bin/sh",
+        "-c",
+        &format!(
+            "grep -E '^(Cap|NoNewPrivs|Groups)' /proc/self/status; {} -u",
+            suid_id.display()
+        ),
+    ]);
+    let text = stdout(&out);
+    assert!(out.status.success(), "{}", stderr(&out));
+    for set in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
+        assert!(
+            text.contains(&format!("{set}:\t0000000000000000")),
+            "{set} not empty:\n{text}"
+        );
+    }
+    assert!(text.contains("NoNewPrivs:\t1"), "{text}");
+    let groups = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Groups:"))
+        .expect("a Groups line");
+    assert_eq!(groups.trim(), "", "supplementary groups reset:\n{text}");
+    let euid: u32 = text.lines().last().unwrap().trim().parse().unwrap();
+    assert!(
+        isolate_enforcer::exec::DYNAMIC_UIDS.contains(&euid),
+        "the setuid binary ran as {euid}, not root"
+    );
+}
+
+fn network() {
+    let allowed = TcpListener::bind("127.0.0.1:0").unwrap();
+    let blocked = TcpListener::bind("127.0.0.1:0").unwrap();
+    let (allowed_port, blocked_port) = (
+        allowed.local_addr().unwrap().port(),
+        blocked.local_addr().unwrap().port(),
+    );
+    let instance = Instance::new(
+        &format!("allow = [\"127.0.0.1/32:{allowed_port}/tcp\"]"),
+        "",
+    );
+    // The child itself, a background grandchild, and a daemonized (setsid, double-forked)
+    // descendant that outlives its parents each try the forbidden destination.
+    let dir = instance.dir.path();
+    std::fs::write(
+        dir.join("try.sh"),
+        "if (echo > /dev/tcp/127.0.0.1/$1) 2>/dev/null; then echo \"$2 $1 ok\"; else echo \"$2 $1 refused\"; fi\n",
+    )
+    .unwrap();
+    let out = dir.join("daemon.out");
+    std::fs::write(&out, "").unwrap();
+    std::fs::set_permissions(&out, std::os::unix::fs::PermissionsExt::from_mode(0o666)).unwrap();
+    let script = format!(
+        "cd {dir}; bash try.sh {allowed_port} child; bash try.sh {blocked_port} child
+         (bash try.sh {blocked_port} grandchild) & wait
+         setsid bash -c '(sleep 0.2; bash try.sh {blocked_port} daemon > {out}) &'
+         sleep 1; cat {out}",
+        dir = dir.display(),
+        out = out.display()
+    );
+    let policy = std::fs::read_to_string(&instance.policy).unwrap().replace(
+        "read_only = [\"/usr\", \"/etc\"]",
+        &format!(
+            "read_only = [\"/usr\", \"/etc\"]\nread_write = [\"{}\"]",
+            instance.dir.path().display()
+        ),
+    );
+    std::fs::write(&instance.policy, policy).unwrap();
+    let started = Instant::now();
+    let out = instance.run(&["/bin/bash", "-c", &script]);
+    let text = stdout(&out);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        text.contains(&format!("child {allowed_port} ok")),
+        "{text}\n{}",
+        stderr(&out)
+    );
+    for who in ["child", "grandchild", "daemon"] {
+        assert!(
+            text.contains(&format!("{who} {blocked_port} refused")),
+            "{who}:\n{text}"
+        );
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "refusals are immediate"
+    );
+    assert!(accept_one(&allowed).is_some());
+    assert!(
+        accept_one(&blocked).is_none(),
+        "the blocked listener received a connection"
+    );
+    // Each refusal is an audit record on stderr (no journald here).
+    let records = stderr(&out)
+        .lines()
+        .filter(|l| {
+            l.starts_with(&format!(
+                "isolate-{}-blocked tcp 127.0.0.1:{blocked_port}",
+                instance.name
+            ))
+        })
+        .count();
+    assert!(records >= 2, "audit records:\n{}", stderr(&out));
+}
+
+fn files() {
+    let instance = Instance::new("", "");
+    let private = tempfile::tempdir().unwrap();
+    std::fs::write(private.path().join("secret"), "x").unwrap();
+    std::fs::set_permissions(
+        private.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        private.path().join("secret"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )
+    .unwrap();
+    let secret = private.path().join("secret");
+    // Readable by mode bits, but outside the policy: Landlock says no.
+    let out = instance.run(&["/bin/cat", &secret.to_string_lossy()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("Permission denied"),
+        "{}",
+        stderr(&out)
+    );
+    // Allowed read, refused write in a read-only path.
+    let out = instance.run(&["/bin/sh", "-c", "cat /etc/hostname >/dev/null && echo read-ok; touch /etc/isolate-test-write || echo write-refused"]);
+    assert!(
+        stdout(&out).contains("read-ok") && stdout(&out).contains("write-refused"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(!Path::new("/etc/isolate-test-write").exists());
+}
+
+fn nothing_left() {
+    let instance = Instance::new("allow = [\"127.0.0.1/32:80/tcp\"]", "");
+    let out = instance.run(&["/bin/true"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_clean(&instance.name);
+}
+
+fn dry_run() {
+    let instance = Instance::new("allow = [\"10.0.0.0/9\", \"10.128.0.0/9\"]", "");
+    let out = instance
+        .command(&["--dry-run", "--", "/bin/true"])
+        .output()
+        .unwrap();
+    let text = stdout(&out);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        text.contains("10.0.0.0/8"),
+        "the plan shows the normalised rules:\n{text}"
+    );
+    assert!(
+        text.contains("(dynamic)") && text.contains("landlock"),
+        "{text}"
+    );
+    assert_clean(&instance.name);
+    assert!(
+        !Path::new(&format!("/var/lib/isolate/{}", instance.name)).exists(),
+        "no home was made"
+    );
+}
+
+fn fails_closed() {
+    let instance = Instance::new("", "");
+    let marker = instance.dir.path().join("ran");
+    // No `nft` on PATH: the nftables layer cannot be applied after the cgroup and the eBPF
+    // layer were. The child must not run and both must be gone again.
+    let out = instance
+        .command(&[
+            "--",
+            "/bin/sh",
+            "-c",
+            &format!("echo > {}", marker.display()),
+        ])
+        .env("PATH", "/nonexistent")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("nft"),
+        "the error names the layer: {}",
+        stderr(&out)
+    );
+    assert!(!marker.exists(), "the child ran although a layer failed");
+    assert_clean(&instance.name);
+}
+
+fn named_user() {
+    let name = format!("isotest{}", std::process::id());
+    let created = Command::new("useradd")
+        .args([
+            "--system",
+            "--no-create-home",
+            "--shell",
+            "/usr/sbin/nologin",
+            &name,
+        ])
+        .status()
+        .unwrap();
+    assert!(created.success(), "useradd {name}");
+    let _user = RemoveUser(name.clone());
+    let instance = Instance::new("", "");
+    let policy = std::fs::read_to_string(&instance.policy)
+        .unwrap()
+        .replace("user = \"dynamic\"", &format!("user = \"{name}\""));
+    std::fs::write(&instance.policy, policy).unwrap();
+    let out = instance.run(&["/usr/bin/id", "-un"]);
+    assert_eq!(stdout(&out).trim(), name, "{}", stderr(&out));
+
+    let missing = Instance::new("", "");
+    let policy = std::fs::read_to_string(&missing.policy)
+        .unwrap()
+        .replace("user = \"dynamic\"", "user = \"no-such-user-here\"");
+    std::fs::write(&missing.policy, policy).unwrap();
+    let out = missing.run(&["/bin/true"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("no user named `no-such-user-here`"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+struct RemoveUser(String);
+
+impl Drop for RemoveUser {
+    fn drop(&mut self) {
+        let _ = Command::new("userdel").arg(&self.0).status();
+    }
+}
+
+fn cgroup_of(instance: &str) -> PathBuf {
+    isolate_enforcer::cgroup::cgroup2_mount()
+        .unwrap()
+        .join("isolate")
+        .join(instance)
+}
+
+/// No cgroup, pins, nftables table or dynamic-UID lease of `instance` remains.
+fn assert_clean(instance: &str) {
+    assert!(!cgroup_of(instance).exists(), "cgroup left behind");
+    assert!(
+        !Path::new(&format!("/sys/fs/bpf/isolate/exec/{instance}")).exists(),
+        "pins left behind"
+    );
+    assert!(
+        !isolate_enforcer::nft::is_applied(instance).unwrap_or(false),
+        "nftables table left behind"
+    );
+    let leases = std::fs::read_dir("/run/isolate/dynamic-uids").map_or(0, Iterator::count);
+    assert_eq!(leases, 0, "dynamic UID lease left behind");
+}

@@ -88,7 +88,7 @@ pub fn isolate_egress(ctx: SkBuffContext) -> i32 {
             if u32::from(protocol) == IPPROTO_TCP || u32::from(protocol) == IPPROTO_UDP {
                 return VERDICT_ALLOW;
             }
-            judge_v4_addr(uid, generation, daddr, 0, PROTO_OTHER, LAYER_EGRESS)
+            judge_v4_addr::<false>(uid, generation, daddr, 0, PROTO_OTHER, LAYER_EGRESS)
         }
         ETH_P_IPV6 => {
             let (Ok(next_header), Ok(daddr)) = (ctx.load::<u8>(6), ctx.load::<[u8; 16]>(24)) else {
@@ -97,7 +97,7 @@ pub fn isolate_egress(ctx: SkBuffContext) -> i32 {
             if u32::from(next_header) == IPPROTO_TCP || u32::from(next_header) == IPPROTO_UDP {
                 return VERDICT_ALLOW;
             }
-            judge_v6_addr(uid, generation, daddr, 0, PROTO_OTHER, LAYER_EGRESS)
+            judge_v6_addr::<false>(uid, generation, daddr, 0, PROTO_OTHER, LAYER_EGRESS)
         }
         // Neither IPv4 nor IPv6: nothing a policy speaks of; fail closed.
         _ => VERDICT_DENY,
@@ -137,11 +137,18 @@ fn judge_v4(ctx: &SockAddrContext, layer: u8) -> i32 {
     let ip = unsafe { core::ptr::read_volatile(&raw const (*ctx.sock_addr).user_ip4) };
     let (port, proto) = port_and_protocol(ctx);
     // user_ip4 is in network byte order in memory: its native bytes are the address bytes.
-    judge_v4_addr(uid, generation, ip.to_ne_bytes(), port, proto, layer)
+    judge_v4_addr::<true>(uid, generation, ip.to_ne_bytes(), port, proto, layer)
 }
 
 #[inline(always)]
-fn judge_v4_addr(uid: u32, generation: u32, addr: [u8; 4], port: u16, proto: u8, layer: u8) -> i32 {
+fn judge_v4_addr<const IN_TASK: bool>(
+    uid: u32,
+    generation: u32,
+    addr: [u8; 4],
+    port: u16,
+    proto: u8,
+    layer: u8,
+) -> i32 {
     let key = Key::new(
         KEY_HEADER_BITS + 32,
         V4Key {
@@ -157,7 +164,7 @@ fn judge_v4_addr(uid: u32, generation: u32, addr: [u8; 4], port: u16, proto: u8,
     }
     let mut dest = [0u8; 16];
     dest[..4].copy_from_slice(&addr);
-    record_block(uid, FAMILY_V4, proto, layer, dest, port);
+    record_block::<IN_TASK>(uid, FAMILY_V4, proto, layer, dest, port);
     VERDICT_DENY
 }
 
@@ -180,18 +187,18 @@ fn judge_v6(ctx: &SockAddrContext, layer: u8) -> i32 {
     // ::ffff:a.b.c.d reaches an IPv4 host: judge it by the IPv4 policy, so a v6 socket is no
     // way around it.
     if words[0] == 0 && words[1] == 0 && words[2] == 0x0000_ffff_u32.to_be() {
-        return judge_v4_addr(uid, generation, words[3].to_ne_bytes(), port, proto, layer);
+        return judge_v4_addr::<true>(uid, generation, words[3].to_ne_bytes(), port, proto, layer);
     }
     let mut addr = [0u8; 16];
     addr[0..4].copy_from_slice(&words[0].to_ne_bytes());
     addr[4..8].copy_from_slice(&words[1].to_ne_bytes());
     addr[8..12].copy_from_slice(&words[2].to_ne_bytes());
     addr[12..16].copy_from_slice(&words[3].to_ne_bytes());
-    judge_v6_addr(uid, generation, addr, port, proto, layer)
+    judge_v6_addr::<true>(uid, generation, addr, port, proto, layer)
 }
 
 #[inline(always)]
-fn judge_v6_addr(
+fn judge_v6_addr<const IN_TASK: bool>(
     uid: u32,
     generation: u32,
     addr: [u8; 16],
@@ -212,7 +219,7 @@ fn judge_v6_addr(
     {
         return VERDICT_ALLOW;
     }
-    record_block(uid, FAMILY_V6, proto, layer, addr, port);
+    record_block::<IN_TASK>(uid, FAMILY_V6, proto, layer, addr, port);
     VERDICT_DENY
 }
 
@@ -228,7 +235,14 @@ fn protocol_bit(protocol: u32) -> u8 {
 /// Counts the blocked attempt and queues an event for the audit trail. A full ring buffer
 /// loses the event, never the verdict or the count.
 #[inline(always)]
-fn record_block(uid: u32, family: u8, protocol: u8, layer: u8, addr: [u8; 16], port: u16) {
+fn record_block<const IN_TASK: bool>(
+    uid: u32,
+    family: u8,
+    protocol: u8,
+    layer: u8,
+    addr: [u8; 16],
+    port: u16,
+) {
     let counter = CounterKey {
         uid,
         family,
@@ -243,12 +257,22 @@ fn record_block(uid: u32, family: u8, protocol: u8, layer: u8, addr: [u8; 16], p
         let _ = BLOCKED.insert(&counter, &1, 0);
     }
     if let Some(mut entry) = EVENTS.reserve::<BlockEvent>(0) {
-        let pid_tgid = bpf_get_current_pid_tgid();
+        // Packet hooks run outside the sender's task on older kernels, which refuse these
+        // helpers there (6.1: pid_tgid, 6.12: comm); their events carry no pid or comm.
+        let (pid, comm) = if IN_TASK {
+            let pid_tgid = bpf_get_current_pid_tgid();
+            (
+                (pid_tgid >> 32) as u32,
+                bpf_get_current_comm().unwrap_or_default(),
+            )
+        } else {
+            (0, [0; 16])
+        };
         entry.write(BlockEvent {
             timestamp_ns: unsafe { bpf_ktime_get_ns() },
             uid,
-            pid: (pid_tgid >> 32) as u32,
-            comm: bpf_get_current_comm().unwrap_or_default(),
+            pid,
+            comm,
             addr,
             port,
             family,

@@ -227,7 +227,11 @@ fn render() {
 
     // What the kernel holds, in nft's own spelling.
     nft::apply(&policy).expect("apply");
-    let text = nft(&["list", "table", "inet", "isolate-demo"]);
+    // Without /etc/protocols (a minimal system), nft prints protocol numbers.
+    let text = nft(&["list", "table", "inet", "isolate-demo"])
+        .replace("{ 6, 17 }", "{ tcp, udp }")
+        .replace("l4proto 6 ", "l4proto tcp ")
+        .replace("l4proto 17 ", "l4proto udp ");
     for expected in [
         "type filter hook output priority filter; policy accept;",
         "meta skuid 65531 jump confined",

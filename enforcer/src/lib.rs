@@ -6,8 +6,10 @@
 pub mod audit;
 pub mod bpf;
 pub mod cgroup;
+pub mod daemon;
 pub mod exec;
 pub mod kernel;
 pub mod landlock;
+pub mod metrics;
 pub mod network;
 pub mod nft;

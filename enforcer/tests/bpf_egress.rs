@@ -425,7 +425,13 @@ fn update_under_load() {
     .unwrap();
     sandbox.layer().apply_instance(CONFINED, &policy_a).unwrap();
 
-    let mut client = probe::run_loop(&sandbox, CONFINED, allowed_addr, blocked_addr, 400);
+    let mut client = probe::run_loop(
+        sandbox.cgroup.path(),
+        CONFINED,
+        allowed_addr,
+        blocked_addr,
+        400,
+    );
     let mut swaps = 0;
     while client.try_wait().unwrap().is_none() {
         let next: &CompiledRules = if swaps % 2 == 0 { &policy_b } else { &policy_a };

@@ -1,12 +1,11 @@
 //! Subcommands of `isolate`, one module each.
 
 mod check;
+mod daemon;
 mod exec;
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::bail;
 use clap::{Parser, Subcommand};
 
 /// Where instance policies live unless a command is told otherwise.
@@ -40,32 +39,26 @@ enum Command {
     /// Applies each instance's layers, re-reads the directory on SIGHUP, serves Prometheus
     /// metrics, and writes block events to journald. Enforcement stays pinned in the kernel
     /// when the daemon stops.
-    Daemon(DaemonArgs),
+    Daemon(daemon::DaemonArgs),
     /// Validate policy files and print them normalised; `--kernel` reports kernel features.
     ///
     /// Exits non-zero when any policy has an error; each error names the file, line, column,
     /// field and what to change.
     Check(check::CheckArgs),
     /// Show what is enforced: instances, UIDs, layers in force and blocked counts.
-    Status,
-}
-
-#[derive(clap::Args)]
-struct DaemonArgs {
-    /// The policy directory.
-    #[arg(long, default_value = DEFAULT_POLICY_DIR)]
-    policy_dir: PathBuf,
+    ///
+    /// Asks the daemon when it runs; otherwise reads what is pinned in the kernel.
+    Status(daemon::StatusArgs),
+    /// Ask the running daemon to re-read the policy directory (as SIGHUP does).
+    Reload(daemon::ReloadArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Check(args) => Ok(check::run(&args)),
         Command::Exec(args) => exec::run(&args),
-        Command::Daemon(_) => not_yet("daemon", 8),
-        Command::Status => not_yet("status", 8),
+        Command::Daemon(args) => daemon::run_daemon(&args),
+        Command::Status(args) => daemon::run_status(&args),
+        Command::Reload(args) => daemon::run_reload(&args),
     }
-}
-
-fn not_yet(command: &str, issue: u32) -> anyhow::Result<ExitCode> {
-    bail!("`isolate {command}` is not implemented in this version yet (tracked in issue #{issue})")
 }

@@ -33,6 +33,17 @@ pub struct Layers {
     pub nftables: bool,
 }
 
+impl Layers {
+    /// The names of the layers that are on, as the CLI spells them.
+    pub fn names(self) -> Vec<&'static str> {
+        [("ebpf", self.ebpf), ("nftables", self.nftables)]
+            .into_iter()
+            .filter(|&(_, on)| on)
+            .map(|(name, _)| name)
+            .collect()
+    }
+}
+
 impl Default for Layers {
     fn default() -> Self {
         Self {
@@ -171,14 +182,7 @@ impl fmt::Display for ExecPlan {
             f,
             "privileges  no_new_privs, every capability dropped, supplementary groups reset"
         )?;
-        let layers: Vec<&str> = [
-            ("ebpf", self.layers.ebpf),
-            ("nftables", self.layers.nftables),
-        ]
-        .into_iter()
-        .filter_map(|(name, on)| on.then_some(name))
-        .collect();
-        writeln!(f, "network layers  {}", layers.join(", "))?;
+        writeln!(f, "network layers  {}", self.layers.names().join(", "))?;
         if self.layers.ebpf {
             writeln!(f, "  ebpf pins  {}", self.pins.path().display())?;
         }

@@ -43,10 +43,14 @@ pub struct Outcome {
 
 /// Runs the client as `uid` in `sandbox`.
 pub fn run(sandbox: &Sandbox, uid: u32, mode: Mode, target: SocketAddr) -> Outcome {
+    run_in(sandbox.cgroup.path(), uid, mode, target)
+}
+
+/// Runs the client as `uid` in `cgroup`.
+pub fn run_in(cgroup: &std::path::Path, uid: u32, mode: Mode, target: SocketAddr) -> Outcome {
     let exe = std::env::current_exe().unwrap();
     let started = Instant::now();
-    let mut child = sandbox
-        .command_as(uid, &exe)
+    let mut child = super::sandbox::command_in(cgroup, uid, &exe)
         .args(["probe", mode.as_arg(), &target.to_string()])
         .spawn()
         .expect("start probe");
@@ -62,15 +66,14 @@ pub fn run(sandbox: &Sandbox, uid: u32, mode: Mode, target: SocketAddr) -> Outco
 /// Runs `loop` mode as `uid`: `rounds` times, connect to `allowed` (must succeed) and to
 /// `forbidden` (must be refused with EPERM). Returns whether every attempt went so.
 pub fn run_loop(
-    sandbox: &Sandbox,
+    cgroup: &std::path::Path,
     uid: u32,
     allowed: SocketAddr,
     forbidden: SocketAddr,
     rounds: u32,
 ) -> std::process::Child {
     let exe = std::env::current_exe().unwrap();
-    sandbox
-        .command_as(uid, &exe)
+    super::sandbox::command_in(cgroup, uid, &exe)
         .args([
             "probe",
             "loop",

@@ -54,35 +54,39 @@ impl Sandbox {
 
     /// A command that runs as `uid` (groups reset) inside the sandbox's cgroup.
     pub fn command_as(&self, uid: u32, program: &std::path::Path) -> Command {
-        let procs = CString::new(
-            self.cgroup
-                .path()
-                .join("cgroup.procs")
-                .into_os_string()
-                .into_encoded_bytes(),
-        )
-        .unwrap();
-        let mut cmd = Command::new(program);
-        // SAFETY: only async-signal-safe libc calls between fork and exec; the path was
-        // prepared before the fork.
-        unsafe {
-            std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
-                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-                if fd < 0 || libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                libc::close(fd);
-                if libc::setgroups(0, std::ptr::null()) != 0
-                    || libc::setgid(uid) != 0
-                    || libc::setuid(uid) != 0
-                {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        cmd
+        command_in(self.cgroup.path(), uid, program)
     }
+}
+
+/// A command that runs as `uid` (groups reset) inside `cgroup`.
+pub fn command_in(cgroup: &std::path::Path, uid: u32, program: &std::path::Path) -> Command {
+    let procs = CString::new(
+        cgroup
+            .join("cgroup.procs")
+            .into_os_string()
+            .into_encoded_bytes(),
+    )
+    .unwrap();
+    let mut cmd = Command::new(program);
+    // SAFETY: only async-signal-safe libc calls between fork and exec; the path was
+    // prepared before the fork.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
+            let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+            if fd < 0 || libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            libc::close(fd);
+            if libc::setgroups(0, std::ptr::null()) != 0
+                || libc::setgid(uid) != 0
+                || libc::setuid(uid) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd
 }
 
 impl Drop for Sandbox {

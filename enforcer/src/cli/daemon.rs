@@ -1,0 +1,143 @@
+//! `isolate daemon`, `isolate status` and `isolate reload`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context as _, bail};
+use isolate_enforcer::daemon::control::{self, Request, Response};
+use isolate_enforcer::daemon::{self, DaemonConfig, status};
+use isolate_enforcer::exec::Layers;
+
+use super::DEFAULT_POLICY_DIR;
+
+#[derive(clap::Args)]
+pub struct DaemonArgs {
+    /// The policy directory: one `<instance>.toml` per instance.
+    #[arg(long, default_value = DEFAULT_POLICY_DIR)]
+    policy_dir: PathBuf,
+    /// Where Prometheus metrics are served (`/metrics`), or `off`.
+    #[arg(long, default_value = "127.0.0.1:9477")]
+    metrics: String,
+    /// The control socket (`isolate status`, `isolate reload`, `isolate exec` use it).
+    #[arg(long, default_value = control::DEFAULT_SOCKET)]
+    control_socket: PathBuf,
+    /// Where the daemon records what it enforces.
+    #[arg(long, default_value = daemon::DEFAULT_STATE_DIR)]
+    state_dir: PathBuf,
+    /// Network layers to enforce: ebpf, nftables, or both (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "ebpf,nftables", value_parser = ["ebpf", "nftables"])]
+    layers: Vec<String>,
+    /// Remove everything the daemon enforces (every instance, programs, pins) and exit.
+    #[arg(long)]
+    cleanup: bool,
+    /// Attach to this cgroup instead of the cgroup2 root (tests).
+    #[arg(long, hide = true)]
+    cgroup: Option<PathBuf>,
+    /// Pin the eBPF layer here instead of /sys/fs/bpf/isolate/daemon (tests).
+    #[arg(long, hide = true)]
+    pin_dir: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+pub struct StatusArgs {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// The daemon's control socket.
+    #[arg(long, default_value = control::DEFAULT_SOCKET)]
+    control_socket: PathBuf,
+    /// The daemon's state directory (read when no daemon answers).
+    #[arg(long, default_value = daemon::DEFAULT_STATE_DIR)]
+    state_dir: PathBuf,
+    /// The daemon's pins (read when no daemon answers).
+    #[arg(long, hide = true)]
+    pin_dir: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+pub struct ReloadArgs {
+    /// The daemon's control socket.
+    #[arg(long, default_value = control::DEFAULT_SOCKET)]
+    control_socket: PathBuf,
+}
+
+fn config(args: &DaemonArgs) -> anyhow::Result<DaemonConfig> {
+    let mut config = DaemonConfig::new(args.policy_dir.clone());
+    config.state_dir.clone_from(&args.state_dir);
+    config.control_socket.clone_from(&args.control_socket);
+    config.metrics = match args.metrics.as_str() {
+        "off" => None,
+        addr => Some(addr.parse::<SocketAddr>().with_context(|| {
+            format!("--metrics {addr}: not an address like 127.0.0.1:9477 (or `off`)")
+        })?),
+    };
+    config.layers = Layers {
+        ebpf: args.layers.iter().any(|l| l == "ebpf"),
+        nftables: args.layers.iter().any(|l| l == "nftables"),
+    };
+    config.cgroup.clone_from(&args.cgroup);
+    if let Some(dir) = &args.pin_dir {
+        config.pins = isolate_enforcer::bpf::PinDir::new(dir);
+    }
+    Ok(config)
+}
+
+pub fn run_daemon(args: &DaemonArgs) -> anyhow::Result<ExitCode> {
+    let config = config(args)?;
+    if args.cleanup {
+        let removed = daemon::cleanup(&config)?;
+        eprintln!(
+            "isolate: removed the daemon's enforcement ({} instance(s))",
+            removed.len()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    daemon::run(&config)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+#[allow(clippy::print_stdout, reason = "CLI output")]
+pub fn run_status(args: &StatusArgs) -> anyhow::Result<ExitCode> {
+    let status = match control::request(&args.control_socket, &Request::Status) {
+        Some(Ok(Response::Status(status))) => status,
+        Some(Ok(other)) => bail!("unexpected answer from the daemon: {other:?}"),
+        Some(Err(e)) => bail!(
+            "the daemon at {} did not answer: {e}",
+            args.control_socket.display()
+        ),
+        None => {
+            let pins = args
+                .pin_dir
+                .as_ref()
+                .map_or_else(daemon::default_pins, isolate_enforcer::bpf::PinDir::new);
+            status::from_kernel(&args.state_dir, &pins, &daemon::exec_pins())
+        }
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+    } else {
+        print!("{status}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn run_reload(args: &ReloadArgs) -> anyhow::Result<ExitCode> {
+    match control::request(&args.control_socket, &Request::Reload) {
+        Some(Ok(Response::Reloaded { report })) => {
+            eprintln!("isolate: reloaded: {report}");
+            let failed = report["failed"].as_array().is_some_and(|f| !f.is_empty());
+            Ok(if failed {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+        Some(Ok(other)) => bail!("unexpected answer from the daemon: {other:?}"),
+        Some(Err(e)) => bail!("the daemon did not answer: {e}"),
+        None => bail!(
+            "no daemon listens on {} (start it with `isolate daemon` or `systemctl start isolate`)",
+            args.control_socket.display()
+        ),
+    }
+}

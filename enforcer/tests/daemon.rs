@@ -1,0 +1,462 @@
+//! `isolate daemon` end to end: several instances side by side, each confined by its own
+//! policy; metrics equal to the attempts; status with and without the daemon; reload with good
+//! and bad policies; SIGKILL and restart without a moment of lost enforcement; cleanup.
+//!
+//! On the host the daemon attaches to a child cgroup (hidden `--cgroup`), never the root, and
+//! runs in the test's own network namespace, so its nftables tables live there.
+
+mod common;
+
+use std::io::{Read as _, Write as _};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use common::probe::{self, Mode, accept_one};
+use common::sandbox::unique_name;
+use isolate_enforcer::cgroup::{Cgroup, cgroup2_mount};
+
+fn main() -> ExitCode {
+    if let Some(code) = probe::main_if_probe() {
+        return code;
+    }
+    common::run_tests(&[
+        (
+            "instances_side_by_side_metrics_status_and_reload",
+            side_by_side,
+        ),
+        (
+            "sigkill_and_restart_never_let_a_forbidden_connect_through",
+            restart,
+        ),
+    ])
+}
+
+fn isolate() -> PathBuf {
+    std::env::var_os("ISOLATE").map_or_else(
+        || PathBuf::from(env!("CARGO_BIN_EXE_isolate")),
+        PathBuf::from,
+    )
+}
+
+/// A system user made for the test, removed afterwards.
+struct TestUser {
+    name: String,
+    uid: u32,
+}
+
+impl TestUser {
+    fn new() -> Self {
+        let name = format!(
+            "isod{}{}",
+            std::process::id() % 100_000,
+            unique_name("").rsplit('-').next().unwrap()
+        );
+        let ok = Command::new("useradd")
+            .args([
+                "--system",
+                "--no-create-home",
+                "--shell",
+                "/usr/sbin/nologin",
+                &name,
+            ])
+            .status()
+            .unwrap();
+        assert!(ok.success(), "useradd {name}");
+        let uid = nix::unistd::User::from_name(&name)
+            .unwrap()
+            .unwrap()
+            .uid
+            .as_raw();
+        Self { name, uid }
+    }
+}
+
+impl Drop for TestUser {
+    fn drop(&mut self) {
+        let _ = Command::new("userdel").arg(&self.name).status();
+    }
+}
+
+/// A daemon with its own policy directory, state, socket, pins, cgroup and metrics port.
+struct Daemon {
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    cgroup: Cgroup,
+    pins: PathBuf,
+    metrics: SocketAddr,
+}
+
+impl Daemon {
+    fn new() -> Self {
+        let name = unique_name("daemon");
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("instances")).unwrap();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        Self {
+            child: None,
+            cgroup: Cgroup::create(&cgroup2_mount().unwrap(), &name).unwrap(),
+            pins: PathBuf::from("/sys/fs/bpf").join(&name),
+            metrics: SocketAddr::from(([127, 0, 0, 1], port)),
+            dir,
+        }
+    }
+
+    fn policy_dir(&self) -> PathBuf {
+        self.dir.path().join("instances")
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.dir.path().join("control.sock")
+    }
+
+    fn args(&self) -> Vec<String> {
+        let attach_at = if std::env::var_os("ISOLATE_IN_VM").is_some() {
+            cgroup2_mount().unwrap()
+        } else {
+            self.cgroup.path().to_path_buf()
+        };
+        [
+            "--policy-dir",
+            &self.policy_dir().to_string_lossy(),
+            "--state-dir",
+            &self.dir.path().join("state").to_string_lossy(),
+            "--control-socket",
+            &self.socket().to_string_lossy(),
+            "--metrics",
+            &self.metrics.to_string(),
+            "--cgroup",
+            &attach_at.to_string_lossy(),
+            "--pin-dir",
+            &self.pins.to_string_lossy(),
+        ]
+        .map(str::to_owned)
+        .to_vec()
+    }
+
+    fn write_policy(&self, name: &str, user: &TestUser, allow: &str) {
+        std::fs::write(
+            self.policy_dir().join(format!("{name}.toml")),
+            format!(
+                "user = \"{}\"\n[network]\ndns = \"none\"\nallow = [{allow}]\n",
+                user.name
+            ),
+        )
+        .unwrap();
+    }
+
+    /// Starts the daemon and waits until its control socket answers.
+    fn start(&mut self) {
+        let child = Command::new(isolate())
+            .arg("daemon")
+            .args(self.args())
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let started = Instant::now();
+        while run_isolate(&[
+            "status",
+            "--control-socket",
+            &self.socket().to_string_lossy(),
+        ])
+        .0
+        .contains("from the kernel")
+        {
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "the daemon never answered"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn signal(&mut self, signal: nix::sys::signal::Signal) {
+        let mut child = self.child.take().expect("running");
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id().cast_signed()), signal)
+            .unwrap();
+        child.wait().unwrap();
+    }
+
+    fn reload(&self) -> bool {
+        run_isolate(&[
+            "reload",
+            "--control-socket",
+            &self.socket().to_string_lossy(),
+        ])
+        .1
+    }
+
+    fn status_json(&self) -> serde_json::Value {
+        let (text, ok) = run_isolate(&[
+            "status",
+            "--json",
+            "--control-socket",
+            &self.socket().to_string_lossy(),
+            "--state-dir",
+            &self.dir.path().join("state").to_string_lossy(),
+            "--pin-dir",
+            &self.pins.to_string_lossy(),
+        ]);
+        assert!(ok, "isolate status failed");
+        serde_json::from_str(&text).unwrap()
+    }
+
+    fn metrics(&self) -> String {
+        let mut stream = TcpStream::connect(self.metrics).unwrap();
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut text = String::new();
+        stream.read_to_string(&mut text).unwrap();
+        assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+        text
+    }
+
+    fn cgroup(&self) -> &Path {
+        self.cgroup.path()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let mut cleanup = Command::new(isolate());
+        cleanup.arg("daemon").args(self.args()).arg("--cleanup");
+        if !cleanup.status().is_ok_and(|s| s.success()) {
+            eprintln!("isolate daemon --cleanup failed");
+        }
+    }
+}
+
+/// Runs `isolate ARGS`; returns stdout and whether it succeeded.
+fn run_isolate(args: &[&str]) -> (String, bool) {
+    let out = Command::new(isolate()).args(args).output().unwrap();
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        out.status.success(),
+    )
+}
+
+/// The value of the metric line `name{labels}` (labels as Prometheus sorts them).
+fn metric(text: &str, series: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+}
+
+fn blocked_series(instance: &str) -> String {
+    format!(
+        "isolate_blocked_total{{family=\"ipv4\",instance=\"{instance}\",layer=\"ebpf\",protocol=\"tcp\"}}"
+    )
+}
+
+fn listen() -> (TcpListener, SocketAddr) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    (listener, addr)
+}
+
+fn side_by_side() {
+    let (user_a, user_b) = (TestUser::new(), TestUser::new());
+    let (listener_a, port_a) = listen();
+    let (listener_b, port_b) = listen();
+    let mut daemon = Daemon::new();
+    daemon.write_policy(
+        "alpha",
+        &user_a,
+        &format!("\"127.0.0.1/32:{}/tcp\"", port_a.port()),
+    );
+    daemon.write_policy(
+        "beta",
+        &user_b,
+        &format!("\"127.0.0.1/32:{}/tcp\"", port_b.port()),
+    );
+    daemon.start();
+
+    // Each instance is confined by its own policy only.
+    let attempt = |user: &TestUser, to: SocketAddr| {
+        probe::run_in(daemon.cgroup(), user.uid, Mode::Tcp, to).code
+    };
+    assert_eq!(attempt(&user_a, port_a), 0);
+    assert_eq!(attempt(&user_a, port_b), libc::EPERM);
+    assert_eq!(attempt(&user_a, port_b), libc::EPERM);
+    assert_eq!(attempt(&user_b, port_b), 0);
+    assert_eq!(attempt(&user_b, port_a), libc::EPERM);
+    assert!(accept_one(&listener_a).is_some() && accept_one(&listener_b).is_some());
+    assert!(
+        accept_one(&listener_a).is_none(),
+        "only the allowed connect reached alpha's listener"
+    );
+
+    // Metrics equal the attempts.
+    let text = daemon.metrics();
+    assert_eq!(metric(&text, &blocked_series("alpha")), Some(2), "{text}");
+    assert_eq!(metric(&text, &blocked_series("beta")), Some(1), "{text}");
+    assert_eq!(metric(&text, "isolate_instances"), Some(2), "{text}");
+    assert_eq!(
+        metric(
+            &text,
+            "isolate_policy_entries{family=\"ipv4\",instance=\"alpha\"}"
+        ),
+        Some(1),
+        "{text}"
+    );
+    assert!(
+        !text.contains("127.0.0.1"),
+        "no destination addresses in labels"
+    );
+
+    // Status from the daemon.
+    let status = daemon.status_json();
+    assert_eq!(status["daemon_running"], true);
+    let by_name = |status: &serde_json::Value, name: &str| {
+        status["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["name"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("{name} missing from {status}"))
+    };
+    assert_eq!(by_name(&status, "alpha")["blocked_ebpf"], 2);
+    assert_eq!(by_name(&status, "alpha")["uid"], user_a.uid);
+    assert_eq!(by_name(&status, "beta")["blocked_ebpf"], 1);
+    assert_eq!(
+        by_name(&status, "alpha")["recent"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2,
+        "{status}"
+    );
+
+    reloads(&daemon, (&user_a, port_a), (&user_b, port_b));
+}
+
+/// Reload with a bad policy, a good change, and a removed file.
+fn reloads(
+    daemon: &Daemon,
+    (user_a, port_a): (&TestUser, SocketAddr),
+    (user_b, port_b): (&TestUser, SocketAddr),
+) {
+    let attempt = |user: &TestUser, to: SocketAddr| {
+        probe::run_in(daemon.cgroup(), user.uid, Mode::Tcp, to).code
+    };
+    // A bad policy is reported and the instance keeps its previous policy.
+    std::fs::write(
+        daemon.policy_dir().join("alpha.toml"),
+        "user = \"x\"\n[network]\nallow = [\"10.0.0.1/8\"]\n",
+    )
+    .unwrap();
+    assert!(!daemon.reload(), "reload reports the failure");
+    assert_eq!(attempt(user_a, port_a), 0, "alpha still has its old policy");
+    assert_eq!(attempt(user_a, port_b), libc::EPERM);
+    assert_eq!(
+        metric(
+            &daemon.metrics(),
+            "isolate_policy_reloads_total{result=\"failed\"}"
+        ),
+        Some(1)
+    );
+
+    // A good change applies; other instances are untouched.
+    daemon.write_policy(
+        "alpha",
+        user_a,
+        &format!("\"127.0.0.1/32:{}/tcp\"", port_b.port()),
+    );
+    assert!(daemon.reload());
+    assert_eq!(
+        attempt(user_a, port_b),
+        0,
+        "the new policy allows beta's port"
+    );
+    assert_eq!(
+        attempt(user_a, port_a),
+        libc::EPERM,
+        "and no longer alpha's"
+    );
+    assert_eq!(attempt(user_b, port_a), libc::EPERM, "beta unchanged");
+
+    // Removing a file removes that instance's enforcement.
+    std::fs::remove_file(daemon.policy_dir().join("beta.toml")).unwrap();
+    assert!(daemon.reload());
+    assert_eq!(attempt(user_b, port_a), 0, "beta is no longer confined");
+    assert_eq!(metric(&daemon.metrics(), "isolate_instances"), Some(1));
+}
+
+fn restart() {
+    let user = TestUser::new();
+    let (allowed, allowed_addr) = listen();
+    let (_blocked, blocked_addr) = listen();
+    std::thread::spawn(move || {
+        for stream in allowed.incoming() {
+            drop(stream);
+        }
+    });
+    let mut daemon = Daemon::new();
+    daemon.write_policy(
+        "gamma",
+        &user,
+        &format!("\"127.0.0.1/32:{}/tcp\"", allowed_addr.port()),
+    );
+    daemon.start();
+
+    // A client hammers both destinations while the daemon is killed and restarted.
+    let mut client = probe::run_loop(daemon.cgroup(), user.uid, allowed_addr, blocked_addr, 300);
+    std::thread::sleep(Duration::from_millis(300));
+    daemon.signal(nix::sys::signal::Signal::SIGKILL);
+
+    // Without a daemon, status reads the kernel.
+    let status = daemon.status_json();
+    assert_eq!(status["daemon_running"], false);
+    let instances = status["instances"].as_array().unwrap();
+    assert!(
+        instances
+            .iter()
+            .any(|i| i["name"] == "gamma" && i["uid"] == user.uid),
+        "{status}"
+    );
+
+    daemon.start();
+    let ok = client.wait().unwrap().success();
+    assert!(
+        ok,
+        "a forbidden connect got through, or an allowed one was refused, around the restart"
+    );
+    let blocked: u64 = metric(&daemon.metrics(), &blocked_series("gamma")).unwrap();
+    assert_eq!(
+        blocked, 300,
+        "every forbidden attempt was counted, across the restart"
+    );
+
+    // SIGTERM leaves enforcement in place; --cleanup takes it away.
+    daemon.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(
+        probe::run_in(daemon.cgroup(), user.uid, Mode::Tcp, blocked_addr).code,
+        libc::EPERM
+    );
+    let (_, ok) = run_isolate(
+        &[
+            &["daemon"][..],
+            &daemon.args().iter().map(String::as_str).collect::<Vec<_>>(),
+            &["--cleanup"],
+        ]
+        .concat(),
+    );
+    assert!(ok, "cleanup");
+    assert!(!daemon.pins.exists(), "no pins left");
+    assert_eq!(
+        probe::run_in(daemon.cgroup(), user.uid, Mode::Tcp, blocked_addr).code,
+        0,
+        "nothing enforced"
+    );
+}

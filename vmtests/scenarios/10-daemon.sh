@@ -1,0 +1,9 @@
+#!/bin/sh
+# vmtest-guest: systemd
+# vmtest-timeout: 400
+# `isolate daemon` (enforcer/tests/daemon.rs) attached at the guest's root cgroup: instances
+# side by side, metrics equal to the attempts, status with and without the daemon, reload with
+# good and bad policies, SIGKILL and restart under load, cleanup.
+set -u
+. "$VMTESTS/lib/testbin.sh"
+run_testbin daemon

@@ -30,6 +30,7 @@ fn main() -> ExitCode {
             "sigkill_and_restart_never_let_a_forbidden_connect_through",
             restart,
         ),
+        ("exec_hands_the_network_layers_to_the_daemon", exec_handoff),
     ])
 }
 
@@ -458,5 +459,64 @@ fn restart() {
         probe::run_in(daemon.cgroup(), user.uid, Mode::Tcp, blocked_addr).code,
         0,
         "nothing enforced"
+    );
+}
+
+fn exec_handoff() {
+    // `isolate exec` puts its child in its own cgroup under the cgroup2 root: only a daemon
+    // attached at the root (the VM suite) confines it.
+    if std::env::var_os("ISOLATE_IN_VM").is_none() {
+        eprintln!("exec_handoff: runs in the VM suite only (needs the daemon at the root cgroup)");
+        return;
+    }
+    let user = TestUser::new();
+    let (_blocked, blocked_addr) = listen();
+    let mut daemon = Daemon::new();
+    std::fs::write(
+        daemon.policy_dir().join("delta.toml"),
+        format!(
+            "user = \"{}\"\ndirectory = \"/tmp\"\n[network]\ndns = \"none\"\n[filesystem]\nread_only = [\"/usr\", \"/etc\"]\nexec = [\"/usr/bin\", \"/bin\"]\n",
+            user.name
+        ),
+    )
+    .unwrap();
+    daemon.start();
+    let out = Command::new(isolate())
+        .args(["exec", "--instance", "delta", "--policy-dir"])
+        .arg(daemon.policy_dir())
+        .arg("--control-socket")
+        .arg(daemon.socket())
+        .args([
+            "--",
+            "/bin/bash",
+            "-c",
+            &format!("echo > /dev/tcp/127.0.0.1/{}", blocked_addr.port()),
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "the connect was refused: {stderr}"
+    );
+    assert!(stderr.contains("Operation not permitted"), "{stderr}");
+    assert!(
+        stderr.contains("network layers enforced by the daemon"),
+        "{stderr}"
+    );
+    let status = daemon.status_json();
+    let delta = status["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["name"] == "delta")
+        .cloned()
+        .unwrap();
+    assert_eq!(delta["blocked_ebpf"], 1, "the daemon counted it: {status}");
+    assert_eq!(
+        delta["recent"].as_array().unwrap().len(),
+        1,
+        "and recorded it: {status}"
     );
 }

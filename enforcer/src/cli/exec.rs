@@ -24,6 +24,10 @@ pub struct ExecArgs {
     /// Network layers to apply: ebpf, nftables, or both (comma-separated).
     #[arg(long, value_delimiter = ',', default_value = "ebpf,nftables", value_parser = ["ebpf", "nftables"])]
     layers: Vec<String>,
+    /// The daemon's control socket: when a daemon answers there and enforces the instance,
+    /// it applies the network layers and records block events.
+    #[arg(long, default_value = isolate_enforcer::daemon::control::DEFAULT_SOCKET)]
+    control_socket: PathBuf,
     /// Print what would be applied (user, cgroup, network rules, Landlock rules) and exit.
     #[arg(long)]
     dry_run: bool,
@@ -39,7 +43,8 @@ pub fn run(args: &ExecArgs) -> anyhow::Result<ExitCode> {
         ebpf: args.layers.iter().any(|l| l == "ebpf"),
         nftables: args.layers.iter().any(|l| l == "nftables"),
     };
-    let plan = ExecPlan::new(policy, layers, args.dry_run)?;
+    let mut plan = ExecPlan::new(policy, layers, args.dry_run)?;
+    plan.control_socket.clone_from(&args.control_socket);
     if args.dry_run {
         println!("{plan}");
         println!("command   {}", shell_words(&args.command));

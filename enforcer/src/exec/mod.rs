@@ -89,6 +89,14 @@ pub enum ExecError {
     },
     #[error("supervising the child: {0}")]
     Supervise(#[source] nix::Error),
+    #[error(
+        "instance {instance}: the daemon enforces it for UID {daemon_uid}, but this run's user has UID {uid}; use the same policy file as the daemon"
+    )]
+    DaemonUser {
+        instance: String,
+        daemon_uid: u32,
+        uid: u32,
+    },
     #[error("isolate exec must run as root (it switches users and loads eBPF programs)")]
     NotRoot,
 }
@@ -103,6 +111,8 @@ pub struct ExecPlan {
     pub rules: EffectiveRules,
     pub landlock: LandlockPlan,
     pub workdir: PathBuf,
+    /// Where a running daemon would answer (it then enforces the network layers).
+    pub control_socket: PathBuf,
 }
 
 /// Where the instance cgroups live, under the cgroup2 root.
@@ -151,6 +161,7 @@ impl ExecPlan {
             rules,
             landlock,
             workdir,
+            control_socket: crate::daemon::control::DEFAULT_SOCKET.into(),
         })
     }
 }
@@ -250,7 +261,17 @@ pub fn run(plan: ExecPlan, command: &[OsString]) -> Result<i32, ExecError> {
         message: e.to_string(),
     })?;
     tracing::info!(instance, "Landlock: {}", landlock.report());
-    let mut applied = apply_layers(&plan)?;
+    let mut applied = if daemon_enforces(&plan)? {
+        // The daemon confines the instance's UID host-wide and records its block events.
+        Applied {
+            instance: instance.clone(),
+            cgroup: Some(create_cgroup(&instance, &plan.cgroup)?),
+            bpf: None,
+            nft: false,
+        }
+    } else {
+        apply_layers(&plan)?
+    };
     let cgroup = applied.cgroup.as_ref().expect("created by apply_layers");
     let mut signals = supervise::block_signals().map_err(ExecError::Supervise)?;
     let child = spawn(&plan, cgroup, landlock, command)?;
@@ -269,6 +290,30 @@ pub fn run(plan: ExecPlan, command: &[OsString]) -> Result<i32, ExecError> {
     // Last: a dynamic user's UID is released only once nothing of the run holds it.
     drop(plan);
     Ok(code)
+}
+
+/// Asks a running daemon to make sure it enforces this instance. True when it does; false when
+/// no daemon runs or it does not know the instance (a policy file of its own: embedded mode).
+fn daemon_enforces(plan: &ExecPlan) -> Result<bool, ExecError> {
+    use crate::daemon::control::{self, Request, Response};
+    let request = Request::Ensure {
+        instance: plan.policy.name.clone(),
+    };
+    match control::request(&plan.control_socket, &request) {
+        Some(Ok(Response::Ensured { uid, .. })) if uid == plan.user.uid => {
+            tracing::info!(
+                instance = plan.policy.name,
+                "network layers enforced by the daemon"
+            );
+            Ok(true)
+        }
+        Some(Ok(Response::Ensured { uid, .. })) => Err(ExecError::DaemonUser {
+            instance: plan.policy.name.clone(),
+            daemon_uid: uid,
+            uid: plan.user.uid,
+        }),
+        Some(Ok(_) | Err(_)) | None => Ok(false),
+    }
 }
 
 fn apply_layers(plan: &ExecPlan) -> Result<Applied, ExecError> {

@@ -5,6 +5,7 @@
 //! share/testbin/<target>     the test executables named in vmtests/testbins.txt
 //! share/lib/                 libraries those binaries need and the initramfs lacks
 //! share/vmtests/             a copy of vmtests/ (scenarios, policies, guest scripts)
+//! share/dist/                a copy of dist/ (the shipped systemd units)
 //! share/run-<guest>.list     the scenarios each guest runs (see runner.sh)
 //! ```
 
@@ -125,10 +126,9 @@ pub fn stage(
     for dir in ["bin", "testbin", "lib"] {
         fs::create_dir_all(share.join(dir))?;
     }
-    copy_tree(
-        &util::project_root().join("vmtests"),
-        &share.join("vmtests"),
-    )?;
+    for dir in ["vmtests", "dist"] {
+        copy_tree(&util::project_root().join(dir), &share.join(dir))?;
+    }
     let mut shared = Vec::new();
     if let Some(isolate) = &binaries.isolate {
         shared.push((share.join("bin/isolate"), isolate.clone()));

@@ -100,6 +100,7 @@ pub fn run(config: &DaemonConfig) -> Result<(), DaemonError> {
     {
         let mut registry = registry.lock().expect("registry lock");
         let previous = Enforced::load(&config.state_dir).unwrap_or_default();
+        registry.adopt(previous.clone());
         let report = registry.reload();
         registry.forget_stale(&previous);
         tracing::info!(

@@ -55,6 +55,9 @@ pub struct Registry {
     pub instances: BTreeMap<String, Instance>,
     pub stats: Stats,
     audit: AuditSink,
+    /// What an earlier daemon left enforced (pinned): an instance whose policy and addresses
+    /// are unchanged is adopted as it is, without writing its entries again.
+    adoptable: Enforced,
 }
 
 impl Registry {
@@ -72,7 +75,13 @@ impl Registry {
             instances: BTreeMap::new(),
             stats: Stats::default(),
             audit: AuditSink::new(),
+            adoptable: Enforced::default(),
         }
+    }
+
+    /// Lets the next reload adopt what `previous` (an earlier daemon's record) enforced.
+    pub fn adopt(&mut self, previous: Enforced) {
+        self.adoptable = previous;
     }
 
     /// Re-reads the policy directory and brings enforcement in line with it.
@@ -117,6 +126,10 @@ impl Registry {
             self.stats.reloads_failed += 1;
         }
         self.save_state();
+        // Parsing many large policies leaves freed heap behind; hand it back to the system so
+        // the daemon's footprint is what it keeps, not what it once parsed.
+        // SAFETY: malloc_trim only releases free memory; no pointer is touched.
+        unsafe { libc::malloc_trim(0) };
         report
     }
 
@@ -158,6 +171,30 @@ impl Registry {
         let rules = effective_rules(&policy.network, &resolv_conf, system_resolve);
         let hash = policy_hash(&policy, &rules, user.uid);
         if self.instances.get(&name).is_some_and(|i| i.hash == hash) {
+            return Ok(false);
+        }
+        let pinned_as_is = self
+            .bpf
+            .as_ref()
+            .is_some_and(|layer| layer.instances().contains(&user.uid))
+            && self
+                .adoptable
+                .instances
+                .remove(&name)
+                .is_some_and(|r| r.policy_hash == hash && r.uid == user.uid);
+        if pinned_as_is {
+            tracing::info!(instance = name, uid = user.uid, "adopted as pinned");
+            self.instances.insert(
+                name,
+                Instance {
+                    policy,
+                    uid: user.uid,
+                    user: user.name.clone(),
+                    rules,
+                    hash,
+                    recent: VecDeque::new(),
+                },
+            );
             return Ok(false);
         }
         let previous = self.instances.get(&name);

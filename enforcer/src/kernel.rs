@@ -36,7 +36,7 @@ pub fn report() -> Vec<Feature> {
         .unwrap_or_default();
     let cgroup2 = crate::cgroup::cgroup2_mount();
     let lsm = fs::read_to_string("/sys/kernel/security/lsm").ok();
-    let landlock_abi = landlock_abi();
+    let landlock_abi = crate::landlock::kernel_abi().ok();
     vec![
         Feature {
             name: "kernel",
@@ -104,19 +104,4 @@ fn is_module_loaded(module: &str) -> bool {
         m.lines()
             .any(|l| l.split_whitespace().next() == Some(module))
     })
-}
-
-/// The Landlock ABI version, from `landlock_create_ruleset(NULL, 0, LANDLOCK_CREATE_RULESET_VERSION)`.
-pub fn landlock_abi() -> Option<u32> {
-    const LANDLOCK_CREATE_RULESET_VERSION: libc::c_uint = 1;
-    // SAFETY: with a null attribute pointer and the VERSION flag the call only returns a number.
-    let abi = unsafe {
-        libc::syscall(
-            libc::SYS_landlock_create_ruleset,
-            std::ptr::null::<libc::c_void>(),
-            0usize,
-            LANDLOCK_CREATE_RULESET_VERSION,
-        )
-    };
-    u32::try_from(abi).ok().filter(|&abi| abi > 0)
 }

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use common::probe::{self, Mode, accept_one};
 use common::sandbox::unique_name;
+use common::users::TestUser;
 use isolate_enforcer::cgroup::{Cgroup, cgroup2_mount};
 
 fn main() -> ExitCode {
@@ -32,52 +33,6 @@ fn main() -> ExitCode {
         ),
         ("exec_hands_the_network_layers_to_the_daemon", exec_handoff),
     ])
-}
-
-fn isolate() -> PathBuf {
-    std::env::var_os("ISOLATE").map_or_else(
-        || PathBuf::from(env!("CARGO_BIN_EXE_isolate")),
-        PathBuf::from,
-    )
-}
-
-/// A system user made for the test, removed afterwards.
-struct TestUser {
-    name: String,
-    uid: u32,
-}
-
-impl TestUser {
-    fn new() -> Self {
-        let name = format!(
-            "isod{}{}",
-            std::process::id() % 100_000,
-            unique_name("").rsplit('-').next().unwrap()
-        );
-        let ok = Command::new("useradd")
-            .args([
-                "--system",
-                "--no-create-home",
-                "--shell",
-                "/usr/sbin/nologin",
-                &name,
-            ])
-            .status()
-            .unwrap();
-        assert!(ok.success(), "useradd {name}");
-        let uid = nix::unistd::User::from_name(&name)
-            .unwrap()
-            .unwrap()
-            .uid
-            .as_raw();
-        Self { name, uid }
-    }
-}
-
-impl Drop for TestUser {
-    fn drop(&mut self) {
-        let _ = Command::new("userdel").arg(&self.name).status();
-    }
 }
 
 /// A daemon with its own policy directory, state, socket, pins, cgroup and metrics port.
@@ -153,7 +108,7 @@ impl Daemon {
 
     /// Starts the daemon and waits until its control socket answers.
     fn start(&mut self) {
-        let child = Command::new(isolate())
+        let child = Command::new(common::isolate_binary())
             .arg("daemon")
             .args(self.args())
             .stdin(Stdio::null())
@@ -230,7 +185,7 @@ impl Drop for Daemon {
             let _ = child.kill();
             let _ = child.wait();
         }
-        let mut cleanup = Command::new(isolate());
+        let mut cleanup = Command::new(common::isolate_binary());
         cleanup.arg("daemon").args(self.args()).arg("--cleanup");
         if !cleanup.status().is_ok_and(|s| s.success()) {
             eprintln!("isolate daemon --cleanup failed");
@@ -240,7 +195,10 @@ impl Drop for Daemon {
 
 /// Runs `isolate ARGS`; returns stdout and whether it succeeded.
 fn run_isolate(args: &[&str]) -> (String, bool) {
-    let out = Command::new(isolate()).args(args).output().unwrap();
+    let out = Command::new(common::isolate_binary())
+        .args(args)
+        .output()
+        .unwrap();
     (
         String::from_utf8_lossy(&out.stdout).into_owned(),
         out.status.success(),
@@ -481,7 +439,7 @@ fn exec_handoff() {
     )
     .unwrap();
     daemon.start();
-    let out = Command::new(isolate())
+    let out = Command::new(common::isolate_binary())
         .args(["exec", "--instance", "delta", "--policy-dir"])
         .arg(daemon.policy_dir())
         .arg("--control-socket")

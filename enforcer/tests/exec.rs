@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use common::probe::accept_one;
 use common::sandbox::unique_name;
+use common::users::TestUser;
 
 fn main() -> ExitCode {
     common::run_tests(&[
@@ -36,14 +37,6 @@ fn main() -> ExitCode {
         ),
         ("a_named_user_is_used", named_user),
     ])
-}
-
-/// The binary under test: `$ISOLATE` (the VM suite) or the one cargo built.
-fn isolate() -> PathBuf {
-    std::env::var_os("ISOLATE").map_or_else(
-        || PathBuf::from(env!("CARGO_BIN_EXE_isolate")),
-        PathBuf::from,
-    )
 }
 
 /// An instance with its own directory (world-readable, so the instance user can enter it) and
@@ -82,7 +75,7 @@ impl Instance {
     }
 
     fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(isolate());
+        let mut cmd = Command::new(common::isolate_binary());
         cmd.arg("exec").arg("--policy").arg(&self.policy).args(args);
         cmd
     }
@@ -430,26 +423,15 @@ fn fails_closed() {
 }
 
 fn named_user() {
-    let name = format!("isotest{}", std::process::id());
-    let created = Command::new("useradd")
-        .args([
-            "--system",
-            "--no-create-home",
-            "--shell",
-            "/usr/sbin/nologin",
-            &name,
-        ])
-        .status()
-        .unwrap();
-    assert!(created.success(), "useradd {name}");
-    let _user = RemoveUser(name.clone());
+    let user = TestUser::new();
+    let name = &user.name;
     let instance = Instance::new("", "");
     let policy = std::fs::read_to_string(&instance.policy)
         .unwrap()
         .replace("user = \"dynamic\"", &format!("user = \"{name}\""));
     std::fs::write(&instance.policy, policy).unwrap();
     let out = instance.run(&["/usr/bin/id", "-un"]);
-    assert_eq!(stdout(&out).trim(), name, "{}", stderr(&out));
+    assert_eq!(stdout(&out).trim(), name.as_str(), "{}", stderr(&out));
 
     let missing = Instance::new("", "");
     let policy = std::fs::read_to_string(&missing.policy)
@@ -463,14 +445,6 @@ fn named_user() {
         "{}",
         stderr(&out)
     );
-}
-
-struct RemoveUser(String);
-
-impl Drop for RemoveUser {
-    fn drop(&mut self) {
-        let _ = Command::new("userdel").arg(&self.0).status();
-    }
 }
 
 fn cgroup_of(instance: &str) -> PathBuf {

@@ -184,47 +184,10 @@ impl Registry {
                 .is_some_and(|r| r.policy_hash == hash && r.uid == user.uid);
         if pinned_as_is {
             tracing::info!(instance = name, uid = user.uid, "adopted as pinned");
-            self.instances.insert(
-                name,
-                Instance {
-                    policy,
-                    uid: user.uid,
-                    user: user.name.clone(),
-                    rules,
-                    hash,
-                    recent: VecDeque::new(),
-                },
-            );
-            return Ok(false);
+        } else {
+            self.apply_layers_or_restore(&policy, user.uid, &rules)?;
+            tracing::info!(instance = name, uid = user.uid, "policy applied");
         }
-        let previous = self.instances.get(&name);
-        let previous_uid = previous.map(|p| p.uid);
-        apply_layers(self.bpf.as_mut(), self.layers, &policy, user.uid, &rules).inspect_err(
-            |_| {
-                // Put back what was in force (or nothing, for a new instance).
-                match self.instances.get(&name) {
-                    Some(old) => {
-                        let _ = apply_layers(
-                            self.bpf.as_mut(),
-                            self.layers,
-                            &old.policy,
-                            old.uid,
-                            &old.rules,
-                        );
-                    }
-                    None => {
-                        let _ = remove_layers(self.bpf.as_mut(), self.layers, &name, user.uid);
-                    }
-                }
-            },
-        )?;
-        if let Some(old_uid) = previous_uid.filter(|&u| u != user.uid)
-            && let Some(layer) = self.bpf.as_mut()
-        {
-            // The instance changed users: the old UID is no longer confined by it.
-            let _ = layer.remove_instance(old_uid);
-        }
-        tracing::info!(instance = name, uid = user.uid, "policy applied");
         let recent = self
             .instances
             .remove(&name)
@@ -241,7 +204,43 @@ impl Registry {
                 recent,
             },
         );
-        Ok(true)
+        Ok(!pinned_as_is)
+    }
+
+    /// Applies the layers for `policy`; when a layer refuses, puts back what was in force for
+    /// the instance (or nothing, for a new one).
+    fn apply_layers_or_restore(
+        &mut self,
+        policy: &Policy,
+        uid: u32,
+        rules: &EffectiveRules,
+    ) -> Result<(), String> {
+        let name = &policy.name;
+        let previous_uid = self.instances.get(name).map(|p| p.uid);
+        if let Err(e) = apply_layers(self.bpf.as_mut(), self.layers, policy, uid, rules) {
+            match self.instances.get(name) {
+                Some(old) => {
+                    let _ = apply_layers(
+                        self.bpf.as_mut(),
+                        self.layers,
+                        &old.policy,
+                        old.uid,
+                        &old.rules,
+                    );
+                }
+                None => {
+                    let _ = remove_layers(self.bpf.as_mut(), self.layers, name, uid);
+                }
+            }
+            return Err(e);
+        }
+        if let Some(old_uid) = previous_uid.filter(|&u| u != uid)
+            && let Some(layer) = self.bpf.as_mut()
+        {
+            // The instance changed users: the old UID is no longer confined by it.
+            let _ = layer.remove_instance(old_uid);
+        }
+        Ok(())
     }
 
     /// Takes an instance's enforcement away.

@@ -7,8 +7,17 @@
 
 pub mod probe;
 pub mod sandbox;
+pub mod users;
 
 use std::process::ExitCode;
+
+/// The binary under test: `$ISOLATE` (the VM suite shares it there) or the one cargo built.
+pub fn isolate_binary() -> std::path::PathBuf {
+    std::env::var_os("ISOLATE").map_or_else(
+        || std::path::PathBuf::from(env!("CARGO_BIN_EXE_isolate")),
+        std::path::PathBuf::from,
+    )
+}
 
 /// A named test.
 pub type Test = (&'static str, fn());

@@ -136,11 +136,12 @@ impl ExecPlan {
                 instance: instance.clone(),
                 message: e.to_string(),
             })?;
-        if layers.ebpf && landlock.tcp_connect_ports.take().is_some() {
-            // Landlock refuses before the eBPF hooks run, so the refusal would go uncounted
-            // and unrecorded; the eBPF layer enforces the same ports and audits them.
+        if (layers.ebpf || layers.nftables) && landlock.tcp_connect_ports.take().is_some() {
+            // Landlock refuses inside connect(), before the eBPF hooks run and before any packet
+            // reaches nftables, so the refusal would go uncounted and unrecorded; the network
+            // layers enforce the same ports and audit them.
             landlock.notes.push(
-                "TCP connect ports are left to the eBPF layer, which counts and records each refusal"
+                "TCP connect ports are left to the network layers, which count and record each refusal"
                     .into(),
             );
         }

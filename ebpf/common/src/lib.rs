@@ -19,6 +19,8 @@ pub mod map_names {
     pub const BLOCKED: &str = "BLOCKED";
     /// `RingBuf` of `BlockEvent`s.
     pub const EVENTS: &str = "EVENTS";
+    /// `HashMap<UnixKey, u32>`: allowed unix-socket locations per (uid, generation).
+    pub const UNIX_ALLOW: &str = "UNIX_ALLOW";
 }
 
 /// Names of the programs in the eBPF object.
@@ -30,7 +32,19 @@ pub mod program_names {
     pub const EGRESS: &str = "isolate_egress";
     /// Every cgroup `sock_addr` program, in attach order.
     pub const SOCK_ADDR: [&str; 4] = [CONNECT4, CONNECT6, SENDMSG4, SENDMSG6];
+    /// BPF LSM program on `unix_stream_connect` (stream and seqpacket connects).
+    pub const UNIX_STREAM_CONNECT: &str = "isolate_unix_stream_connect";
+    /// BPF LSM program on `unix_may_send` (datagrams, connected or not).
+    pub const UNIX_MAY_SEND: &str = "isolate_unix_may_send";
+    /// Every unix-socket program and the LSM hook it attaches to.
+    pub const UNIX: [(&str, &str); 2] = [
+        (UNIX_STREAM_CONNECT, "unix_stream_connect"),
+        (UNIX_MAY_SEND, "unix_may_send"),
+    ];
 }
+
+/// Name of the global (in `.rodata`) that user space fills with `UnixConfig` at load time.
+pub const UNIX_CONFIG_GLOBAL: &str = "ISOLATE_UNIX_CONFIG";
 
 /// Entries in each LPM trie (all instances together).
 pub const MAX_ALLOW_ENTRIES: u32 = 1 << 20;
@@ -39,6 +53,9 @@ pub const MAX_INSTANCES: u32 = 4096;
 /// Port rules one destination prefix can carry.
 pub const MAX_PORT_RULES: usize = 8;
 
+/// Allowed unix-socket locations (all instances together).
+pub const MAX_UNIX_ENTRIES: u32 = 1 << 16;
+
 /// Bits of `PortRule::protocols`.
 pub const PROTO_TCP: u8 = 1;
 pub const PROTO_UDP: u8 = 2;
@@ -46,6 +63,10 @@ pub const PROTO_UDP: u8 = 2;
 /// names neither protocol nor ports.
 pub const PROTO_OTHER: u8 = 4;
 pub const PROTO_ANY: u8 = PROTO_TCP | PROTO_UDP | PROTO_OTHER;
+/// Unix sockets, in counters and events only (never in a `PortRule`): stream and seqpacket
+/// connects, and datagrams.
+pub const PROTO_STREAM: u8 = 8;
+pub const PROTO_DGRAM: u8 = 16;
 
 /// Per-UID state: the generation whose entries in the allow tries are in force.
 ///
@@ -130,12 +151,16 @@ impl AllowValue {
 /// Address families, as in `BlockEvent::family` and `CounterKey::family`.
 pub const FAMILY_V4: u8 = 4;
 pub const FAMILY_V6: u8 = 6;
+/// Unix sockets (`AF_UNIX`).
+pub const FAMILY_UNIX: u8 = 1;
 
 /// Which hook refused, as in `BlockEvent::layer` and `CounterKey::layer`.
 pub const LAYER_CONNECT: u8 = 1;
 pub const LAYER_SENDMSG: u8 = 2;
 /// The `cgroup_skb/egress` backstop (packets of protocols the socket hooks do not judge).
 pub const LAYER_EGRESS: u8 = 3;
+/// The BPF LSM unix-socket hooks (`unix_stream_connect`, `unix_may_send`).
+pub const LAYER_UNIX: u8 = 4;
 
 /// Key of the blocked-attempt counters.
 #[repr(C)]
@@ -148,6 +173,105 @@ pub struct CounterKey {
     pub _pad: u8,
 }
 
+/// Longest file name of a socket in `UnixKey::name` (`sun_path` holds 108 bytes with the
+/// terminating NUL), rounded up so the key has no implicit padding.
+pub const UNIX_NAME_LEN: usize = 112;
+
+/// Where an allowed unix socket lives: the directory that holds it (device and inode, as the
+/// kernel sees them: `i_sb->s_dev` in the kernel's `dev_t` encoding `major << 20 | minor`,
+/// and `i_ino`) and its file name there, NUL-padded. The kernel side reads both from the
+/// peer socket's bound dentry (`unix_sk(peer)->path.dentry`), so symlinks and relative paths
+/// are resolved by the kernel's own lookup, and a server that removes and re-creates its
+/// socket (a new inode, same place) stays allowed.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UnixKey {
+    pub uid: u32,
+    pub generation: u32,
+    pub dir_ino: u64,
+    pub dir_dev: u32,
+    pub _pad: u32,
+    pub name: [u8; UNIX_NAME_LEN],
+}
+
+impl Default for UnixKey {
+    fn default() -> Self {
+        Self {
+            uid: 0,
+            generation: 0,
+            dir_ino: 0,
+            dir_dev: 0,
+            _pad: 0,
+            name: [0; UNIX_NAME_LEN],
+        }
+    }
+}
+
+/// `UnixConfig::magic` once user space has filled the configuration in.
+pub const UNIX_CONFIG_MAGIC: u32 = 0x1501_a7e5;
+
+/// What the unix-socket programs need to know and cannot find out themselves: aya has no
+/// CO-RE, so the offsets of the kernel fields they read come from the running kernel's BTF
+/// (user space reads them at load time), and the cgroup whose subtree they judge (LSM
+/// programs attach globally, not to a cgroup). Offsets are in bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UnixConfig {
+    /// `UNIX_CONFIG_MAGIC` when filled in; the programs refuse confined UIDs' connects
+    /// otherwise (they cannot judge them).
+    pub magic: u32,
+    pub _pad: u32,
+    /// ID of the cgroup the layer was attached at (the inode number of its cgroup2
+    /// directory; 1 is the root): only its tasks and its descendants' are judged.
+    pub cgroup_id: u64,
+    /// `struct unix_sock`: `addr` (NULL for an unnamed socket).
+    pub unix_sock_addr: u32,
+    /// `struct unix_sock`: `path.dentry` (NULL for an abstract or unnamed socket).
+    pub unix_sock_dentry: u32,
+    /// `struct dentry`: `d_parent`, `d_name.name`, `d_inode`.
+    pub dentry_parent: u32,
+    pub dentry_name: u32,
+    pub dentry_inode: u32,
+    /// `struct inode`: `i_ino`, `i_sb`.
+    pub inode_ino: u32,
+    pub inode_sb: u32,
+    /// `struct super_block`: `s_dev`.
+    pub sb_dev: u32,
+    /// `struct sock`: `sk_uid`.
+    pub sock_uid: u32,
+    /// `struct socket`: `sk`.
+    pub socket_sk: u32,
+}
+
+impl UnixConfig {
+    /// The value in the object before user space fills it in (not all zeros, so that the
+    /// compiler keeps it in `.rodata`, where the loader can patch it).
+    pub const UNSET: Self = Self {
+        magic: 1,
+        _pad: 0,
+        cgroup_id: 0,
+        unix_sock_addr: 0,
+        unix_sock_dentry: 0,
+        dentry_parent: 0,
+        dentry_name: 0,
+        dentry_inode: 0,
+        inode_ino: 0,
+        inode_sb: 0,
+        sb_dev: 0,
+        sock_uid: 0,
+        socket_sk: 0,
+    };
+}
+
+/// `BlockEvent::addr` of a refused unix-socket attempt: the peer socket file's inode number
+/// (bytes 0..8, little-endian `u64`), its device (bytes 8..12, little-endian `u32`, the
+/// kernel's `dev_t` encoding `major << 20 | minor`; both 0 for an abstract socket) and
+/// the kind of address (byte 12, `UNIX_PEER_*`).
+pub const UNIX_PEER_PATH: u8 = 0;
+pub const UNIX_PEER_ABSTRACT: u8 = 1;
+/// The programs could not read the peer (they refuse what they cannot judge).
+pub const UNIX_PEER_UNKNOWN: u8 = 2;
+
 /// One blocked attempt, sent to user space through the `EVENTS` ring buffer.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -157,7 +281,8 @@ pub struct BlockEvent {
     pub uid: u32,
     pub pid: u32,
     pub comm: [u8; 16],
-    /// Destination address in network byte order; IPv4 uses the first four bytes.
+    /// Destination address in network byte order; IPv4 uses the first four bytes. Unix
+    /// sockets (`FAMILY_UNIX`): the peer's device and inode, see `UNIX_PEER_PATH`.
     pub addr: [u8; 16],
     /// Destination port in host byte order.
     pub port: u16,
@@ -178,4 +303,6 @@ mod pod {
     unsafe impl aya::Pod for super::AllowValue {}
     unsafe impl aya::Pod for super::CounterKey {}
     unsafe impl aya::Pod for super::BlockEvent {}
+    unsafe impl aya::Pod for super::UnixKey {}
+    unsafe impl aya::Pod for super::UnixConfig {}
 }

@@ -3,6 +3,8 @@
 #![no_std]
 #![no_main]
 
+mod unix;
+
 use aya_ebpf::{
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_ktime_get_ns,

@@ -29,6 +29,7 @@ fn attempt(destination: &str, comm: &str) -> BlockedAttempt {
         port: 443,
         protocol: "tcp",
         layer: "connect",
+        unix: None,
     }
 }
 

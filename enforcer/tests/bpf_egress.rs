@@ -366,10 +366,15 @@ fn detach_removes_everything() {
         .difference(&before)
         .copied()
         .collect();
+    // Plus the two unix-socket (BPF LSM) programs where the kernel runs them.
+    let unix_programs = match sandbox.layer().unix_support() {
+        isolate_enforcer::bpf::UnixSupport::Enforced => 2,
+        isolate_enforcer::bpf::UnixSupport::Unavailable(_) => 0,
+    };
     assert_eq!(
         ours.len(),
-        5,
-        "four sock_addr programs and the egress backstop loaded"
+        5 + unix_programs,
+        "four sock_addr programs, the egress backstop and the unix-socket programs loaded"
     );
     let (_listener, addr) = listen("127.0.0.1:0");
     apply(&mut sandbox, &[], &[]);

@@ -4,9 +4,12 @@ use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use isolate_ebpf_common::{
-    BlockEvent, FAMILY_V4, LAYER_CONNECT, LAYER_EGRESS, LAYER_SENDMSG, PROTO_OTHER, PROTO_TCP,
-    PROTO_UDP,
+    BlockEvent, FAMILY_UNIX, FAMILY_V4, FAMILY_V6, LAYER_CONNECT, LAYER_EGRESS, LAYER_SENDMSG,
+    LAYER_UNIX, PROTO_DGRAM, PROTO_OTHER, PROTO_STREAM, PROTO_TCP, PROTO_UDP, UNIX_PEER_ABSTRACT,
+    UNIX_PEER_PATH,
 };
+
+use super::unix::split_kernel_dev;
 
 /// One blocked attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -16,19 +19,67 @@ pub struct BlockedAttempt {
     pub uid: u32,
     pub pid: u32,
     pub comm: String,
+    /// The unspecified address (`0.0.0.0`) for unix sockets: see `unix`.
     pub destination: IpAddr,
     pub port: u16,
     pub protocol: &'static str,
     pub layer: &'static str,
+    /// The refused unix socket, for unix-socket attempts (layer `unix`).
+    pub unix: Option<UnixPeer>,
+}
+
+/// The unix socket a refused attempt was aimed at. The kernel side has no room for its path
+/// in an event: a pathname socket is named by its file's device and inode (find it with
+/// `find <mount point> -xdev -inum <ino>`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnixPeer {
+    Path {
+        major: u32,
+        minor: u32,
+        ino: u64,
+    },
+    Abstract,
+    /// The programs could not read the peer socket (and refused, as they cannot judge it).
+    Unknown,
+}
+
+impl fmt::Display for UnixPeer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            UnixPeer::Path { major, minor, ino } => write!(f, "unix:dev={major}:{minor},ino={ino}"),
+            UnixPeer::Abstract => f.write_str("unix:abstract"),
+            UnixPeer::Unknown => f.write_str("unix:unknown"),
+        }
+    }
+}
+
+impl UnixPeer {
+    fn from_addr(addr: &[u8; 16]) -> Self {
+        let ino = u64::from_le_bytes(addr[..8].try_into().expect("8 bytes"));
+        let dev = u32::from_le_bytes(addr[8..12].try_into().expect("4 bytes"));
+        match addr[12] {
+            UNIX_PEER_PATH => {
+                let (major, minor) = split_kernel_dev(dev);
+                UnixPeer::Path { major, minor, ino }
+            }
+            UNIX_PEER_ABSTRACT => UnixPeer::Abstract,
+            _ => UnixPeer::Unknown,
+        }
+    }
 }
 
 impl From<&BlockEvent> for BlockedAttempt {
     fn from(event: &BlockEvent) -> Self {
-        let destination = if event.family == FAMILY_V4 {
-            let [a, b, c, d, ..] = event.addr;
-            IpAddr::V4(Ipv4Addr::new(a, b, c, d))
-        } else {
-            IpAddr::V6(Ipv6Addr::from(event.addr))
+        let (destination, unix) = match event.family {
+            FAMILY_V4 => {
+                let [a, b, c, d, ..] = event.addr;
+                (IpAddr::V4(Ipv4Addr::new(a, b, c, d)), None)
+            }
+            FAMILY_UNIX => (
+                IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+                Some(UnixPeer::from_addr(&event.addr)),
+            ),
+            _ => (IpAddr::V6(Ipv6Addr::from(event.addr)), None),
         };
         let comm_len = event
             .comm
@@ -44,15 +95,17 @@ impl From<&BlockEvent> for BlockedAttempt {
             port: event.port,
             protocol: protocol_name(event.protocol),
             layer: layer_name(event.layer),
+            unix,
         }
     }
 }
 
 impl fmt::Display for BlockedAttempt {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let dest = match self.destination {
-            IpAddr::V4(a) => format!("{a}:{}", self.port),
-            IpAddr::V6(a) => format!("[{a}]:{}", self.port),
+        let dest = match (self.unix, self.destination) {
+            (Some(peer), _) => peer.to_string(),
+            (None, IpAddr::V4(a)) => format!("{a}:{}", self.port),
+            (None, IpAddr::V6(a)) => format!("[{a}]:{}", self.port),
         };
         write!(
             f,
@@ -67,6 +120,18 @@ pub fn protocol_name(protocol: u8) -> &'static str {
         PROTO_TCP => "tcp",
         PROTO_UDP => "udp",
         PROTO_OTHER => "other",
+        PROTO_STREAM => "stream",
+        PROTO_DGRAM => "dgram",
+        _ => "unknown",
+    }
+}
+
+/// The `family` of a counter or event, as metrics label it.
+pub fn family_name(family: u8) -> &'static str {
+    match family {
+        FAMILY_V4 => "ipv4",
+        FAMILY_V6 => "ipv6",
+        FAMILY_UNIX => "unix",
         _ => "unknown",
     }
 }
@@ -76,6 +141,7 @@ pub fn layer_name(layer: u8) -> &'static str {
         LAYER_CONNECT => "connect",
         LAYER_SENDMSG => "sendmsg",
         LAYER_EGRESS => "egress",
+        LAYER_UNIX => "unix",
         _ => "unknown",
     }
 }

@@ -5,31 +5,39 @@
 //! Shape, as every layer: [`BpfLayer::attach`] (load, attach, pin — or adopt what is already
 //! pinned), [`BpfLayer::apply_instance`], inspection ([`BpfLayer::blocked_counts`],
 //! [`BpfLayer::instances`], [`BpfLayer::read_events`]) and [`BpfLayer::detach`].
+//!
+//! Unix sockets are judged by BPF LSM programs (see `unix`), attached with the others when
+//! the kernel has the BPF LSM active; without it the rest of the layer works, and only a
+//! policy with `network.unix_sockets` is refused, with what to change.
 
+mod btf;
 mod events;
 mod pin;
 mod rules;
+mod unix;
 
 use std::collections::BTreeMap;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use aya::Ebpf;
 use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{HashMap, Map, MapData, PerCpuHashMap, PerCpuValues, RingBuf};
 use aya::programs::links::FdLink;
-use aya::programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr};
+use aya::programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, Lsm};
+use aya::{Btf, Ebpf, EbpfLoader};
 use ipnet::{Ipv4Net, Ipv6Net};
 use isolate_ebpf_common::{
-    AllowValue, BlockEvent, CounterKey, FAMILY_V4, FAMILY_V6, InstanceState, KEY_HEADER_BITS,
-    LAYER_CONNECT, LAYER_EGRESS, LAYER_SENDMSG, PROTO_OTHER, PROTO_TCP, PROTO_UDP, V4Key, V6Key,
+    AllowValue, BlockEvent, CounterKey, FAMILY_UNIX, FAMILY_V4, FAMILY_V6, InstanceState,
+    KEY_HEADER_BITS, LAYER_CONNECT, LAYER_EGRESS, LAYER_SENDMSG, LAYER_UNIX, PROTO_DGRAM,
+    PROTO_OTHER, PROTO_STREAM, PROTO_TCP, PROTO_UDP, UNIX_CONFIG_GLOBAL, UnixKey, V4Key, V6Key,
     map_names, program_names,
 };
 use thiserror::Error;
 
-pub use events::{BlockedAttempt, layer_name, protocol_name};
+pub use events::{BlockedAttempt, UnixPeer, family_name, layer_name, protocol_name};
 pub use pin::{BPFFS, PinDir, ensure_bpffs};
 pub use rules::{CompiledRules, RulesError, compile, compile_rules};
+pub use unix::{LocateError, UnixLocation, UnixSupport, active_lsms, locate};
 
 /// The eBPF object built by `build.rs` from `ebpf/programs`.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/isolate"));
@@ -75,6 +83,13 @@ pub enum BpfError {
         kind: &'static str,
         name: &'static str,
     },
+    /// The policy has `network.unix_sockets` and this layer cannot enforce them.
+    #[error(
+        "unix-socket allowlists (network.unix_sockets) are not supported on this kernel: {reason}"
+    )]
+    UnixUnsupported { reason: String },
+    #[error("network.unix_sockets: {0}")]
+    UnixSocket(#[source] LocateError),
 }
 
 fn map_error(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> BpfError {
@@ -99,6 +114,9 @@ pub struct BpfLayer {
     instances: HashMap<MapData, u32, InstanceState>,
     allow_v4: LpmTrie<MapData, V4Key, AllowValue>,
     allow_v6: LpmTrie<MapData, V6Key, AllowValue>,
+    /// Absent from attachments pinned without the unix-socket programs.
+    unix_allow: Option<HashMap<MapData, UnixKey, u32>>,
+    unix: UnixSupport,
     counters: PerCpuHashMap<MapData, CounterKey, u64>,
     events: Option<RingBuf<MapData>>,
 }
@@ -108,6 +126,11 @@ impl BpfLayer {
     /// in `pins`; when `pins` already holds an attachment, adopts it instead (no second load,
     /// no gap in enforcement). Processes in the cgroup and its descendants are then judged;
     /// those whose UID has no policy pass untouched.
+    ///
+    /// The unix-socket programs are BPF LSM programs: they attach to the whole system, and
+    /// judge only confined UIDs' processes in this cgroup's subtree. Where the kernel cannot
+    /// run them (the BPF LSM is not active), the rest is attached all the same, and
+    /// [`BpfLayer::unix_support`] says why; only a policy with unix sockets is refused then.
     pub fn attach(cgroup: &Path, pins: PinDir) -> Result<Self, BpfError> {
         ensure_bpffs().map_err(pin_error("mount bpffs at", Path::new(BPFFS)))?;
         if pins.exists() {
@@ -115,7 +138,14 @@ impl BpfLayer {
         }
         pins.create().map_err(pin_error("create", pins.path()))?;
         match Self::load_and_pin(cgroup, &pins) {
-            Ok(()) => Self::open(pins),
+            Ok(support) => {
+                let mut layer = Self::open(pins)?;
+                if let UnixSupport::Unavailable(_) = support {
+                    // The precise reason, rather than open()'s guess from the pins.
+                    layer.unix = support;
+                }
+                Ok(layer)
+            }
             Err(e) => {
                 // Leave nothing half-applied.
                 let _ = pins.remove();
@@ -126,25 +156,78 @@ impl BpfLayer {
 
     /// Opens an attachment pinned in `pins` (for status, updates and event reading).
     pub fn open(pins: PinDir) -> Result<Self, BpfError> {
+        let unix_allow = if pins.map(map_names::UNIX_ALLOW).exists() {
+            Some(open_map(&pins, map_names::UNIX_ALLOW)?)
+        } else {
+            None
+        };
+        let programs_pinned = program_names::UNIX
+            .iter()
+            .all(|(name, _)| pins.link(name).exists());
+        let unix = if unix_allow.is_some() && programs_pinned {
+            UnixSupport::Enforced
+        } else {
+            match unix::kernel_support() {
+                UnixSupport::Unavailable(reason) => UnixSupport::Unavailable(reason),
+                UnixSupport::Enforced => UnixSupport::Unavailable(format!(
+                    "the eBPF layer pinned at {} has no unix-socket programs (it was attached \
+                     by an older isolate, or they could not be loaded then): detach it and \
+                     attach again",
+                    pins.path().display()
+                )),
+            }
+        };
         Ok(Self {
             instances: open_map(&pins, map_names::INSTANCES)?,
             allow_v4: open_map(&pins, map_names::ALLOW_V4)?,
             allow_v6: open_map(&pins, map_names::ALLOW_V6)?,
+            unix_allow,
+            unix,
             counters: open_map(&pins, map_names::BLOCKED)?,
             events: None,
             pins,
         })
     }
 
+    /// Whether this attachment enforces unix-socket allowlists, and if not, why.
+    pub fn unix_support(&self) -> &UnixSupport {
+        &self.unix
+    }
+
     /// Detaches the programs and removes every pin: nothing stays in bpffs or attached.
-    pub fn detach(self) -> Result<(), BpfError> {
+    ///
+    /// The UIDs are released first: the kernel may detach a program some time after its
+    /// last link is gone (BPF LSM links on 6.12 are released from a work queue), and until
+    /// then it must let everyone pass rather than go on judging from maps nobody can reach.
+    pub fn detach(mut self) -> Result<(), BpfError> {
+        for uid in self.instances() {
+            self.instances
+                .remove(&uid)
+                .map_err(map_error(map_names::INSTANCES))?;
+        }
         let pins = self.pins.clone();
         drop(self);
         pins.remove().map_err(pin_error("remove", pins.path()))
     }
 
-    fn load_and_pin(cgroup: &Path, pins: &PinDir) -> Result<(), BpfError> {
-        let mut ebpf = Ebpf::load(EBPF_OBJECT).map_err(|e| BpfError::Load(Box::new(e)))?;
+    fn load_and_pin(cgroup: &Path, pins: &PinDir) -> Result<UnixSupport, BpfError> {
+        let btf = Btf::from_sys_fs().ok();
+        // What the unix-socket programs need to know about this kernel (or why they cannot
+        // run here).
+        let unix_config = match unix::kernel_support() {
+            UnixSupport::Enforced => std::fs::read("/sys/kernel/btf/vmlinux")
+                .map_err(|e| format!("cannot read the kernel's BTF: {e}"))
+                .and_then(|data| unix::kernel_config(&data, cgroup)),
+            UnixSupport::Unavailable(reason) => Err(reason),
+        };
+        let mut loader = EbpfLoader::new();
+        loader.btf(btf.as_ref());
+        if let Ok(config) = &unix_config {
+            loader.override_global(UNIX_CONFIG_GLOBAL, config, true);
+        }
+        let mut ebpf = loader
+            .load(EBPF_OBJECT)
+            .map_err(|e| BpfError::Load(Box::new(e)))?;
         let cgroup_file = std::fs::File::open(cgroup).map_err(pin_error("open cgroup", cgroup))?;
         // With BPF links (kernel 5.7+) the kernel always attaches in multi mode, so other
         // tools' programs on the same cgroup keep working; `Single` only means "no flags",
@@ -168,10 +251,35 @@ impl BpfLayer {
         let link = program.take_link(link_id).map_err(program_error)?;
         pin_link(pins, name, FdLink::try_from(link))?;
 
+        let support = match unix_config {
+            Ok(_) => match Self::load_unix_programs(&mut ebpf, btf.as_ref(), pins) {
+                Ok(()) => UnixSupport::Enforced,
+                Err(e) => {
+                    for (name, _) in program_names::UNIX {
+                        let _ = std::fs::remove_file(pins.link(name));
+                    }
+                    let e = e.to_string();
+                    // aya ends the message with the verifier's log, often empty.
+                    let e = e.trim_end_matches(" Verifier output: ");
+                    UnixSupport::Unavailable(format!(
+                        "the kernel refused isolate's unix-socket programs: {e}"
+                    ))
+                }
+            },
+            Err(reason) => UnixSupport::Unavailable(reason),
+        };
+        if let UnixSupport::Unavailable(reason) = &support {
+            tracing::warn!(
+                "unix-socket allowlists are not enforced by this attachment ({reason}); \
+                 policies with network.unix_sockets will be refused"
+            );
+        }
+
         for name in [
             map_names::INSTANCES,
             map_names::ALLOW_V4,
             map_names::ALLOW_V6,
+            map_names::UNIX_ALLOW,
             map_names::BLOCKED,
             map_names::EVENTS,
         ] {
@@ -180,6 +288,27 @@ impl BpfLayer {
                 .ok_or(BpfError::Missing { kind: "map", name })?
                 .pin(&path)
                 .map_err(|e| pin_error("pin", &path)(io::Error::other(e)))?;
+        }
+        Ok(support)
+    }
+
+    /// Loads the BPF LSM programs, attaches them (to the whole system) and pins their links.
+    fn load_unix_programs(
+        ebpf: &mut Ebpf,
+        btf: Option<&Btf>,
+        pins: &PinDir,
+    ) -> Result<(), BpfError> {
+        let btf = btf.ok_or(BpfError::Missing {
+            kind: "kernel BTF",
+            name: "/sys/kernel/btf/vmlinux",
+        })?;
+        for (name, hook) in program_names::UNIX {
+            let program: &mut Lsm = program(ebpf, name)?;
+            let program_error = program_error(name);
+            program.load(hook, btf).map_err(program_error)?;
+            let link_id = program.attach().map_err(program_error)?;
+            let link = program.take_link(link_id).map_err(program_error)?;
+            pin_link(pins, name, Ok(FdLink::from(link)))?;
         }
         Ok(())
     }
@@ -191,10 +320,16 @@ impl BpfLayer {
     /// Puts `rules` in force for `uid`, atomically: the new entries are written under a fresh
     /// generation, then the UID's generation flips in one map update, then the old entries go.
     /// A connect sees the whole old policy or the whole new one, never a mix or nothing.
+    ///
+    /// `rules.unix_sockets` are resolved here (see [`locate`]): a socket whose directory
+    /// does not exist yet is skipped with a warning (it stays refused until the policy is
+    /// applied again). Where unix sockets cannot be enforced, a policy that has some is
+    /// refused and nothing changes.
     pub fn apply_instance(&mut self, uid: u32, rules: &CompiledRules) -> Result<(), BpfError> {
+        let unix = self.locate_unix_sockets(&rules.unix_sockets)?;
         let old = self.instance_state(uid)?;
         let generation = old.map_or(1, |s| s.generation.wrapping_add(1));
-        let inserted = self.insert_rules(uid, generation, rules);
+        let inserted = self.insert_rules(uid, generation, rules, &unix);
         if let Err(e) = inserted {
             // The old policy stays in force; drop what was written aside.
             let _ = self.remove_generation(uid, generation);
@@ -290,11 +425,52 @@ impl BpfLayer {
         }
     }
 
+    /// Where each allowed socket lives, or why the policy cannot be put in force.
+    fn locate_unix_sockets(&self, paths: &[PathBuf]) -> Result<Vec<UnixLocation>, BpfError> {
+        if paths.is_empty() {
+            return Ok(Vec::new());
+        }
+        if let UnixSupport::Unavailable(reason) = &self.unix {
+            return Err(BpfError::UnixUnsupported {
+                reason: reason.clone(),
+            });
+        }
+        let mut located = Vec::with_capacity(paths.len());
+        for path in paths {
+            match locate(path) {
+                Ok(location) => located.push(location),
+                Err(e) if e.not_found => {
+                    tracing::warn!("{e}: not allowed until the policy is applied again");
+                }
+                Err(e) => return Err(BpfError::UnixSocket(e)),
+            }
+        }
+        Ok(located)
+    }
+
+    /// The unix-socket allowlist entries in force for `uid`.
+    pub fn unix_entries(&self, uid: u32) -> Result<Vec<UnixKey>, BpfError> {
+        Ok(match self.instance_state(uid)? {
+            Some(state) => self.unix_generation_keys(uid, state.generation),
+            None => Vec::new(),
+        })
+    }
+
+    fn unix_generation_keys(&self, uid: u32, generation: u32) -> Vec<UnixKey> {
+        self.unix_allow.as_ref().map_or_else(Vec::new, |map| {
+            map.keys()
+                .filter_map(Result::ok)
+                .filter(|key| key.uid == uid && key.generation == generation)
+                .collect()
+        })
+    }
+
     fn insert_rules(
         &mut self,
         uid: u32,
         generation: u32,
         rules: &CompiledRules,
+        unix: &[UnixLocation],
     ) -> Result<(), BpfError> {
         for (net, value) in &rules.v4 {
             self.allow_v4
@@ -305,6 +481,12 @@ impl BpfLayer {
             self.allow_v6
                 .insert(&v6_key(uid, generation, *net), value, 0)
                 .map_err(map_error(map_names::ALLOW_V6))?;
+        }
+        if let Some(map) = &mut self.unix_allow {
+            for location in unix {
+                map.insert(location.key(uid, generation), 1, 0)
+                    .map_err(map_error(map_names::UNIX_ALLOW))?;
+            }
         }
         Ok(())
     }
@@ -338,6 +520,12 @@ impl BpfLayer {
             self.allow_v6
                 .remove(&key)
                 .map_err(map_error(map_names::ALLOW_V6))?;
+        }
+        let unix = self.unix_generation_keys(uid, generation);
+        if let Some(map) = &mut self.unix_allow {
+            for key in unix {
+                map.remove(&key).map_err(map_error(map_names::UNIX_ALLOW))?;
+            }
         }
         Ok(())
     }
@@ -428,7 +616,7 @@ fn v6_key(uid: u32, generation: u32, net: Ipv6Net) -> Key<V6Key> {
 
 /// Every counter an instance has: one per family, protocol and layer.
 fn counter_keys(uid: u32) -> impl Iterator<Item = CounterKey> {
-    [FAMILY_V4, FAMILY_V6].into_iter().flat_map(move |family| {
+    let inet = [FAMILY_V4, FAMILY_V6].into_iter().flat_map(move |family| {
         [PROTO_TCP, PROTO_UDP, PROTO_OTHER]
             .into_iter()
             .flat_map(move |protocol| {
@@ -442,5 +630,15 @@ fn counter_keys(uid: u32) -> impl Iterator<Item = CounterKey> {
                         _pad: 0,
                     })
             })
-    })
+    });
+    let unix = [PROTO_STREAM, PROTO_DGRAM]
+        .into_iter()
+        .map(move |protocol| CounterKey {
+            uid,
+            family: FAMILY_UNIX,
+            protocol,
+            layer: LAYER_UNIX,
+            _pad: 0,
+        });
+    inet.chain(unix)
 }

@@ -6,6 +6,7 @@
 //! the address belongs to a prefix of that address, hence to the match or one containing it.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 
 use ipnet::{Ipv4Net, Ipv6Net};
 #[cfg(test)]
@@ -19,10 +20,22 @@ use thiserror::Error;
 pub struct CompiledRules {
     pub v4: Vec<(Ipv4Net, AllowValue)>,
     pub v6: Vec<(Ipv6Net, AllowValue)>,
+    /// Allowed pathname unix sockets (absolute paths, as in `network.unix_sockets`). They
+    /// are resolved to the place they live when the rules are applied, since that can change
+    /// between compiling and applying. Every other unix socket a confined process connects
+    /// or sends to is refused, except its own and unnamed ones (see `bpf::unix`).
+    pub unix_sockets: Vec<PathBuf>,
 }
 
 impl CompiledRules {
-    /// Entries in both tries.
+    /// These rules with `paths` as the allowed unix sockets.
+    #[must_use]
+    pub fn with_unix_sockets(mut self, paths: impl IntoIterator<Item = PathBuf>) -> Self {
+        self.unix_sockets = paths.into_iter().collect();
+        self
+    }
+
+    /// Entries in both tries (unix sockets not counted).
     pub fn len(&self) -> usize {
         self.v4.len() + self.v6.len()
     }
@@ -73,7 +86,8 @@ pub enum RulesError {
 /// Compiles a policy's address rules into trie entries (host names are resolved elsewhere
 /// and arrive here as address rules).
 pub fn compile(network: &Network) -> Result<CompiledRules, RulesError> {
-    compile_rules(&network.allow_v4, &network.allow_v6)
+    Ok(compile_rules(&network.allow_v4, &network.allow_v6)?
+        .with_unix_sockets(network.unix_sockets.iter().cloned()))
 }
 
 /// Compiles allow rules of both families into trie entries.
@@ -84,6 +98,7 @@ pub fn compile_rules(
     Ok(CompiledRules {
         v4: push_down(v4)?,
         v6: push_down(v6)?,
+        unix_sockets: Vec::new(),
     })
 }
 

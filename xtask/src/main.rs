@@ -1,5 +1,6 @@
 //! `cargo xtask …`: every developer workflow that is more than one cargo command.
 
+mod bench;
 mod build;
 mod demo;
 mod setup;
@@ -29,6 +30,8 @@ enum Command {
     Vmtest(vm::VmTestArgs),
     /// The main job: show isolate confining a workload.
     Demo,
+    /// Measure what enforcement costs a connect (none, eBPF, nftables, both; 10 to 10,000 CIDRs).
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -38,5 +41,6 @@ fn main() -> anyhow::Result<()> {
         Command::Test(args) => test::run(&args),
         Command::Vmtest(args) => vm::run(&args),
         Command::Demo => demo::run(),
+        Command::Bench(args) => bench::run(&args),
     }
 }

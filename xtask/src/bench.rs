@@ -1,0 +1,35 @@
+//! `cargo xtask bench`: what enforcement costs a connect — no enforcement vs the eBPF layer vs
+//! the nftables layer vs both, at 10 / 1,000 / 10,000 CIDRs, measured in one run and reported
+//! as figures and ratios (the bench binary `enforcer/benches/connect.rs`). Needs root; runs in a
+//! private network namespace and child cgroups, and leaves nothing behind. Not part of
+//! `cargo xtask test`: it reports, it does not judge.
+
+use clap::Args;
+
+use crate::{setup, util};
+
+#[derive(Args)]
+pub struct BenchArgs {
+    /// Fewer connects and repetitions (a few seconds; noisier figures).
+    #[arg(long)]
+    pub quick: bool,
+}
+
+pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
+    setup::ensure_build_tools()?;
+    if !util::have("nft") {
+        anyhow::bail!("`nft` is missing (package nftables): run `cargo xtask setup`");
+    }
+    let mut cmd = util::cargo();
+    cmd.args([
+        "bench",
+        "--package",
+        "isolate-enforcer",
+        "--bench",
+        "connect",
+    ]);
+    if args.quick {
+        cmd.args(["--", "--quick"]);
+    }
+    util::run(&mut cmd)
+}

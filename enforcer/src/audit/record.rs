@@ -24,9 +24,11 @@ pub(super) struct Entry {
 /// `isolate-NAME-blocked tcp 203.0.113.7:443 pid=… comm=…` plus `ISOLATE_*` fields.
 pub(super) fn blocked(instance: &str, attempt: &BlockedAttempt) -> Entry {
     let port = attempt.port;
-    let dest = match attempt.destination {
-        IpAddr::V4(addr) => format!("{addr}:{port}"),
-        IpAddr::V6(addr) => format!("[{addr}]:{port}"),
+    // A unix socket is named by its device and inode (the event has no room for its path).
+    let (dest, dest_field) = match (attempt.unix, attempt.destination) {
+        (Some(peer), _) => (peer.to_string(), peer.to_string()),
+        (None, IpAddr::V4(addr)) => (format!("{addr}:{port}"), addr.to_string()),
+        (None, IpAddr::V6(addr)) => (format!("[{addr}]:{port}"), addr.to_string()),
     };
     let head = format!("isolate-{instance}-blocked {} {dest}", attempt.protocol);
     // Block events come from the eBPF layer (nft's drops are logged by the kernel itself).
@@ -40,7 +42,7 @@ pub(super) fn blocked(instance: &str, attempt: &BlockedAttempt) -> Entry {
             ("SYSLOG_IDENTIFIER", SYSLOG_IDENTIFIER.to_owned()),
             ("ISOLATE_INSTANCE", instance.to_owned()),
             ("ISOLATE_LAYER", layer.clone()),
-            ("ISOLATE_DEST", attempt.destination.to_string()),
+            ("ISOLATE_DEST", dest_field),
             ("ISOLATE_PORT", port.to_string()),
             ("ISOLATE_PROTO", attempt.protocol.to_owned()),
             ("ISOLATE_PID", pid.to_string()),

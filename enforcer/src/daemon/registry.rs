@@ -361,7 +361,8 @@ fn apply_layers(
 ) -> Result<(), String> {
     if let Some(layer) = bpf {
         let compiled = bpf::compile_rules(&rules.v4, &rules.v6)
-            .map_err(|e| format!("{}: network.allow: {e}", policy.source.display()))?;
+            .map_err(|e| format!("{}: network.allow: {e}", policy.source.display()))?
+            .with_unix_sockets(policy.network.unix_sockets.iter().cloned());
         layer
             .apply_instance(uid, &compiled)
             .map_err(|e| format!("eBPF layer: {e}"))?;

@@ -331,12 +331,12 @@ fn apply_layers(plan: &ExecPlan) -> Result<Applied, ExecError> {
             instance: instance.clone(),
             source,
         };
-        let compiled = bpf::compile_rules(&plan.rules.v4, &plan.rules.v6).map_err(|source| {
-            ExecError::Rules {
+        let compiled = bpf::compile_rules(&plan.rules.v4, &plan.rules.v6)
+            .map_err(|source| ExecError::Rules {
                 file: plan.policy.source.clone(),
                 source,
-            }
-        })?;
+            })?
+            .with_unix_sockets(plan.policy.network.unix_sockets.iter().cloned());
         if plan.pins.exists() {
             // Left by a run that crashed: its cgroup is gone, so start afresh.
             plan.pins.remove().map_err(|e| {

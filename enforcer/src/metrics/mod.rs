@@ -6,7 +6,7 @@ use prometheus::{
     Encoder as _, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use crate::bpf::{layer_name, protocol_name};
+use crate::bpf::{family_name, layer_name, protocol_name};
 use crate::daemon::registry::Registry as Instances;
 
 /// The text exposition of every metric.
@@ -67,16 +67,11 @@ pub fn render(instances: &Instances) -> String {
             .set(gauge_value(instance.rules.v6.len()));
         if let Some(layer) = &instances.bpf {
             for (key, value) in layer.blocked_counts(instance.uid).unwrap_or_default() {
-                let family = if key.family == isolate_ebpf_common::FAMILY_V4 {
-                    "ipv4"
-                } else {
-                    "ipv6"
-                };
                 blocked
                     .with_label_values(&[
                         name.as_str(),
                         "ebpf",
-                        family,
+                        family_name(key.family),
                         protocol_name(key.protocol),
                     ])
                     .inc_by(value);

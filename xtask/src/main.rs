@@ -3,6 +3,7 @@
 mod bench;
 mod build;
 mod demo;
+mod opencode;
 mod setup;
 mod test;
 mod util;

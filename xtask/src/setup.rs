@@ -43,6 +43,7 @@ pub struct SetupArgs {
 pub fn run(args: &SetupArgs) -> anyhow::Result<()> {
     install_apt_packages()?;
     ensure_build_tools()?;
+    crate::opencode::ensure_installed()?;
     if !args.no_vm {
         crate::vm::setup_assets()?;
     }

@@ -6,6 +6,7 @@
 //! share/lib/                 libraries those binaries need and the initramfs lacks
 //! share/vmtests/             a copy of vmtests/ (scenarios, policies, guest scripts)
 //! share/dist/                a copy of dist/ (the shipped systemd units)
+//! share/opencode/opencode    the opencode binary `cargo xtask setup` installed (07-opencode.sh)
 //! share/run-<guest>.list     the scenarios each guest runs (see runner.sh)
 //! ```
 
@@ -146,6 +147,7 @@ pub fn stage(
             }
         }
     }
+    crate::opencode::share(share)?;
     for guest in Guest::ALL {
         let list: Vec<&Scenario> = scenarios
             .iter()

@@ -1,0 +1,21 @@
+#!/bin/sh
+# vmtest-guest: systemd
+# vmtest-timeout: 600
+# The real `opencode serve` (npm opencode-ai, installed by `cargo xtask setup` and shared as
+# /share/opencode/opencode) under `isolate exec` with examples/opencode.toml
+# (enforcer/tests/opencode.rs): it answers on loopback, its calls to models.opencode.ai and
+# registry.npmjs.org (and, with DNS off, its lookups) are refused and journald records each, a
+# host added to `allow` is reached, SIGTERM stops it and nothing of the instance is left.
+# opencode peaks at ~0.5 GB RSS here: the default 2 GiB of guest memory is enough.
+set -u
+. "$VMTESTS/lib/testbin.sh"
+test -x /share/opencode/opencode || {
+    echo "no /share/opencode/opencode: run \`cargo xtask setup\` on the host (npm install opencode-ai)"
+    exit 1
+}
+# Installed where the example policy expects it (exec = [..., "/usr/local"]), on the guest's own
+# disk: Landlock rules cannot hold on the 9p share (its inodes are not stable across lookups), so
+# exec from /share is refused.
+cp /share/opencode/opencode /usr/local/bin/opencode || exit 1
+export OPENCODE_BIN=/usr/local/bin/opencode
+run_testbin opencode

@@ -29,6 +29,7 @@ fn main() -> ExitCode {
             network,
         ),
         ("landlock_confines_files", files),
+        ("the_child_gets_a_private_tmpdir", private_tmpdir),
         ("nothing_is_left_behind", nothing_left),
         ("dry_run_changes_nothing", dry_run),
         (
@@ -86,6 +87,14 @@ impl Instance {
             .stdin(Stdio::null())
             .output()
             .expect("run isolate exec")
+    }
+}
+
+impl Drop for Instance {
+    /// A dynamic user's home (and the run's TMPDIR below it) outlive a run by design; a test's
+    /// instance leaves nothing.
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(Path::new("/var/lib/isolate").join(&self.name));
     }
 }
 
@@ -334,6 +343,27 @@ fn audit_records(instance: &str, stderr: &str, at_least: usize) -> Vec<String> {
     }
 }
 
+fn private_tmpdir() {
+    let instance = Instance::new("", "");
+    let out = instance
+        .command(&["--", "/bin/sh", "-c", "echo \"$TMPDIR\"; echo x > \"$TMPDIR/f\" && echo written; echo \"xdg=${XDG_CONFIG_HOME:-unset}\""])
+        .env("XDG_CONFIG_HOME", "/root/.config")
+        .output()
+        .unwrap();
+    let text = stdout(&out);
+    let expected = format!("/var/lib/isolate/{}/tmp", instance.name);
+    assert!(
+        text.starts_with(&expected),
+        "TMPDIR is private: {text}\n{}",
+        stderr(&out)
+    );
+    assert!(text.contains("written"), "and writable: {text}");
+    assert!(
+        text.contains("xdg=unset"),
+        "the caller's XDG directories are not passed: {text}"
+    );
+}
+
 fn files() {
     let instance = Instance::new("", "");
     let private = tempfile::tempdir().unwrap();
@@ -372,6 +402,10 @@ fn nothing_left() {
     let out = instance.run(&["/bin/true"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_clean(&instance.name);
+    assert!(
+        !Path::new(&format!("/var/lib/isolate/{}/tmp", instance.name)).exists(),
+        "the run's private TMPDIR is removed"
+    );
 }
 
 fn dry_run() {

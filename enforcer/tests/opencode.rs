@@ -49,14 +49,6 @@ fn main() -> ExitCode {
     ])
 }
 
-/// The binary under test: `$ISOLATE` (the VM suite) or the one cargo built.
-fn isolate() -> PathBuf {
-    std::env::var_os("ISOLATE").map_or_else(
-        || PathBuf::from(env!("CARGO_BIN_EXE_isolate")),
-        PathBuf::from,
-    )
-}
-
 /// How long opencode may take to answer (it takes about 4 s on the host; far longer under TCG).
 fn startup_timeout() -> Duration {
     if std::env::var_os("ISOLATE_IN_VM").is_some() {
@@ -292,14 +284,11 @@ impl Run {
         }
 
         // The README's command, with a clean environment as a service manager gives.
-        let tmpdir = home.join("tmp");
-        let mut cmd = Command::new(isolate());
+        let mut cmd = Command::new(common::isolate_binary());
         cmd.arg("exec")
             .arg("--policy")
             .arg(&policy)
             .arg("--")
-            .arg("/usr/bin/env")
-            .arg(format!("TMPDIR={}", tmpdir.display()))
             .arg(&binary)
             .args([
                 "serve",
@@ -656,7 +645,7 @@ fn make_project(parent: &Path) -> (PathBuf, bool) {
 
 /// The instance's home, as `isolate exec --dry-run` shows it.
 fn instance_home(policy: &Path) -> PathBuf {
-    let plan = Command::new(isolate())
+    let plan = Command::new(common::isolate_binary())
         .args(["exec", "--dry-run", "--policy"])
         .arg(policy)
         .args(["--", "/bin/true"])

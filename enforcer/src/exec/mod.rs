@@ -21,7 +21,7 @@ use thiserror::Error;
 use crate::audit::AuditSink;
 use crate::bpf::{self, BpfLayer, PinDir};
 use crate::cgroup::{Cgroup, CgroupError, cgroup2_mount};
-use crate::landlock::{LandlockPlan, PreparedRuleset};
+use crate::landlock::{LandlockPlan, Origin, PathRule, PreparedRuleset};
 use crate::network::{EffectiveRules, effective_rules, system_resolve};
 
 pub use user::{DYNAMIC_UIDS, InstanceUser, UserError};
@@ -111,9 +111,22 @@ pub struct ExecPlan {
     pub rules: EffectiveRules,
     pub landlock: LandlockPlan,
     pub workdir: PathBuf,
+    /// The run's private temporary directory (`TMPDIR`), made fresh at start and removed at exit.
+    pub tmpdir: PathBuf,
     /// Where a running daemon would answer (it then enforces the network layers).
     pub control_socket: PathBuf,
 }
+
+/// Per-instance state on disk (dynamic users' homes, private temporary directories).
+const STATE_DIR: &str = "/var/lib/isolate";
+/// Variables of the caller that would point the child at the caller's directories.
+const CALLER_DIRECTORY_VARIABLES: [&str; 5] = [
+    "XDG_CONFIG_HOME",
+    "XDG_DATA_HOME",
+    "XDG_STATE_HOME",
+    "XDG_CACHE_HOME",
+    "XDG_RUNTIME_DIR",
+];
 
 /// Where the instance cgroups live, under the cgroup2 root.
 const CGROUP_SUBTREE: &str = "isolate";
@@ -145,6 +158,13 @@ impl ExecPlan {
                     .into(),
             );
         }
+        // A private TMPDIR: the shared /tmp is outside most policies, and a name another user
+        // took there first (programs like opencode use fixed names) would lock the instance out.
+        let tmpdir = Path::new(STATE_DIR).join(&instance).join("tmp");
+        landlock.read_write.push(PathRule {
+            path: tmpdir.clone(),
+            origin: Origin::Baseline,
+        });
         let cgroup_root = cgroup2_mount().map_err(|source| ExecError::Cgroup {
             instance: instance.clone(),
             source,
@@ -162,6 +182,7 @@ impl ExecPlan {
             rules,
             landlock,
             workdir,
+            tmpdir,
             control_socket: crate::daemon::control::DEFAULT_SOCKET.into(),
         })
     }
@@ -189,6 +210,11 @@ impl fmt::Display for ExecPlan {
             self.user.home.display()
         )?;
         writeln!(f, "workdir   {}", self.workdir.display())?;
+        writeln!(
+            f,
+            "TMPDIR    {} (private to the run)",
+            self.tmpdir.display()
+        )?;
         writeln!(f, "cgroup    {}", self.cgroup.display())?;
         writeln!(
             f,
@@ -257,6 +283,14 @@ pub fn run(plan: ExecPlan, command: &[OsString]) -> Result<i32, ExecError> {
         return Err(ExecError::NotRoot);
     }
     let instance = plan.policy.name.clone();
+    // Before Landlock is prepared: its rules open the paths they name.
+    let tmpdir =
+        PrivateDir::create(&plan.tmpdir, plan.user.uid, plan.user.gid).map_err(|source| {
+            ExecError::Spawn {
+                command: format!("(private TMPDIR {})", plan.tmpdir.display()),
+                source,
+            }
+        })?;
     let landlock = plan.landlock.prepare().map_err(|e| ExecError::Landlock {
         instance: instance.clone(),
         message: e.to_string(),
@@ -288,6 +322,7 @@ pub fn run(plan: ExecPlan, command: &[OsString]) -> Result<i32, ExecError> {
     audit.flush_suppressed();
     tracing::info!(instance, code, "exited");
     drop(applied);
+    drop(tmpdir);
     // Last: a dynamic user's UID is released only once nothing of the run holds it.
     drop(plan);
     Ok(code)
@@ -433,8 +468,12 @@ fn spawn(
         supervisor_pid: nix::unistd::getpid().as_raw(),
     };
     let mut cmd = Command::new(&command[0]);
+    for variable in CALLER_DIRECTORY_VARIABLES {
+        cmd.env_remove(variable);
+    }
     cmd.args(&command[1..])
         .env("HOME", &plan.user.home)
+        .env("TMPDIR", &plan.tmpdir)
         .env("USER", &plan.user.name)
         .env("LOGNAME", &plan.user.name);
     // SAFETY: `enter` only makes syscalls (and small allocations, safe in this single-threaded
@@ -458,6 +497,33 @@ fn pump_events(
             }
         }
         Err(e) => tracing::warn!(instance, "reading block events: {e}"),
+    }
+}
+
+/// A directory owned by the instance user, made empty at start and removed when dropped.
+struct PrivateDir(PathBuf);
+
+impl PrivateDir {
+    fn create(path: &Path, uid: u32, gid: u32) -> std::io::Result<Self> {
+        // Whatever an earlier run left (it may have crashed) is not this run's.
+        match std::fs::remove_dir_all(path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::create_dir(path)?;
+        let dir = Self(path.to_path_buf());
+        std::os::unix::fs::chown(path, Some(uid), Some(gid))?;
+        std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
+        Ok(dir)
+    }
+}
+
+impl Drop for PrivateDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 

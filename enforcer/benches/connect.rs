@@ -22,13 +22,18 @@
     reason = "statistics on small, non-negative counts"
 )]
 
+// The integration tests' helpers: running a command as a UID in a cgroup, and `lo` up in a
+// fresh network namespace.
+#[path = "../tests/common/sandbox.rs"]
+#[allow(dead_code, reason = "the bench uses a part")]
+mod sandbox;
+
 use std::collections::BTreeMap;
-use std::ffi::CString;
 use std::io::Read as _;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd as _;
 use std::path::Path;
-use std::process::{Command, ExitCode, Stdio};
+use std::process::{ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
@@ -171,7 +176,7 @@ struct Samples {
 
 fn measure(options: &Options) -> anyhow::Result<()> {
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).context("unshare(CLONE_NEWNET)")?;
-    bring_up_loopback().context("bring up lo")?;
+    sandbox::bring_up_loopback();
     let listener = TcpListener::bind("127.0.0.1:0").context("listen on 127.0.0.1")?;
     let target = listener.local_addr()?;
     std::thread::spawn(move || serve(&listener));
@@ -361,7 +366,7 @@ fn run_client(
     target: SocketAddr,
     connects: u32,
 ) -> anyhow::Result<(f64, f64)> {
-    let out = command_in(cgroup, UID, exe)
+    let out = sandbox::command_in(cgroup, UID, exe)
         .args(["client", &target.to_string(), &connects.to_string()])
         .stderr(Stdio::inherit())
         .output()
@@ -374,60 +379,6 @@ fn run_client(
     match (figures.next(), figures.next()) {
         (Some(Ok(median)), Some(Ok(mean))) => Ok((median, mean)),
         _ => bail!("the client printed {text:?}"),
-    }
-}
-
-/// A command that runs as `uid` (groups reset) inside `cgroup`.
-fn command_in(cgroup: &Path, uid: u32, program: &Path) -> Command {
-    let procs = CString::new(
-        cgroup
-            .join("cgroup.procs")
-            .into_os_string()
-            .into_encoded_bytes(),
-    )
-    .expect("no NUL in a cgroup path");
-    let mut cmd = Command::new(program);
-    // SAFETY: only async-signal-safe libc calls between fork and exec; the path was
-    // prepared before the fork.
-    unsafe {
-        std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
-            let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-            if fd < 0 || libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
-                return Err(std::io::Error::last_os_error());
-            }
-            libc::close(fd);
-            if libc::setgroups(0, std::ptr::null()) != 0
-                || libc::setgid(uid) != 0
-                || libc::setuid(uid) != 0
-            {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    cmd
-}
-
-/// A new network namespace has `lo` down: bring it up (`ip link set lo up`, without iproute2).
-fn bring_up_loopback() -> std::io::Result<()> {
-    // SAFETY: plain ioctls on a fresh socket with a zeroed, correctly named ifreq.
-    unsafe {
-        let sock = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
-        if sock < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let mut req: libc::ifreq = std::mem::zeroed();
-        for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
-            *dst = (*src).cast_signed();
-        }
-        let mut ok = libc::ioctl(sock, libc::SIOCGIFFLAGS, &mut req) == 0;
-        if ok {
-            req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
-            ok = libc::ioctl(sock, libc::SIOCSIFFLAGS, &req) == 0;
-        }
-        let error = std::io::Error::last_os_error();
-        libc::close(sock);
-        if ok { Ok(()) } else { Err(error) }
     }
 }
 

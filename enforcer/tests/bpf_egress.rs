@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use common::probe::{self, Mode, accept_one, received};
-use common::sandbox::Sandbox;
+use common::sandbox::{Sandbox, loaded_isolate_programs, still_loaded_after_grace};
 use ipnet::{Ipv4Net, Ipv6Net};
 use isolate_ebpf_common::{
     CounterKey, FAMILY_V4, FAMILY_V6, LAYER_CONNECT, LAYER_EGRESS, LAYER_SENDMSG, PROTO_OTHER,
@@ -382,25 +382,11 @@ fn detach_removes_everything() {
     sandbox.layer.take().unwrap().detach().unwrap();
     assert!(!sandbox.pins.path().exists(), "nothing stays in bpffs");
     assert_allowed(&sandbox, CONFINED, Mode::Tcp, addr);
-    // The kernel frees programs after an RCU grace period: give it a moment.
-    let mut left = ours.intersection(&loaded_isolate_programs()).count();
-    for _ in 0..200 {
-        if left == 0 {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-        left = ours.intersection(&loaded_isolate_programs()).count();
-    }
-    assert_eq!(left, 0, "every program was unloaded");
-}
-
-/// IDs of the programs loaded in the kernel whose name says they are isolate's.
-fn loaded_isolate_programs() -> BTreeSet<u32> {
-    aya::programs::loaded_programs()
-        .filter_map(Result::ok)
-        .filter(|p| p.name_as_str().is_some_and(|n| n.starts_with("isolate_")))
-        .map(|p| p.id())
-        .collect()
+    assert_eq!(
+        still_loaded_after_grace(&ours),
+        0,
+        "every program was unloaded"
+    );
 }
 
 fn update_under_load() {

@@ -15,7 +15,7 @@ use std::path::Path;
 use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant};
 
-use common::sandbox::Sandbox;
+use common::sandbox::{Sandbox, loaded_isolate_programs, still_loaded_after_grace};
 use isolate_ebpf_common::{CounterKey, FAMILY_UNIX, LAYER_UNIX, PROTO_DGRAM, PROTO_STREAM};
 use isolate_enforcer::bpf::{BpfError, BpfLayer, CompiledRules, UnixPeer, UnixSupport};
 
@@ -654,21 +654,9 @@ fn detach_removes_everything() {
     sandbox.layer.take().unwrap().detach().unwrap();
     assert!(!sandbox.pins.path().exists(), "nothing stays in bpffs");
     assert_allowed(&sandbox, CONFINED, Kind::Stream, &b);
-    let mut left = ours.intersection(&loaded_isolate_programs()).count();
-    for _ in 0..200 {
-        if left == 0 {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-        left = ours.intersection(&loaded_isolate_programs()).count();
-    }
-    assert_eq!(left, 0, "every program was unloaded");
-}
-
-fn loaded_isolate_programs() -> BTreeSet<u32> {
-    aya::programs::loaded_programs()
-        .filter_map(Result::ok)
-        .filter(|p| p.name_as_str().is_some_and(|n| n.starts_with("isolate_")))
-        .map(|p| p.id())
-        .collect()
+    assert_eq!(
+        still_loaded_after_grace(&ours),
+        0,
+        "every program was unloaded"
+    );
 }

@@ -127,3 +127,26 @@ pub fn bring_up_loopback() {
         libc::close(sock);
     }
 }
+
+/// IDs of the programs loaded in the kernel whose name says they are isolate's.
+pub fn loaded_isolate_programs() -> std::collections::BTreeSet<u32> {
+    aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .filter(|p| p.name_as_str().is_some_and(|n| n.starts_with("isolate_")))
+        .map(|p| p.id())
+        .collect()
+}
+
+/// Waits until none of `ours` is loaded any more (the kernel frees programs after an RCU grace
+/// period) and returns how many still are after two seconds.
+pub fn still_loaded_after_grace(ours: &std::collections::BTreeSet<u32>) -> usize {
+    let mut left = ours.intersection(&loaded_isolate_programs()).count();
+    for _ in 0..200 {
+        if left == 0 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        left = ours.intersection(&loaded_isolate_programs()).count();
+    }
+    left
+}

@@ -30,6 +30,7 @@ fn main() -> ExitCode {
         ),
         ("landlock_confines_files", files),
         ("the_child_gets_a_private_tmpdir", private_tmpdir),
+        ("a_second_run_of_a_running_instance_is_refused", second_run),
         ("nothing_is_left_behind", nothing_left),
         ("dry_run_changes_nothing", dry_run),
         (
@@ -362,6 +363,47 @@ fn private_tmpdir() {
         text.contains("xdg=unset"),
         "the caller's XDG directories are not passed: {text}"
     );
+}
+
+fn second_run() {
+    let instance = Instance::new("", "");
+    let mut first = instance
+        .command(&["--", "/bin/sleep", "30"])
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let procs = cgroup_of(&instance.name).join("cgroup.procs");
+    let started = Instant::now();
+    while std::fs::read_to_string(&procs).map_or(true, |p| p.trim().is_empty()) {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the first run never started"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let tmpdir = PathBuf::from(format!("/var/lib/isolate/{}/tmp", instance.name));
+    std::fs::write(tmpdir.join("mine"), "first run").unwrap();
+
+    let second = instance.run(&["/bin/true"]);
+    assert_eq!(second.status.code(), Some(1));
+    assert!(
+        stderr(&second).contains("is already running"),
+        "{}",
+        stderr(&second)
+    );
+    assert!(
+        tmpdir.join("mine").exists(),
+        "the first run's TMPDIR was left alone"
+    );
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(first.id().cast_signed()),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert_eq!(first.wait().unwrap().code(), Some(128 + 15));
+    assert_clean(&instance.name);
 }
 
 fn files() {

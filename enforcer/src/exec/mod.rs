@@ -283,6 +283,8 @@ pub fn run(plan: ExecPlan, command: &[OsString]) -> Result<i32, ExecError> {
         return Err(ExecError::NotRoot);
     }
     let instance = plan.policy.name.clone();
+    // Before anything is touched: another run's TMPDIR and layers are not ours to replace.
+    refuse_if_running(&instance, &plan.cgroup)?;
     // Before Landlock is prepared: its rules open the paths they name.
     let tmpdir =
         PrivateDir::create(&plan.tmpdir, plan.user.uid, plan.user.gid).map_err(|source| {
@@ -406,6 +408,19 @@ fn apply_layers(plan: &ExecPlan) -> Result<Applied, ExecError> {
     Ok(applied)
 }
 
+/// Fails when the instance's cgroup has processes: another run of it is going on.
+fn refuse_if_running(instance: &str, cgroup: &Path) -> Result<(), ExecError> {
+    let procs = std::fs::read_to_string(cgroup.join("cgroup.procs")).unwrap_or_default();
+    if procs.trim().is_empty() {
+        Ok(())
+    } else {
+        Err(ExecError::AlreadyRunning {
+            instance: instance.to_owned(),
+            cgroup: cgroup.to_path_buf(),
+        })
+    }
+}
+
 /// Creates the instance cgroup; a leftover empty one (from a crash) is replaced.
 fn create_cgroup(instance: &str, path: &Path) -> Result<Cgroup, ExecError> {
     let cgroup_error = |source| ExecError::Cgroup {
@@ -421,13 +436,7 @@ fn create_cgroup(instance: &str, path: &Path) -> Result<Cgroup, ExecError> {
         })
     })?;
     if path.exists() {
-        let procs = std::fs::read_to_string(path.join("cgroup.procs")).unwrap_or_default();
-        if !procs.trim().is_empty() {
-            return Err(ExecError::AlreadyRunning {
-                instance: instance.to_owned(),
-                cgroup: path.to_path_buf(),
-            });
-        }
+        refuse_if_running(instance, path)?;
         let _ = std::fs::remove_dir(path);
     }
     let name = path

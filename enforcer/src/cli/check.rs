@@ -40,6 +40,12 @@ pub fn run(args: &CheckArgs) -> ExitCode {
         };
     }
     let paths = if args.paths.is_empty() {
+        if !std::path::Path::new(DEFAULT_POLICY_DIR).is_dir() {
+            eprintln!(
+                "isolate: no policy directory {DEFAULT_POLICY_DIR}: create it with one <instance>.toml per instance, or name files to check"
+            );
+            return ExitCode::FAILURE;
+        }
         vec![PathBuf::from(DEFAULT_POLICY_DIR)]
     } else {
         args.paths.clone()

@@ -63,6 +63,12 @@ fn load_policy(args: &ExecArgs) -> anyhow::Result<Policy> {
             bail!("name an instance (--instance NAME) or a policy file (--policy FILE)")
         }
     };
+    if let (Some(name), false) = (&args.instance, path.exists()) {
+        bail!(
+            "no policy for instance `{name}`: expected {} (write one, pass --policy-dir DIR, or run a file with --policy FILE)",
+            path.display()
+        );
+    }
     let policy = isolate_policy::load_file(&path).map_err(|errors| anyhow::anyhow!("{errors}"))?;
     if let Some(name) = &args.instance
         && &policy.name != name

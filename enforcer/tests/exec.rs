@@ -82,6 +82,26 @@ impl Instance {
         cmd
     }
 
+    /// Starts `sleep 30` as the instance and returns once it runs inside its cgroup.
+    fn start_sleeper(&self) -> std::process::Child {
+        let child = self
+            .command(&["--", "/bin/sleep", "30"])
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let procs = cgroup_of(&self.name).join("cgroup.procs");
+        let started = Instant::now();
+        while std::fs::read_to_string(&procs).map_or(true, |p| p.trim().is_empty()) {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "the run never started"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        child
+    }
+
     fn run(&self, argv: &[&str]) -> Output {
         let mut cmd = self.command(&["--"]);
         cmd.args(argv)
@@ -132,22 +152,8 @@ fn exit_codes() {
 
 fn signals() {
     let instance = Instance::new("", "");
-    let mut child = instance
-        .command(&["--", "/bin/sleep", "30"])
-        .stdin(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Wait until the child runs in its cgroup, then ask the supervisor to stop.
-    let procs = cgroup_of(&instance.name).join("cgroup.procs");
-    let started = Instant::now();
-    while std::fs::read_to_string(&procs).map_or(true, |p| p.trim().is_empty()) {
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "the child never started"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    // Once the child runs in its cgroup, ask the supervisor to stop.
+    let mut child = instance.start_sleeper();
     let asked = Instant::now();
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id().cast_signed()),
@@ -367,21 +373,7 @@ fn private_tmpdir() {
 
 fn second_run() {
     let instance = Instance::new("", "");
-    let mut first = instance
-        .command(&["--", "/bin/sleep", "30"])
-        .stdin(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let procs = cgroup_of(&instance.name).join("cgroup.procs");
-    let started = Instant::now();
-    while std::fs::read_to_string(&procs).map_or(true, |p| p.trim().is_empty()) {
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "the first run never started"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let mut first = instance.start_sleeper();
     let tmpdir = PathBuf::from(format!("/var/lib/isolate/{}/tmp", instance.name));
     std::fs::write(tmpdir.join("mine"), "first run").unwrap();
 

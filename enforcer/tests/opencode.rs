@@ -457,7 +457,13 @@ impl Run {
                         .unwrap_or(0);
                 }
                 if let Some(uids) = line.strip_prefix("Uid:") {
-                    let uid = uids.split_whitespace().next().and_then(|u| u.parse().ok());
+                    // The child joins the cgroup before it drops root: a process seen that
+                    // early still shows UID 0, which is not the instance's.
+                    let uid = uids
+                        .split_whitespace()
+                        .next()
+                        .and_then(|u| u.parse::<u32>().ok())
+                        .filter(|&u| u != 0);
                     let mut known = self.uid.lock().unwrap();
                     if known.is_none() {
                         *known = uid;

@@ -58,7 +58,7 @@ pub fn report() -> Vec<Feature> {
         },
         Feature {
             name: "bpffs",
-            status: Status::from(is_mounted("bpf")),
+            status: Status::from(crate::mounts::is_mounted("bpf", None).unwrap_or(false)),
             detail: "isolate mounts it at /sys/fs/bpf when missing".into(),
         },
         Feature {
@@ -89,14 +89,6 @@ pub fn report() -> Vec<Feature> {
             detail: "needed by the nftables layer (the `nft` binary must be installed)".into(),
         },
     ]
-}
-
-fn is_mounted(fstype: &str) -> bool {
-    fs::read_to_string("/proc/self/mounts").is_ok_and(|mounts| {
-        mounts
-            .lines()
-            .any(|line| line.split_whitespace().nth(2) == Some(fstype))
-    })
 }
 
 fn is_module_loaded(module: &str) -> bool {

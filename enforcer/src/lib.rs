@@ -11,5 +11,6 @@ pub mod exec;
 pub mod kernel;
 pub mod landlock;
 pub mod metrics;
+pub mod mounts;
 pub mod network;
 pub mod nft;

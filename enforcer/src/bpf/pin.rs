@@ -10,23 +10,7 @@ pub const BPFFS: &str = "/sys/fs/bpf";
 
 /// Mounts bpffs at `/sys/fs/bpf` when nothing of type bpf is mounted there.
 pub fn ensure_bpffs() -> io::Result<()> {
-    let mounts = fs::read_to_string("/proc/self/mounts")?;
-    let mounted = mounts.lines().any(|line| {
-        let mut fields = line.split_whitespace();
-        fields.nth(1) == Some(BPFFS) && fields.next() == Some("bpf")
-    });
-    if mounted {
-        return Ok(());
-    }
-    fs::create_dir_all(BPFFS)?;
-    nix::mount::mount(
-        Some("bpf"),
-        BPFFS,
-        Some("bpf"),
-        nix::mount::MsFlags::empty(),
-        None::<&str>,
-    )
-    .map_err(io::Error::from)
+    crate::mounts::ensure_mounted("bpf", BPFFS)
 }
 
 /// The pins of one attachment: `<dir>/maps/<MAP>` and `<dir>/links/<program>`.

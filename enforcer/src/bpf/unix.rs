@@ -46,19 +46,7 @@ pub fn active_lsms() -> io::Result<String> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
     }
-    let mounted = fs::read_to_string("/proc/self/mounts")?
-        .lines()
-        .any(|line| line.split_whitespace().nth(2) == Some("securityfs"));
-    if !mounted {
-        nix::mount::mount(
-            Some("securityfs"),
-            SECURITYFS,
-            Some("securityfs"),
-            nix::mount::MsFlags::empty(),
-            None::<&str>,
-        )
-        .map_err(io::Error::from)?;
-    }
+    crate::mounts::ensure_mounted("securityfs", SECURITYFS)?;
     Ok(fs::read_to_string(LSM_LIST)?.trim().to_owned())
 }
 

@@ -1,6 +1,8 @@
 //! Every kind of bad input gets an error at the offending value, naming the
 //! field and saying what to change.
 
+mod common;
+
 use std::path::Path;
 
 use isolate_policy::{Errors, PolicyError, parse_str};
@@ -21,20 +23,10 @@ fn one(text: &str) -> PolicyError {
     errors.0[0].clone()
 }
 
-/// Assert position and field, and that `needle` is in the displayed error
-/// (message or help).
+/// Assert position and field, and that `needle` is in the displayed error (message or help).
 #[track_caller]
 fn assert_error(error: &PolicyError, line: usize, col: usize, field: &str, needle: &str) {
-    assert_eq!(error.path, Path::new(SOURCE));
-    assert_eq!(
-        (error.line, error.col, error.field.as_str()),
-        (line, col, field),
-        "{error}"
-    );
-    assert!(
-        error.to_string().contains(needle),
-        "`{needle}` not in:\n{error}"
-    );
+    common::assert_error(error, Path::new(SOURCE), line, col, field, needle);
 }
 
 /// Text of a policy with `user` on line 1 and `[network]` on line 2: line 3

@@ -3,7 +3,10 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use isolate_policy::{PolicyError, UserSpec, load_dir, load_file, load_paths};
+mod common;
+
+use common::assert_error;
+use isolate_policy::{UserSpec, load_dir, load_file, load_paths};
 
 /// A fresh, empty directory for one test, with the given files.
 fn dir_with(test: &str, files: &[(&str, &str)]) -> PathBuf {
@@ -16,27 +19,6 @@ fn dir_with(test: &str, files: &[(&str, &str)]) -> PathBuf {
         fs::write(dir.join(name), text).unwrap();
     }
     dir
-}
-
-#[track_caller]
-fn assert_error(
-    error: &PolicyError,
-    path: &Path,
-    line: usize,
-    col: usize,
-    field: &str,
-    needle: &str,
-) {
-    assert_eq!(error.path, path, "{error}");
-    assert_eq!(
-        (error.line, error.col, error.field.as_str()),
-        (line, col, field),
-        "{error}"
-    );
-    assert!(
-        error.to_string().contains(needle),
-        "`{needle}` not in:\n{error}"
-    );
 }
 
 #[test]

@@ -34,7 +34,7 @@ mod validate;
 use std::path::Path;
 
 pub use error::{Errors, PolicyError};
-pub use load::{load_dir, load_file, load_paths};
+pub use load::{DirLoad, load_dir, load_dir_partly, load_file, load_paths};
 pub use model::{
     DnsSetting, Filesystem, HostRule, LandlockSettings, LogSettings, NetRule, Network, Policy,
     PortRange, Protocol, Rate, RateUnit, UserSpec, expand_home,

@@ -1,7 +1,7 @@
 //! Reading policy files and directories, and the checks that span files:
 //! instance names and named users must be unique.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -21,9 +21,50 @@ pub fn load_file(path: &Path) -> Result<Policy, Errors> {
 /// files, and names starting with `.`, are ignored). Each file's `name`, if
 /// set, must equal its file stem; names and named users must be unique.
 pub fn load_dir(dir: &Path) -> Result<Vec<Policy>, Errors> {
+    let loaded = load_dir_partly(dir)?;
+    if loaded.failed.is_empty() {
+        Ok(loaded.policies)
+    } else {
+        Err(Errors(
+            loaded.failed.into_values().flat_map(|e| e.0).collect(),
+        ))
+    }
+}
+
+/// A directory of policies where some files may be broken: the valid policies,
+/// and the errors of each file that is not.
+#[derive(Debug, Clone, Default)]
+pub struct DirLoad {
+    /// Policies of the files without errors, in file-name order.
+    pub policies: Vec<Policy>,
+    /// Each file with errors (it cannot be read, it is invalid, or it repeats
+    /// an earlier file's name or user). Its instance is the file stem.
+    pub failed: BTreeMap<PathBuf, Errors>,
+}
+
+/// [`load_dir`] for a daemon that must go on with the good files when one is
+/// broken: the same files, the same rules, but each broken file is set aside
+/// on its own. A repeated name or user fails the later file only. `Err` means
+/// the directory itself cannot be listed: then nothing in it is known.
+pub fn load_dir_partly(dir: &Path) -> Result<DirLoad, Errors> {
+    let files = policy_files(dir)
+        .map_err(|e| Errors(vec![io_error(dir, "cannot list the directory", &e)]))?;
     let mut loader = Loader::default();
-    loader.dir(dir);
-    loader.finish()
+    for file in files {
+        loader.file(&file, true);
+    }
+    loader.check_unique();
+    let mut failed: BTreeMap<PathBuf, Errors> = BTreeMap::new();
+    for error in loader.errors {
+        failed.entry(error.path.clone()).or_default().0.push(error);
+    }
+    let policies = loader
+        .parsed
+        .into_iter()
+        .map(|p| p.policy)
+        .filter(|p| !failed.contains_key(&p.source))
+        .collect();
+    Ok(DirLoad { policies, failed })
 }
 
 /// Like [`load_dir`] for each directory in `paths`, and [`load_file`] for

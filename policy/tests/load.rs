@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 mod common;
 
 use common::assert_error;
-use isolate_policy::{UserSpec, load_dir, load_file, load_paths};
+use isolate_policy::{UserSpec, load_dir, load_dir_partly, load_file, load_paths};
 
 /// A fresh, empty directory for one test, with the given files.
 fn dir_with(test: &str, files: &[(&str, &str)]) -> PathBuf {
@@ -178,4 +178,46 @@ fn io_errors_name_the_path() {
 fn empty_directory_is_no_instances() {
     let dir = dir_with("empty", &[]);
     assert!(load_dir(&dir).unwrap().is_empty());
+}
+
+#[test]
+fn a_partly_broken_directory_keeps_the_rules_of_a_clean_one() {
+    let dir = dir_with(
+        "partly",
+        &[
+            ("a.toml", "user = \"svc\"\n"),
+            // An editor's backup: never an instance, broken or not.
+            (".hidden.toml", "user = \"hidden\"\n"),
+            ("b.toml", "user = \"b\"\nbogus = true\n"),
+            ("c.toml", "user = \"c\"\nname = \"other\"\n"),
+            ("d.toml", "user = \"svc\"\n"),
+            ("e.toml", "user = \"e\"\n"),
+        ],
+    );
+    let loaded = load_dir_partly(&dir).unwrap();
+    let names: Vec<&str> = loaded.policies.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, ["a", "e"], "{loaded:?}");
+    let failed: Vec<PathBuf> = loaded.failed.keys().cloned().collect();
+    assert_eq!(
+        failed,
+        [dir.join("b.toml"), dir.join("c.toml"), dir.join("d.toml")]
+    );
+    let d = &loaded.failed[&dir.join("d.toml")];
+    assert!(d.to_string().contains("user `svc` is also used"), "{d}");
+    // The clean loader reports exactly these errors.
+    let all = load_dir(&dir).unwrap_err();
+    let count: usize = loaded
+        .failed
+        .values()
+        .map(isolate_policy::Errors::len)
+        .sum();
+    assert_eq!(all.len(), count, "{all}");
+}
+
+#[test]
+fn an_unlistable_directory_is_an_error_not_an_empty_one() {
+    let dir = dir_with("partly-missing", &[]);
+    let errors = load_dir_partly(&dir.join("nope")).unwrap_err();
+    assert!(errors.0[0].message.starts_with("cannot list the directory"));
+    assert!(load_dir_partly(&dir).unwrap().policies.is_empty());
 }

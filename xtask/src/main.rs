@@ -3,6 +3,7 @@
 mod bench;
 mod build;
 mod demo;
+mod layering;
 mod opencode;
 mod setup;
 mod test;
@@ -25,8 +26,12 @@ enum Command {
     Setup(setup::SetupArgs),
     /// Build the eBPF object and the `isolate` binary that embeds it.
     Build(build::BuildArgs),
-    /// Run every test: fmt, clippy, unit, host integration, then the VM suite.
+    /// Run every test: fmt, layering, clippy, unit, host integration, then the VM suite.
     Test(test::TestArgs),
+    /// Check only the enforcer's module layering (the step `test` runs after fmt): reports each
+    /// forbidden use, e.g. `exec` using `daemon`, or a layer (`bpf`, `nft`, `landlock`) using
+    /// the modules that compose it. Reads the sources; builds nothing.
+    Layering,
     /// Boot real kernels in QEMU and run the VM scenarios.
     Vmtest(vm::VmTestArgs),
     /// The main job: show isolate confining a workload.
@@ -40,6 +45,7 @@ fn main() -> anyhow::Result<()> {
         Command::Setup(args) => setup::run(&args),
         Command::Build(args) => build::run(&args).map(|_| ()),
         Command::Test(args) => test::run(&args),
+        Command::Layering => layering::run(),
         Command::Vmtest(args) => vm::run(&args),
         Command::Demo => demo::run(),
         Command::Bench(args) => bench::run(&args),

@@ -1,9 +1,9 @@
-//! `cargo xtask test`: every test, in the order that fails fastest — format, lints, unit and
-//! host integration tests, then the VM suite. Installs what it needs first.
+//! `cargo xtask test`: every test, in the order that fails fastest — format, module layering,
+//! lints, unit and host integration tests, then the VM suite. Installs what it needs first.
 
 use clap::{Args, FromArgMatches as _};
 
-use crate::{setup, util, vm};
+use crate::{layering, setup, util, vm};
 
 #[derive(Args)]
 pub struct TestArgs {
@@ -15,6 +15,7 @@ pub struct TestArgs {
 pub fn run(args: &TestArgs) -> anyhow::Result<()> {
     setup::run(&setup::SetupArgs { no_vm: args.no_vm })?;
     util::run(util::cargo().args(["fmt", "--all", "--check"]))?;
+    layering::run()?;
     util::run(util::cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
     util::run(util::cargo().args(["test"]))?;
     if !args.no_vm {

@@ -39,9 +39,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use ipnet::Ipv4Net;
 use isolate_ebpf_common::program_names;
-use isolate_enforcer::bpf::{BPFFS, BpfLayer, PinDir, compile_rules};
+use isolate_enforcer::bpf::{BpfLayer, PinDir, compile_rules};
 use isolate_enforcer::cgroup::{Cgroup, cgroup2_mount};
 use isolate_enforcer::nft::{self, NftPolicy};
+use isolate_enforcer::paths::BPFFS;
 use isolate_policy::{LogSettings, NetRule, PortRange, Protocol, Rate, RateUnit, normalise_v4};
 
 /// The confined client's UID (no account needed): not one the integration tests use, and

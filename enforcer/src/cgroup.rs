@@ -27,44 +27,12 @@ pub enum CgroupError {
 /// The mount point of the cgroup2 hierarchy (e.g. `/sys/fs/cgroup`, or
 /// `/sys/fs/cgroup/unified` on hybrid hosts), read from `/proc/self/mountinfo`.
 pub fn cgroup2_mount() -> Result<PathBuf, CgroupError> {
-    let mountinfo = fs::read_to_string("/proc/self/mountinfo").map_err(CgroupError::MountInfo)?;
-    find_cgroup2_mount(&mountinfo).ok_or(CgroupError::NotMounted)
-}
-
-/// Parses mountinfo text: `ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTS [OPTIONAL…] - FSTYPE SRC OPTS`.
-fn find_cgroup2_mount(mountinfo: &str) -> Option<PathBuf> {
-    mountinfo.lines().find_map(|line| {
-        let (before, after) = line.split_once(" - ")?;
-        if after.split_whitespace().next()? != "cgroup2" {
-            return None;
-        }
-        before
-            .split_whitespace()
-            .nth(4)
-            .map(unescape_octal)
-            .map(PathBuf::from)
-    })
-}
-
-/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
-fn unescape_octal(field: &str) -> String {
-    let mut out = String::with_capacity(field.len());
-    let mut rest = field;
-    while let Some(pos) = rest.find('\\') {
-        out.push_str(&rest[..pos]);
-        let code = rest
-            .get(pos + 1..pos + 4)
-            .and_then(|o| u8::from_str_radix(o, 8).ok());
-        if let Some(byte) = code {
-            out.push(char::from(byte));
-            rest = &rest[pos + 4..];
-        } else {
-            out.push('\\');
-            rest = &rest[pos + 1..];
-        }
-    }
-    out.push_str(rest);
-    out
+    let mounts = crate::mounts::mounts().map_err(CgroupError::MountInfo)?;
+    mounts
+        .into_iter()
+        .find(|m| m.fstype == "cgroup2")
+        .map(|m| m.mount_point)
+        .ok_or(CgroupError::NotMounted)
 }
 
 /// A cgroup this process created. Dropping it kills whatever still runs inside and removes it.
@@ -87,17 +55,6 @@ impl Cgroup {
 
     pub fn path(&self) -> &Path {
         &self.path
-    }
-
-    /// Opens the cgroup directory, as BPF attach calls want it.
-    pub fn open(&self) -> Result<fs::File, CgroupError> {
-        fs::File::open(&self.path).map_err(|source| self.io_error("open", source))
-    }
-
-    /// Moves process `pid` into this cgroup.
-    pub fn add_process(&self, pid: u32) -> Result<(), CgroupError> {
-        fs::write(self.path.join("cgroup.procs"), pid.to_string())
-            .map_err(|source| self.io_error("add process", source))
     }
 
     /// PIDs currently in this cgroup (not in its children).
@@ -160,41 +117,5 @@ impl Drop for Cgroup {
         if let Err(e) = self.remove_now() {
             tracing::warn!("{e}");
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn finds_cgroup2_in_hybrid_layout() {
-        let mountinfo = "\
-25 30 0:23 / /sys rw,nosuid - sysfs sysfs rw
-31 25 0:26 / /sys/fs/cgroup ro,nosuid shared:9 - tmpfs tmpfs ro,mode=755
-32 31 0:27 / /sys/fs/cgroup/unified rw,nosuid shared:10 - cgroup2 cgroup2 rw,nsdelegate
-33 31 0:28 / /sys/fs/cgroup/cpu rw shared:11 - cgroup cgroup rw,cpu
-";
-        assert_eq!(
-            find_cgroup2_mount(mountinfo),
-            Some(PathBuf::from("/sys/fs/cgroup/unified"))
-        );
-    }
-
-    #[test]
-    fn unescapes_spaces_in_mount_points() {
-        let mountinfo = "40 1 0:30 / /mnt/my\\040cgroup rw - cgroup2 none rw\n";
-        assert_eq!(
-            find_cgroup2_mount(mountinfo),
-            Some(PathBuf::from("/mnt/my cgroup"))
-        );
-    }
-
-    #[test]
-    fn no_cgroup2_is_none() {
-        assert_eq!(
-            find_cgroup2_mount("25 30 0:23 / /sys rw - sysfs sysfs rw\n"),
-            None
-        );
     }
 }

@@ -5,85 +5,85 @@ use std::path::Path;
 
 /// One line of the kernel report.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Feature {
+pub struct KernelFeature {
     pub name: &'static str,
-    pub status: Status,
+    pub status: Availability,
     pub detail: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Status {
+pub enum Availability {
     Available,
     Missing,
     /// Could not be determined from here (e.g. securityfs is not mounted).
     Unknown,
 }
 
-impl From<bool> for Status {
+impl From<bool> for Availability {
     fn from(available: bool) -> Self {
         if available {
-            Status::Available
+            Availability::Available
         } else {
-            Status::Missing
+            Availability::Missing
         }
     }
 }
 
 /// Probes the features isolate depends on, without changing anything.
-pub fn report() -> Vec<Feature> {
+pub fn report() -> Vec<KernelFeature> {
     let release = nix::sys::utsname::uname()
         .map(|u| u.release().to_string_lossy().into_owned())
         .unwrap_or_default();
     let cgroup2 = crate::cgroup::cgroup2_mount();
-    let lsm = fs::read_to_string("/sys/kernel/security/lsm").ok();
+    let lsm = fs::read_to_string(crate::paths::LSM_LIST).ok();
     let landlock_abi = crate::landlock::kernel_abi().ok();
     vec![
-        Feature {
+        KernelFeature {
             name: "kernel",
-            status: Status::Available,
+            status: Availability::Available,
             detail: release,
         },
-        Feature {
+        KernelFeature {
             name: "cgroup2",
-            status: Status::from(cgroup2.is_ok()),
+            status: Availability::from(cgroup2.is_ok()),
             detail: match &cgroup2 {
                 Ok(path) => format!("mounted at {}", path.display()),
                 Err(e) => e.to_string(),
             },
         },
-        Feature {
+        KernelFeature {
             name: "btf",
-            status: Status::from(Path::new("/sys/kernel/btf/vmlinux").exists()),
-            detail: "/sys/kernel/btf/vmlinux".into(),
+            status: Availability::from(Path::new(crate::paths::KERNEL_BTF).exists()),
+            detail: crate::paths::KERNEL_BTF.into(),
         },
-        Feature {
+        KernelFeature {
             name: "bpffs",
-            status: Status::from(crate::mounts::is_mounted("bpf", None).unwrap_or(false)),
+            status: Availability::from(crate::mounts::is_mounted("bpf", None).unwrap_or(false)),
             detail: "isolate mounts it at /sys/fs/bpf when missing".into(),
         },
-        Feature {
+        KernelFeature {
             name: "landlock",
-            status: Status::from(landlock_abi.is_some()),
+            status: Availability::from(landlock_abi.is_some()),
             detail: landlock_abi.map_or_else(
                 || "not enabled (add landlock to the lsm= kernel parameter)".into(),
                 |abi| format!("ABI {abi}"),
             ),
         },
-        Feature {
+        KernelFeature {
             name: "lsm list",
             status: if lsm.is_some() {
-                Status::Available
+                Availability::Available
             } else {
-                Status::Unknown
+                Availability::Unknown
             },
             detail: lsm.map_or_else(
                 || "securityfs not mounted: cannot read /sys/kernel/security/lsm".into(),
                 |l| l.trim().to_owned(),
             ),
         },
-        Feature {
+        KernelFeature {
             name: "nf_tables",
-            status: Status::from(
+            status: Availability::from(
                 Path::new("/proc/net/netfilter").exists() || is_module_loaded("nf_tables"),
             ),
             detail: "needed by the nftables layer (the `nft` binary must be installed)".into(),

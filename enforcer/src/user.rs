@@ -9,12 +9,10 @@ use isolate_policy::{Policy, UserSpec};
 use nix::unistd::{Uid, User};
 use thiserror::Error;
 
+use crate::paths::DYNAMIC_UID_LOCKS as DYNAMIC_LOCK_DIR;
+
 /// The range dynamic UIDs come from (systemd's `DynamicUser=` range).
 pub const DYNAMIC_UIDS: std::ops::RangeInclusive<u32> = 61184..=65519;
-/// Where allocated dynamic UIDs are recorded, one file each, so two runs never share one.
-const DYNAMIC_LOCK_DIR: &str = "/run/isolate/dynamic-uids";
-/// Home directories of dynamic users.
-const DYNAMIC_HOME_DIR: &str = "/var/lib/isolate";
 
 #[derive(Debug, Error)]
 pub enum UserError {
@@ -127,7 +125,7 @@ impl InstanceUser {
                 name: format!("isolate-{instance}"),
                 uid,
                 gid: uid,
-                home: Path::new(DYNAMIC_HOME_DIR).join(instance),
+                home: crate::paths::instance_state(instance),
                 dynamic: true,
                 lease: reserve.then_some(lease),
             };

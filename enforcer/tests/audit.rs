@@ -28,7 +28,7 @@ fn attempt(destination: &str, comm: &str) -> BlockedAttempt {
         destination: destination.parse::<IpAddr>().unwrap(),
         port: 443,
         protocol: "tcp",
-        layer: "connect",
+        hook: "connect",
         unix: None,
     }
 }

@@ -13,7 +13,7 @@ use common::probe::{self, Mode, accept_one, received};
 use common::sandbox::{Sandbox, loaded_isolate_programs, still_loaded_after_grace};
 use ipnet::{Ipv4Net, Ipv6Net};
 use isolate_ebpf_common::{
-    CounterKey, FAMILY_V4, FAMILY_V6, LAYER_CONNECT, LAYER_EGRESS, LAYER_SENDMSG, PROTO_OTHER,
+    CounterKey, FAMILY_V4, FAMILY_V6, HOOK_CONNECT, HOOK_EGRESS, HOOK_SENDMSG, PROTO_OTHER,
     PROTO_TCP, PROTO_UDP,
 };
 use isolate_enforcer::bpf::{BpfLayer, CompiledRules, compile_rules};
@@ -223,13 +223,13 @@ fn icmp() {
         uid: CONFINED,
         family: FAMILY_V4,
         protocol: PROTO_OTHER,
-        layer: LAYER_EGRESS,
+        hook: HOOK_EGRESS,
         _pad: 0,
     };
     assert_eq!(counts[&key], 1, "{counts:?}");
-    let events = sandbox.layer().read_events().unwrap();
+    let events = sandbox.layer().events().unwrap().read();
     assert_eq!(events.len(), 1);
-    assert_eq!((events[0].protocol, events[0].layer), ("other", "egress"));
+    assert_eq!((events[0].protocol, events[0].hook), ("other", "egress"));
 
     // A rule with ports covers TCP and UDP only.
     apply(
@@ -267,20 +267,20 @@ fn counters() {
     assert_allowed(&sandbox, OTHER, Mode::Tcp, tcp_addr);
 
     let counts = sandbox.layer().blocked_counts(CONFINED).unwrap();
-    let key = |family, protocol, layer| CounterKey {
+    let key = |family, protocol, hook| CounterKey {
         uid: CONFINED,
         family,
         protocol,
-        layer,
+        hook,
         _pad: 0,
     };
     assert_eq!(
-        counts[&key(FAMILY_V4, PROTO_TCP, LAYER_CONNECT)],
+        counts[&key(FAMILY_V4, PROTO_TCP, HOOK_CONNECT)],
         3,
         "{counts:?}"
     );
     assert_eq!(
-        counts[&key(FAMILY_V6, PROTO_UDP, LAYER_SENDMSG)],
+        counts[&key(FAMILY_V6, PROTO_UDP, HOOK_SENDMSG)],
         2,
         "{counts:?}"
     );
@@ -301,11 +301,11 @@ fn events() {
     let (_listener6, v6_addr) = listen("[::1]:0");
     apply(&mut sandbox, &[], &[]);
     // Events left from nothing: the ring starts empty.
-    assert!(sandbox.layer().read_events().unwrap().is_empty());
+    assert!(sandbox.layer().events().unwrap().read().is_empty());
 
     let first = probe::run(&sandbox, CONFINED, Mode::Tcp, v4_addr);
     let second = probe::run(&sandbox, CONFINED, Mode::Tcp, v6_addr);
-    let events = sandbox.layer().read_events().unwrap();
+    let events = sandbox.layer().events().unwrap().read();
     assert_eq!(events.len(), 2, "{events:?}");
 
     let exe = std::env::current_exe().unwrap();
@@ -321,7 +321,7 @@ fn events() {
         assert_eq!(event.destination, addr.ip());
         assert_eq!(event.port, addr.port());
         assert_eq!(event.protocol, "tcp");
-        assert_eq!(event.layer, "connect");
+        assert_eq!(event.hook, "connect");
     }
     assert_eq!(
         events[0].to_string(),
@@ -454,8 +454,9 @@ fn update_under_load() {
     );
     let destinations: BTreeSet<IpAddr> = sandbox
         .layer()
-        .read_events()
+        .events()
         .unwrap()
+        .read()
         .iter()
         .map(|e| e.destination)
         .collect();

@@ -16,7 +16,7 @@ use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant};
 
 use common::sandbox::{Sandbox, loaded_isolate_programs, still_loaded_after_grace};
-use isolate_ebpf_common::{CounterKey, FAMILY_UNIX, LAYER_UNIX, PROTO_DGRAM, PROTO_STREAM};
+use isolate_ebpf_common::{CounterKey, FAMILY_UNIX, HOOK_UNIX, PROTO_DGRAM, PROTO_STREAM};
 use isolate_enforcer::bpf::{BpfError, BpfLayer, CompiledRules, UnixPeer, UnixSupport};
 
 // Neither bpf_egress's nor nft_layer's: their programs may be attached at the same time.
@@ -469,7 +469,7 @@ fn counters_and_events() {
     let _abstract =
         UnixListener::bind_addr(&SocketAddr::from_abstract_name(name.as_bytes()).unwrap()).unwrap();
     apply(&mut sandbox, &[&a]);
-    assert!(sandbox.layer().read_events().unwrap().is_empty());
+    assert!(sandbox.layer().events().unwrap().read().is_empty());
 
     let mut refused = Vec::new();
     for _ in 0..3 {
@@ -487,7 +487,7 @@ fn counters_and_events() {
         uid: CONFINED,
         family: FAMILY_UNIX,
         protocol,
-        layer: LAYER_UNIX,
+        hook: HOOK_UNIX,
         _pad: 0,
     };
     assert_eq!(counts[&key(PROTO_STREAM)], 4, "{counts:?}");
@@ -498,7 +498,7 @@ fn counters_and_events() {
         "nothing else counted: {counts:?}"
     );
 
-    let events = sandbox.layer().read_events().unwrap();
+    let events = sandbox.layer().events().unwrap().read();
     assert_eq!(events.len(), 6, "{events:?}");
     let exe = std::env::current_exe().unwrap();
     let comm: String = exe
@@ -520,7 +520,7 @@ fn counters_and_events() {
         assert_eq!(event.uid, CONFINED);
         assert_eq!(event.pid, outcome.pid, "the event names the probe's pid");
         assert_eq!(event.comm, comm);
-        assert_eq!((event.layer, event.protocol), ("unix", *protocol));
+        assert_eq!((event.hook, event.protocol), ("unix", *protocol));
         let socket = if *protocol == "stream" { &b } else { &d };
         assert_eq!(event.unix, Some(peer(socket)), "{event}");
     }

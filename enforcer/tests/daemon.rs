@@ -32,6 +32,10 @@ fn main() -> ExitCode {
             restart,
         ),
         ("exec_hands_the_network_layers_to_the_daemon", exec_handoff),
+        (
+            "a_broken_policy_or_directory_never_opens_a_restarted_daemon",
+            broken_policy_across_restart,
+        ),
     ])
 }
 
@@ -418,6 +422,56 @@ fn restart() {
         0,
         "nothing enforced"
     );
+}
+
+/// An admin's typo must not open the instance: a daemon restarted while its policy file is
+/// broken keeps the last good enforcement (adopted from the pins), says so in status, and a
+/// reload while the policy directory is missing changes nothing.
+fn broken_policy_across_restart() {
+    let user = TestUser::new();
+    let (_blocked, blocked_addr) = listen();
+    let mut daemon = Daemon::new();
+    daemon.write_policy("delta", &user, "\"192.0.2.1/32:443/tcp\"");
+    daemon.start();
+    let refused = |daemon: &Daemon| {
+        probe::run_in(daemon.cgroup(), user.uid, Mode::Tcp, blocked_addr).code == libc::EPERM
+    };
+    assert!(refused(&daemon), "enforced before the restart");
+
+    daemon.signal(nix::sys::signal::Signal::SIGKILL);
+    let file = daemon.policy_dir().join("delta.toml");
+    std::fs::write(&file, "user = \"nobody-at-all\"\nbogus = true\n").unwrap();
+    daemon.start();
+    assert!(
+        refused(&daemon),
+        "a broken file after a restart opened the instance"
+    );
+    let status = daemon.status_json();
+    let delta = status["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["name"] == "delta")
+        .unwrap_or_else(|| panic!("delta is no longer listed: {status}"));
+    assert_eq!(delta["uid"], user.uid);
+    assert!(
+        delta["kept"]
+            .as_str()
+            .is_some_and(|why| why.contains("bogus")),
+        "status says why it runs on its last good policy: {status}"
+    );
+
+    let moved = daemon.dir.path().join("moved");
+    std::fs::rename(daemon.policy_dir(), &moved).unwrap();
+    assert!(
+        !daemon.reload(),
+        "a reload without the directory reports the failure"
+    );
+    assert!(
+        refused(&daemon),
+        "a missing directory removed the enforcement"
+    );
+    std::fs::rename(&moved, daemon.policy_dir()).unwrap();
 }
 
 fn exec_handoff() {

@@ -223,7 +223,8 @@ fn render() {
         .iter()
         .map(|c| c["name"].as_str().unwrap())
         .collect();
-    assert_eq!(counters, nft::COUNTER_NAMES);
+    let names: Vec<&str> = nft::COUNTERS.iter().map(|(name, _, _)| *name).collect();
+    assert_eq!(counters, names);
 
     // What the kernel holds, in nft's own spelling.
     nft::apply(&policy).expect("apply");
@@ -458,9 +459,9 @@ fn udp() {
     assert!(!received(&forbidden), "a forbidden datagram arrived");
     assert!(!received(&forbidden_v6), "a forbidden datagram arrived");
 
-    let expected: BTreeMap<String, u64> = nft::COUNTER_NAMES
+    let expected: BTreeMap<String, u64> = nft::COUNTERS
         .iter()
-        .map(|name| (name.to_string(), 0))
+        .map(|(name, _, _)| (name.to_string(), 0))
         .chain([("blocked_v4_udp".into(), 3), ("blocked_v6_udp".into(), 2)])
         .collect();
     assert_eq!(counters(), expected);

@@ -79,9 +79,6 @@ pub struct InstanceState {
     pub flags: u32,
 }
 
-/// Bits of `InstanceState::flags`.
-pub const INSTANCE_FLAG_NONE: u32 = 0;
-
 /// Bits of an LPM key spent on (uid, generation) before the address starts.
 pub const KEY_HEADER_BITS: u32 = 64;
 
@@ -154,13 +151,13 @@ pub const FAMILY_V6: u8 = 6;
 /// Unix sockets (`AF_UNIX`).
 pub const FAMILY_UNIX: u8 = 1;
 
-/// Which hook refused, as in `BlockEvent::layer` and `CounterKey::layer`.
-pub const LAYER_CONNECT: u8 = 1;
-pub const LAYER_SENDMSG: u8 = 2;
+/// Which hook refused, as in `BlockEvent::hook` and `CounterKey::hook`.
+pub const HOOK_CONNECT: u8 = 1;
+pub const HOOK_SENDMSG: u8 = 2;
 /// The `cgroup_skb/egress` backstop (packets of protocols the socket hooks do not judge).
-pub const LAYER_EGRESS: u8 = 3;
+pub const HOOK_EGRESS: u8 = 3;
 /// The BPF LSM unix-socket hooks (`unix_stream_connect`, `unix_may_send`).
-pub const LAYER_UNIX: u8 = 4;
+pub const HOOK_UNIX: u8 = 4;
 
 /// Key of the blocked-attempt counters.
 #[repr(C)]
@@ -169,7 +166,7 @@ pub struct CounterKey {
     pub uid: u32,
     pub family: u8,
     pub protocol: u8,
-    pub layer: u8,
+    pub hook: u8,
     pub _pad: u8,
 }
 
@@ -288,7 +285,7 @@ pub struct BlockEvent {
     pub port: u16,
     pub family: u8,
     pub protocol: u8,
-    pub layer: u8,
+    pub hook: u8,
     pub _pad: [u8; 3],
 }
 

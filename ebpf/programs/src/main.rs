@@ -14,8 +14,8 @@ use aya_ebpf::{
     programs::{SkBuffContext, SockAddrContext},
 };
 use isolate_ebpf_common::{
-    AllowValue, BlockEvent, CounterKey, FAMILY_V4, FAMILY_V6, InstanceState, KEY_HEADER_BITS,
-    LAYER_CONNECT, LAYER_EGRESS, LAYER_SENDMSG, MAX_ALLOW_ENTRIES, MAX_INSTANCES, PROTO_OTHER,
+    AllowValue, BlockEvent, CounterKey, FAMILY_V4, FAMILY_V6, HOOK_CONNECT, HOOK_EGRESS,
+    HOOK_SENDMSG, InstanceState, KEY_HEADER_BITS, MAX_ALLOW_ENTRIES, MAX_INSTANCES, PROTO_OTHER,
     PROTO_TCP, PROTO_UDP, V4Key, V6Key,
 };
 
@@ -46,23 +46,23 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 
 #[cgroup_sock_addr(connect4)]
 pub fn isolate_connect4(ctx: SockAddrContext) -> i32 {
-    judge_v4(&ctx, LAYER_CONNECT)
+    judge_v4(&ctx, HOOK_CONNECT)
 }
 
 #[cgroup_sock_addr(connect6)]
 pub fn isolate_connect6(ctx: SockAddrContext) -> i32 {
-    judge_v6(&ctx, LAYER_CONNECT)
+    judge_v6(&ctx, HOOK_CONNECT)
 }
 
 /// Unconnected UDP: `sendto`/`sendmsg` with a destination address.
 #[cgroup_sock_addr(sendmsg4)]
 pub fn isolate_sendmsg4(ctx: SockAddrContext) -> i32 {
-    judge_v4(&ctx, LAYER_SENDMSG)
+    judge_v4(&ctx, HOOK_SENDMSG)
 }
 
 #[cgroup_sock_addr(sendmsg6)]
 pub fn isolate_sendmsg6(ctx: SockAddrContext) -> i32 {
-    judge_v6(&ctx, LAYER_SENDMSG)
+    judge_v6(&ctx, HOOK_SENDMSG)
 }
 
 const ETH_P_IP: u32 = 0x0800;
@@ -90,7 +90,7 @@ pub fn isolate_egress(ctx: SkBuffContext) -> i32 {
             if u32::from(protocol) == IPPROTO_TCP || u32::from(protocol) == IPPROTO_UDP {
                 return VERDICT_ALLOW;
             }
-            judge_v4_addr::<false>(uid, generation, daddr, 0, PROTO_OTHER, LAYER_EGRESS)
+            judge_v4_addr::<false>(uid, generation, daddr, 0, PROTO_OTHER, HOOK_EGRESS)
         }
         ETH_P_IPV6 => {
             let (Ok(next_header), Ok(daddr)) = (ctx.load::<u8>(6), ctx.load::<[u8; 16]>(24)) else {
@@ -99,7 +99,7 @@ pub fn isolate_egress(ctx: SkBuffContext) -> i32 {
             if u32::from(next_header) == IPPROTO_TCP || u32::from(next_header) == IPPROTO_UDP {
                 return VERDICT_ALLOW;
             }
-            judge_v6_addr::<false>(uid, generation, daddr, 0, PROTO_OTHER, LAYER_EGRESS)
+            judge_v6_addr::<false>(uid, generation, daddr, 0, PROTO_OTHER, HOOK_EGRESS)
         }
         // Neither IPv4 nor IPv6: nothing a policy speaks of; fail closed.
         _ => VERDICT_DENY,
@@ -131,7 +131,7 @@ fn port_and_protocol(ctx: &SockAddrContext) -> (u16, u8) {
 }
 
 #[inline(always)]
-fn judge_v4(ctx: &SockAddrContext, layer: u8) -> i32 {
+fn judge_v4(ctx: &SockAddrContext, hook: u8) -> i32 {
     let Some((uid, generation)) = confined_caller() else {
         return VERDICT_ALLOW;
     };
@@ -139,7 +139,7 @@ fn judge_v4(ctx: &SockAddrContext, layer: u8) -> i32 {
     let ip = unsafe { core::ptr::read_volatile(&raw const (*ctx.sock_addr).user_ip4) };
     let (port, proto) = port_and_protocol(ctx);
     // user_ip4 is in network byte order in memory: its native bytes are the address bytes.
-    judge_v4_addr::<true>(uid, generation, ip.to_ne_bytes(), port, proto, layer)
+    judge_v4_addr::<true>(uid, generation, ip.to_ne_bytes(), port, proto, hook)
 }
 
 #[inline(always)]
@@ -149,7 +149,7 @@ fn judge_v4_addr<const IN_TASK: bool>(
     addr: [u8; 4],
     port: u16,
     proto: u8,
-    layer: u8,
+    hook: u8,
 ) -> i32 {
     let key = Key::new(
         KEY_HEADER_BITS + 32,
@@ -166,12 +166,12 @@ fn judge_v4_addr<const IN_TASK: bool>(
     }
     let mut dest = [0u8; 16];
     dest[..4].copy_from_slice(&addr);
-    record_block::<IN_TASK>(uid, FAMILY_V4, proto, layer, dest, port);
+    record_block::<IN_TASK>(uid, FAMILY_V4, proto, hook, dest, port);
     VERDICT_DENY
 }
 
 #[inline(always)]
-fn judge_v6(ctx: &SockAddrContext, layer: u8) -> i32 {
+fn judge_v6(ctx: &SockAddrContext, hook: u8) -> i32 {
     let Some((uid, generation)) = confined_caller() else {
         return VERDICT_ALLOW;
     };
@@ -189,14 +189,14 @@ fn judge_v6(ctx: &SockAddrContext, layer: u8) -> i32 {
     // ::ffff:a.b.c.d reaches an IPv4 host: judge it by the IPv4 policy, so a v6 socket is no
     // way around it.
     if words[0] == 0 && words[1] == 0 && words[2] == 0x0000_ffff_u32.to_be() {
-        return judge_v4_addr::<true>(uid, generation, words[3].to_ne_bytes(), port, proto, layer);
+        return judge_v4_addr::<true>(uid, generation, words[3].to_ne_bytes(), port, proto, hook);
     }
     let mut addr = [0u8; 16];
     addr[0..4].copy_from_slice(&words[0].to_ne_bytes());
     addr[4..8].copy_from_slice(&words[1].to_ne_bytes());
     addr[8..12].copy_from_slice(&words[2].to_ne_bytes());
     addr[12..16].copy_from_slice(&words[3].to_ne_bytes());
-    judge_v6_addr::<true>(uid, generation, addr, port, proto, layer)
+    judge_v6_addr::<true>(uid, generation, addr, port, proto, hook)
 }
 
 #[inline(always)]
@@ -206,7 +206,7 @@ fn judge_v6_addr<const IN_TASK: bool>(
     addr: [u8; 16],
     port: u16,
     proto: u8,
-    layer: u8,
+    hook: u8,
 ) -> i32 {
     let key = Key::new(
         KEY_HEADER_BITS + 128,
@@ -221,7 +221,7 @@ fn judge_v6_addr<const IN_TASK: bool>(
     {
         return VERDICT_ALLOW;
     }
-    record_block::<IN_TASK>(uid, FAMILY_V6, proto, layer, addr, port);
+    record_block::<IN_TASK>(uid, FAMILY_V6, proto, hook, addr, port);
     VERDICT_DENY
 }
 
@@ -241,7 +241,7 @@ fn record_block<const IN_TASK: bool>(
     uid: u32,
     family: u8,
     protocol: u8,
-    layer: u8,
+    hook: u8,
     addr: [u8; 16],
     port: u16,
 ) {
@@ -249,7 +249,7 @@ fn record_block<const IN_TASK: bool>(
         uid,
         family,
         protocol,
-        layer,
+        hook,
         _pad: 0,
     };
     if let Some(count) = BLOCKED.get_ptr_mut(&counter) {
@@ -279,7 +279,7 @@ fn record_block<const IN_TASK: bool>(
             port,
             family,
             protocol,
-            layer,
+            hook,
             _pad: [0; 3],
         });
         entry.submit(0);

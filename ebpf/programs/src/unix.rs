@@ -37,7 +37,7 @@ use aya_ebpf::{
     programs::LsmContext,
 };
 use isolate_ebpf_common::{
-    FAMILY_UNIX, LAYER_UNIX, MAX_UNIX_ENTRIES, PROTO_DGRAM, PROTO_STREAM, UNIX_CONFIG_MAGIC,
+    FAMILY_UNIX, HOOK_UNIX, MAX_UNIX_ENTRIES, PROTO_DGRAM, PROTO_STREAM, UNIX_CONFIG_MAGIC,
     UNIX_PEER_ABSTRACT, UNIX_PEER_PATH, UNIX_PEER_UNKNOWN, UnixConfig, UnixKey,
 };
 
@@ -215,6 +215,6 @@ fn refuse(uid: u32, protocol: u8, kind: u8, dev: u32, ino: u64) -> i32 {
     addr[..8].copy_from_slice(&ino.to_le_bytes());
     addr[8..12].copy_from_slice(&dev.to_le_bytes());
     addr[12] = kind;
-    record_block::<true>(uid, FAMILY_UNIX, protocol, LAYER_UNIX, addr, 0);
+    record_block::<true>(uid, FAMILY_UNIX, protocol, HOOK_UNIX, addr, 0);
     LSM_DENY
 }

@@ -7,9 +7,6 @@ use std::io;
 use std::os::unix::net::UnixDatagram;
 use std::path::PathBuf;
 
-/// Where journald listens for native-protocol datagrams.
-pub const DEFAULT_JOURNAL_SOCKET: &str = "/run/systemd/journal/socket";
-
 /// Encodes one journal entry. A value holding a newline uses the binary form:
 /// `KEY\n`, its length as a little-endian u64, the bytes, `\n`. Keys must be upper-case
 /// letters, digits and `_`, not starting with `_` (the callers' keys are constants).

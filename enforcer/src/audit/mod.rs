@@ -1,4 +1,4 @@
-//! The audit trail (issue #6): every blocked attempt becomes a structured journald record
+//! The audit trail: every blocked attempt becomes a structured journald record
 //! (`ISOLATE_INSTANCE`, `ISOLATE_DEST`, … — `journalctl ISOLATE_INSTANCE=NAME`), or, where
 //! journald is absent, one line on stderr. Records are rate-limited per instance by the policy's
 //! `log.rate`; what the limit turns away is counted and reported when logging resumes.
@@ -19,8 +19,6 @@ use journal::Journal;
 use limit::{Admit, TokenBucket};
 use record::Entry;
 
-pub use journal::DEFAULT_JOURNAL_SOCKET;
-
 /// Where audit records go: journald, or the fallback writer (stderr unless replaced).
 pub struct AuditSink {
     journal: Journal,
@@ -29,9 +27,9 @@ pub struct AuditSink {
 }
 
 impl AuditSink {
-    /// Records to journald at [`DEFAULT_JOURNAL_SOCKET`], else to stderr.
+    /// Records to journald at [`JOURNAL_SOCKET`](crate::paths::JOURNAL_SOCKET), else to stderr.
     pub fn new() -> Self {
-        Self::with_journal_socket(DEFAULT_JOURNAL_SOCKET)
+        Self::with_journal_socket(crate::paths::JOURNAL_SOCKET)
     }
 
     /// Records to journald listening at `socket` (a unix datagram socket), else to stderr.

@@ -32,7 +32,7 @@ pub(super) fn blocked(instance: &str, attempt: &BlockedAttempt) -> Entry {
     };
     let head = format!("isolate-{instance}-blocked {} {dest}", attempt.protocol);
     // Block events come from the eBPF layer (nft's drops are logged by the kernel itself).
-    let layer = format!("ebpf-{}", attempt.layer);
+    let layer = format!("ebpf-{}", attempt.hook);
     let comm = one_line(&attempt.comm);
     let (uid, pid) = (attempt.uid, attempt.pid);
     Entry {

@@ -3,13 +3,46 @@
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+use aya::maps::{MapData, RingBuf};
+use isolate_ebpf_common::map_names;
+
+use super::{BpfError, PinDir, open_map};
 use isolate_ebpf_common::{
-    BlockEvent, FAMILY_UNIX, FAMILY_V4, FAMILY_V6, LAYER_CONNECT, LAYER_EGRESS, LAYER_SENDMSG,
-    LAYER_UNIX, PROTO_DGRAM, PROTO_OTHER, PROTO_STREAM, PROTO_TCP, PROTO_UDP, UNIX_PEER_ABSTRACT,
+    BlockEvent, FAMILY_UNIX, FAMILY_V4, FAMILY_V6, HOOK_CONNECT, HOOK_EGRESS, HOOK_SENDMSG,
+    HOOK_UNIX, PROTO_DGRAM, PROTO_OTHER, PROTO_STREAM, PROTO_TCP, PROTO_UDP, UNIX_PEER_ABSTRACT,
     UNIX_PEER_PATH,
 };
 
 use super::unix::split_kernel_dev;
+
+/// Reads an attachment's block events. Only one reader at a time should exist per attachment
+/// (the ring buffer hands each event to one consumer).
+pub struct EventReader {
+    ring: RingBuf<MapData>,
+}
+
+impl EventReader {
+    pub fn open(pins: &PinDir) -> Result<Self, BpfError> {
+        Ok(Self {
+            ring: open_map(pins, map_names::EVENTS)?,
+        })
+    }
+
+    /// Takes every event queued so far.
+    pub fn read(&mut self) -> Vec<BlockedAttempt> {
+        let mut attempts = Vec::new();
+        while let Some(item) = self.ring.next() {
+            if item.len() >= size_of::<BlockEvent>() {
+                // SAFETY: BlockEvent is plain old data; the length was checked and the read
+                // is unaligned-safe.
+                let event: BlockEvent =
+                    unsafe { item.as_ptr().cast::<BlockEvent>().read_unaligned() };
+                attempts.push(BlockedAttempt::from(&event));
+            }
+        }
+        attempts
+    }
+}
 
 /// One blocked attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,8 +56,8 @@ pub struct BlockedAttempt {
     pub destination: IpAddr,
     pub port: u16,
     pub protocol: &'static str,
-    pub layer: &'static str,
-    /// The refused unix socket, for unix-socket attempts (layer `unix`).
+    pub hook: &'static str,
+    /// The refused unix socket, for unix-socket attempts (hook `unix`).
     pub unix: Option<UnixPeer>,
 }
 
@@ -94,7 +127,7 @@ impl From<&BlockEvent> for BlockedAttempt {
             destination,
             port: event.port,
             protocol: protocol_name(event.protocol),
-            layer: layer_name(event.layer),
+            hook: hook_name(event.hook),
             unix,
         }
     }
@@ -110,7 +143,7 @@ impl fmt::Display for BlockedAttempt {
         write!(
             f,
             "{} {dest} uid={} pid={} comm={} layer=ebpf-{}",
-            self.protocol, self.uid, self.pid, self.comm, self.layer
+            self.protocol, self.uid, self.pid, self.comm, self.hook
         )
     }
 }
@@ -136,12 +169,12 @@ pub fn family_name(family: u8) -> &'static str {
     }
 }
 
-pub fn layer_name(layer: u8) -> &'static str {
-    match layer {
-        LAYER_CONNECT => "connect",
-        LAYER_SENDMSG => "sendmsg",
-        LAYER_EGRESS => "egress",
-        LAYER_UNIX => "unix",
+pub fn hook_name(hook: u8) -> &'static str {
+    match hook {
+        HOOK_CONNECT => "connect",
+        HOOK_SENDMSG => "sendmsg",
+        HOOK_EGRESS => "egress",
+        HOOK_UNIX => "unix",
         _ => "unknown",
     }
 }

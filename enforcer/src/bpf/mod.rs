@@ -2,9 +2,12 @@
 //! so that enforcement outlives the process that applied it, and each confined UID's policy
 //! kept in the maps.
 //!
-//! Shape, as every layer: [`BpfLayer::attach`] (load, attach, pin — or adopt what is already
-//! pinned), [`BpfLayer::apply_instance`], inspection ([`BpfLayer::blocked_counts`],
-//! [`BpfLayer::instances`], [`BpfLayer::read_events`]) and [`BpfLayer::detach`].
+//! [`BpfLayer::attach`] loads, attaches and pins (or adopts what is already pinned);
+//! [`BpfLayer::apply_instance`] and [`BpfLayer::remove_instance`] change one UID's rules;
+//! inspection ([`BpfLayer::blocked_counts`], [`BpfLayer::instances`]) reads the maps;
+//! [`BpfLayer::detach`] takes it all away. Block events are read apart, by an
+//! [`EventReader`] (one reader at a time, and its ring buffer is not shared between threads).
+//! The layer's place among the others (`crate::layer`) is written there.
 //!
 //! Unix sockets are judged by BPF LSM programs (see `unix`), attached with the others when
 //! the kernel has the BPF LSM active; without it the rest of the layer works, and only a
@@ -21,22 +24,22 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use aya::maps::lpm_trie::{Key, LpmTrie};
-use aya::maps::{HashMap, Map, MapData, PerCpuHashMap, PerCpuValues, RingBuf};
+use aya::maps::{HashMap, Map, MapData, PerCpuHashMap, PerCpuValues};
 use aya::programs::links::FdLink;
 use aya::programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, Lsm};
 use aya::{Btf, Ebpf, EbpfLoader};
 use ipnet::{Ipv4Net, Ipv6Net};
 use isolate_ebpf_common::{
-    AllowValue, BlockEvent, CounterKey, FAMILY_UNIX, FAMILY_V4, FAMILY_V6, InstanceState,
-    KEY_HEADER_BITS, LAYER_CONNECT, LAYER_EGRESS, LAYER_SENDMSG, LAYER_UNIX, PROTO_DGRAM,
-    PROTO_OTHER, PROTO_STREAM, PROTO_TCP, PROTO_UDP, UNIX_CONFIG_GLOBAL, UnixKey, V4Key, V6Key,
-    map_names, program_names,
+    AllowValue, CounterKey, FAMILY_UNIX, FAMILY_V4, FAMILY_V6, HOOK_CONNECT, HOOK_EGRESS,
+    HOOK_SENDMSG, HOOK_UNIX, InstanceState, KEY_HEADER_BITS, PROTO_DGRAM, PROTO_OTHER,
+    PROTO_STREAM, PROTO_TCP, PROTO_UDP, UNIX_CONFIG_GLOBAL, UnixKey, V4Key, V6Key, map_names,
+    program_names,
 };
 use thiserror::Error;
 
-pub use events::{BlockedAttempt, UnixPeer, family_name, layer_name, protocol_name};
-pub use pin::{BPFFS, PinDir, ensure_bpffs};
-pub use rules::{CompiledRules, RulesError, compile, compile_rules};
+pub use events::{BlockedAttempt, EventReader, UnixPeer, family_name, hook_name, protocol_name};
+pub use pin::{PinDir, ensure_bpffs};
+pub use rules::{CompiledRules, RulesError, compile_rules};
 pub use unix::{LocateError, UnixLocation, UnixSupport, active_lsms, locate};
 
 /// The eBPF object built by `build.rs` from `ebpf/programs`.
@@ -118,7 +121,6 @@ pub struct BpfLayer {
     unix_allow: Option<HashMap<MapData, UnixKey, u32>>,
     unix: UnixSupport,
     counters: PerCpuHashMap<MapData, CounterKey, u64>,
-    events: Option<RingBuf<MapData>>,
 }
 
 impl BpfLayer {
@@ -132,7 +134,7 @@ impl BpfLayer {
     /// run them (the BPF LSM is not active), the rest is attached all the same, and
     /// [`BpfLayer::unix_support`] says why; only a policy with unix sockets is refused then.
     pub fn attach(cgroup: &Path, pins: PinDir) -> Result<Self, BpfError> {
-        ensure_bpffs().map_err(pin_error("mount bpffs at", Path::new(BPFFS)))?;
+        ensure_bpffs().map_err(pin_error("mount bpffs at", Path::new(crate::paths::BPFFS)))?;
         if pins.exists() {
             return Self::open(pins);
         }
@@ -184,7 +186,6 @@ impl BpfLayer {
             unix_allow,
             unix,
             counters: open_map(&pins, map_names::BLOCKED)?,
-            events: None,
             pins,
         })
     }
@@ -215,7 +216,7 @@ impl BpfLayer {
         // What the unix-socket programs need to know about this kernel (or why they cannot
         // run here).
         let unix_config = match unix::kernel_support() {
-            UnixSupport::Enforced => std::fs::read("/sys/kernel/btf/vmlinux")
+            UnixSupport::Enforced => std::fs::read(crate::paths::KERNEL_BTF)
                 .map_err(|e| format!("cannot read the kernel's BTF: {e}"))
                 .and_then(|data| unix::kernel_config(&data, cgroup)),
             UnixSupport::Unavailable(reason) => Err(reason),
@@ -300,7 +301,7 @@ impl BpfLayer {
     ) -> Result<(), BpfError> {
         let btf = btf.ok_or(BpfError::Missing {
             kind: "kernel BTF",
-            name: "/sys/kernel/btf/vmlinux",
+            name: crate::paths::KERNEL_BTF,
         })?;
         for (name, hook) in program_names::UNIX {
             let program: &mut Lsm = program(ebpf, name)?;
@@ -398,23 +399,24 @@ impl BpfLayer {
         })
     }
 
-    /// Takes every block event queued so far. Only one process at a time should read them.
-    pub fn read_events(&mut self) -> Result<Vec<BlockedAttempt>, BpfError> {
-        if self.events.is_none() {
-            self.events = Some(open_map(&self.pins, map_names::EVENTS)?);
-        }
-        let ring = self.events.as_mut().expect("opened above");
-        let mut attempts = Vec::new();
-        while let Some(item) = ring.next() {
-            if item.len() >= size_of::<BlockEvent>() {
-                // SAFETY: BlockEvent is plain old data; the length was checked and the read
-                // is unaligned-safe.
-                let event: BlockEvent =
-                    unsafe { item.as_ptr().cast::<BlockEvent>().read_unaligned() };
-                attempts.push(BlockedAttempt::from(&event));
-            }
-        }
-        Ok(attempts)
+    /// Whether every program of the attachment is still pinned, hence attached: a pin is
+    /// what keeps a link, and so its program, attached after the loader exits.
+    pub fn is_attached(&self) -> bool {
+        let unix = matches!(self.unix, UnixSupport::Enforced)
+            .then_some(program_names::UNIX.iter().map(|(name, _)| *name))
+            .into_iter()
+            .flatten();
+        program_names::SOCK_ADDR
+            .iter()
+            .copied()
+            .chain([program_names::EGRESS])
+            .chain(unix)
+            .all(|name| self.pins.link(name).exists())
+    }
+
+    /// A reader of this attachment's block events.
+    pub fn events(&self) -> Result<EventReader, BpfError> {
+        EventReader::open(&self.pins)
     }
 
     fn instance_state(&self, uid: u32) -> Result<Option<InstanceState>, BpfError> {
@@ -547,7 +549,7 @@ impl BpfLayer {
     }
 }
 
-fn open_map<T>(pins: &PinDir, name: &'static str) -> Result<T, BpfError>
+pub(crate) fn open_map<T>(pins: &PinDir, name: &'static str) -> Result<T, BpfError>
 where
     T: TryFrom<Map, Error = aya::maps::MapError>,
 {
@@ -620,13 +622,13 @@ fn counter_keys(uid: u32) -> impl Iterator<Item = CounterKey> {
         [PROTO_TCP, PROTO_UDP, PROTO_OTHER]
             .into_iter()
             .flat_map(move |protocol| {
-                [LAYER_CONNECT, LAYER_SENDMSG, LAYER_EGRESS]
+                [HOOK_CONNECT, HOOK_SENDMSG, HOOK_EGRESS]
                     .into_iter()
-                    .map(move |layer| CounterKey {
+                    .map(move |hook| CounterKey {
                         uid,
                         family,
                         protocol,
-                        layer,
+                        hook,
                         _pad: 0,
                     })
             })
@@ -637,7 +639,7 @@ fn counter_keys(uid: u32) -> impl Iterator<Item = CounterKey> {
             uid,
             family: FAMILY_UNIX,
             protocol,
-            layer: LAYER_UNIX,
+            hook: HOOK_UNIX,
             _pad: 0,
         });
     inet.chain(unix)

@@ -5,8 +5,7 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
-/// bpffs's usual mount point.
-pub const BPFFS: &str = "/sys/fs/bpf";
+use crate::paths::BPFFS;
 
 /// Mounts bpffs at `/sys/fs/bpf` when nothing of type bpf is mounted there.
 pub fn ensure_bpffs() -> io::Result<()> {

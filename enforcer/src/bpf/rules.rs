@@ -12,7 +12,7 @@ use ipnet::{Ipv4Net, Ipv6Net};
 #[cfg(test)]
 use isolate_ebpf_common::PROTO_OTHER;
 use isolate_ebpf_common::{AllowValue, MAX_PORT_RULES, PROTO_ANY, PROTO_TCP, PROTO_UDP, PortRule};
-use isolate_policy::{NetRule, Network, Protocol};
+use isolate_policy::{NetRule, Protocol};
 use thiserror::Error;
 
 /// Map entries for one instance.
@@ -81,13 +81,6 @@ pub enum RulesError {
          {MAX_PORT_RULES} per destination: merge port ranges in network.allow"
     )]
     TooManyPortRules { net: String, count: usize },
-}
-
-/// Compiles a policy's address rules into trie entries (host names are resolved elsewhere
-/// and arrive here as address rules).
-pub fn compile(network: &Network) -> Result<CompiledRules, RulesError> {
-    Ok(compile_rules(&network.allow_v4, &network.allow_v6)?
-        .with_unix_sockets(network.unix_sockets.iter().cloned()))
 }
 
 /// Compiles allow rules of both families into trie entries.

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use isolate_enforcer::kernel::{self, Status};
+use isolate_enforcer::kernel::{self, Availability};
 
 use super::DEFAULT_POLICY_DIR;
 
@@ -26,13 +26,13 @@ pub fn run(args: &CheckArgs) -> ExitCode {
         let report = kernel::report();
         for feature in &report {
             let mark = match feature.status {
-                Status::Available => "ok     ",
-                Status::Missing => "MISSING",
-                Status::Unknown => "unknown",
+                Availability::Available => "ok     ",
+                Availability::Missing => "MISSING",
+                Availability::Unknown => "unknown",
             };
             println!("{mark} {:<10} {}", feature.name, feature.detail);
         }
-        let all = report.iter().all(|f| f.status != Status::Missing);
+        let all = report.iter().all(|f| f.status != Availability::Missing);
         return if all {
             ExitCode::SUCCESS
         } else {

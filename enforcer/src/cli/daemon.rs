@@ -5,9 +5,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context as _, bail};
-use isolate_enforcer::daemon::control::{self, Request, Response};
+use isolate_enforcer::bpf::PinDir;
+use isolate_enforcer::control::{self, Request, Response};
 use isolate_enforcer::daemon::{self, DaemonConfig, status};
-use isolate_enforcer::exec::Layers;
+use isolate_enforcer::layer::Layers;
+use isolate_enforcer::paths;
 
 use super::DEFAULT_POLICY_DIR;
 
@@ -20,10 +22,10 @@ pub struct DaemonArgs {
     #[arg(long, default_value = "127.0.0.1:9477")]
     metrics: String,
     /// The control socket (`isolate status`, `isolate reload`, `isolate exec` use it).
-    #[arg(long, default_value = control::DEFAULT_SOCKET)]
+    #[arg(long, default_value = paths::CONTROL_SOCKET)]
     control_socket: PathBuf,
     /// Where the daemon records what it enforces.
-    #[arg(long, default_value = daemon::DEFAULT_STATE_DIR)]
+    #[arg(long, default_value = paths::DAEMON_STATE_DIR)]
     state_dir: PathBuf,
     /// Network layers to enforce: ebpf, nftables, or both (comma-separated).
     #[arg(long, value_delimiter = ',', default_value = "ebpf,nftables", value_parser = ["ebpf", "nftables"])]
@@ -45,10 +47,10 @@ pub struct StatusArgs {
     #[arg(long)]
     json: bool,
     /// The daemon's control socket.
-    #[arg(long, default_value = control::DEFAULT_SOCKET)]
+    #[arg(long, default_value = paths::CONTROL_SOCKET)]
     control_socket: PathBuf,
     /// The daemon's state directory (read when no daemon answers).
-    #[arg(long, default_value = daemon::DEFAULT_STATE_DIR)]
+    #[arg(long, default_value = paths::DAEMON_STATE_DIR)]
     state_dir: PathBuf,
     /// The daemon's pins (read when no daemon answers).
     #[arg(long, hide = true)]
@@ -58,7 +60,7 @@ pub struct StatusArgs {
 #[derive(clap::Args)]
 pub struct ReloadArgs {
     /// The daemon's control socket.
-    #[arg(long, default_value = control::DEFAULT_SOCKET)]
+    #[arg(long, default_value = paths::CONTROL_SOCKET)]
     control_socket: PathBuf,
 }
 
@@ -78,7 +80,7 @@ fn config(args: &DaemonArgs) -> anyhow::Result<DaemonConfig> {
     };
     config.cgroup.clone_from(&args.cgroup);
     if let Some(dir) = &args.pin_dir {
-        config.pins = isolate_enforcer::bpf::PinDir::new(dir);
+        config.pins = PinDir::new(dir);
     }
     Ok(config)
 }
@@ -99,19 +101,12 @@ pub fn run_daemon(args: &DaemonArgs) -> anyhow::Result<ExitCode> {
 
 #[allow(clippy::print_stdout, reason = "CLI output")]
 pub fn run_status(args: &StatusArgs) -> anyhow::Result<ExitCode> {
-    let status = match control::request(&args.control_socket, &Request::Status) {
-        Some(Ok(Response::Status(status))) => status,
-        Some(Ok(other)) => bail!("unexpected answer from the daemon: {other:?}"),
-        Some(Err(e)) => bail!(
-            "the daemon at {} did not answer: {e}",
-            args.control_socket.display()
-        ),
+    let status = match control::request(&args.control_socket, &Request::Status)? {
+        Some(Response::Status(status)) => status,
+        Some(other) => bail!("unexpected answer from the daemon: {other:?}"),
         None => {
-            let pins = args
-                .pin_dir
-                .as_ref()
-                .map_or_else(daemon::default_pins, isolate_enforcer::bpf::PinDir::new);
-            status::from_kernel(&args.state_dir, &pins, &daemon::exec_pins())
+            let pins = PinDir::new(args.pin_dir.clone().unwrap_or_else(paths::daemon_pins));
+            status::from_kernel(&args.state_dir, &pins, &paths::exec_pins_root())
         }
     };
     if args.json {
@@ -123,18 +118,17 @@ pub fn run_status(args: &StatusArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub fn run_reload(args: &ReloadArgs) -> anyhow::Result<ExitCode> {
-    match control::request(&args.control_socket, &Request::Reload) {
-        Some(Ok(Response::Reloaded { report })) => {
+    match control::request(&args.control_socket, &Request::Reload)? {
+        Some(Response::Reloaded { report }) => {
             eprintln!("isolate: reloaded: {report}");
-            let failed = report["failed"].as_array().is_some_and(|f| !f.is_empty());
-            Ok(if failed {
-                ExitCode::FAILURE
-            } else {
+            Ok(if report.failed.is_empty() {
                 ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
             })
         }
-        Some(Ok(other)) => bail!("unexpected answer from the daemon: {other:?}"),
-        Some(Err(e)) => bail!("the daemon did not answer: {e}"),
+        Some(Response::Error { message }) => bail!("the daemon refused: {message}"),
+        Some(other) => bail!("unexpected answer from the daemon: {other:?}"),
         None => bail!(
             "no daemon listens on {} (start it with `isolate daemon` or `systemctl start isolate`)",
             args.control_socket.display()

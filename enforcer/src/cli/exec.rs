@@ -5,7 +5,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::bail;
-use isolate_enforcer::exec::{self, ExecPlan, Layers};
+use isolate_enforcer::exec::{self, ExecPlan};
+use isolate_enforcer::layer::Layers;
+use isolate_enforcer::paths;
 use isolate_policy::Policy;
 
 use super::DEFAULT_POLICY_DIR;
@@ -26,7 +28,7 @@ pub struct ExecArgs {
     layers: Vec<String>,
     /// The daemon's control socket: when a daemon answers there and enforces the instance,
     /// it applies the network layers and records block events.
-    #[arg(long, default_value = isolate_enforcer::daemon::control::DEFAULT_SOCKET)]
+    #[arg(long, default_value = paths::CONTROL_SOCKET)]
     control_socket: PathBuf,
     /// Print what would be applied (user, cgroup, network rules, Landlock rules) and exit.
     #[arg(long)]

@@ -6,35 +6,44 @@
 //! Enforcement is pinned in the kernel: when the daemon stops, even by SIGKILL, every instance
 //! stays enforced, and the next daemon adopts the pins without a gap. Only `--cleanup` (or an
 //! instance's removal from the directory) takes enforcement away.
+//!
+//! Three parts run side by side, so none holds up another:
+//! - the registry worker (a thread of its own) owns the registry and does every change:
+//!   reloads, `ensure`, the periodic re-resolution; after each it publishes a [`View`];
+//! - the event pump (a thread of its own) moves block events to the audit trail;
+//! - the async side (signals, control socket, `/metrics`) reads the latest view and the
+//!   layers' counters through handles of its own, on the blocking pool.
 
-pub mod control;
 pub mod registry;
+mod server;
 pub mod state;
 pub mod status;
 
+use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::panic::AssertUnwindSafe;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::{Duration, Instant};
 
 use thiserror::Error;
 use tokio::signal::unix::{SignalKind, signal};
 
+use crate::audit::AuditSink;
 use crate::bpf::{self, BpfLayer, PinDir};
-use crate::exec::Layers;
-use registry::Registry;
+use crate::control::{DaemonStats, InstanceStatus, ReloadReport, Response, Status};
+use crate::layer::{InstanceId, LayerError, LayerSet, Layers, NetworkLayer, NftLayer};
+use registry::{Lookups, Registry};
 use state::Enforced;
 
-/// Where the daemon records what it enforces.
-pub const DEFAULT_STATE_DIR: &str = "/run/isolate/daemon";
-/// Where the daemon pins its eBPF layer, below bpffs.
-pub const PIN_SUBDIR: &str = "isolate/daemon";
-/// Where `isolate exec` runs pin theirs.
-pub const EXEC_PIN_SUBDIR: &str = "isolate/exec";
 /// How often events move from the ring buffer to the audit trail.
 const EVENT_PERIOD: Duration = Duration::from_millis(200);
 /// How often host names are re-resolved.
 const REFRESH_PERIOD: Duration = Duration::from_mins(1);
+/// How many recent blocked destinations `status` shows per instance.
+const RECENT_BLOCKS: usize = 10;
 
 #[derive(Debug, Clone)]
 pub struct DaemonConfig {
@@ -52,22 +61,14 @@ impl DaemonConfig {
     pub fn new(policy_dir: PathBuf) -> Self {
         Self {
             policy_dir,
-            state_dir: DEFAULT_STATE_DIR.into(),
-            control_socket: control::DEFAULT_SOCKET.into(),
+            state_dir: crate::paths::DAEMON_STATE_DIR.into(),
+            control_socket: crate::paths::CONTROL_SOCKET.into(),
             metrics: Some(SocketAddr::from(([127, 0, 0, 1], 9477))),
             layers: Layers::default(),
             cgroup: None,
-            pins: default_pins(),
+            pins: PinDir::new(crate::paths::daemon_pins()),
         }
     }
-}
-
-pub fn default_pins() -> PinDir {
-    PinDir::new(Path::new(bpf::BPFFS).join(PIN_SUBDIR))
-}
-
-pub fn exec_pins() -> PathBuf {
-    Path::new(bpf::BPFFS).join(EXEC_PIN_SUBDIR)
 }
 
 #[derive(Debug, Error)]
@@ -78,6 +79,14 @@ pub enum DaemonError {
     Cgroup(#[from] crate::cgroup::CgroupError),
     #[error("eBPF layer: {0}")]
     Bpf(#[from] bpf::BpfError),
+    #[error(transparent)]
+    Layer(#[from] LayerError),
+    #[error("instance {instance}: {source}")]
+    Remove {
+        instance: String,
+        #[source]
+        source: crate::layer::RemoveError,
+    },
     #[error("{what}: {source}")]
     Io {
         what: String,
@@ -91,103 +100,368 @@ fn io_error(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> DaemonErr
     move |source| DaemonError::Io { what, source }
 }
 
+/// One instance as the daemon enforces it, for status, metrics and the event pump.
+#[derive(Debug, Clone)]
+pub struct InstanceView {
+    pub id: InstanceId,
+    pub user: String,
+    pub hash: String,
+    pub entries_v4: usize,
+    pub entries_v6: usize,
+    pub rate: isolate_policy::Rate,
+    pub kept: Option<String>,
+}
+
+/// What the registry enforces, as last published by the worker.
+#[derive(Debug, Clone, Default)]
+pub struct View {
+    pub instances: Vec<InstanceView>,
+    pub layers: Vec<String>,
+    pub stats: DaemonStats,
+}
+
+impl View {
+    fn of(registry: &Registry, layers: &[String]) -> Self {
+        Self {
+            instances: registry
+                .instances()
+                .map(|i| InstanceView {
+                    id: i.id.clone(),
+                    user: i.user.clone(),
+                    hash: i.hash.clone(),
+                    entries_v4: i.rules.v4.len(),
+                    entries_v6: i.rules.v6.len(),
+                    rate: i.policy.network.log.rate,
+                    kept: i.kept.clone(),
+                })
+                .collect(),
+            layers: layers.to_vec(),
+            stats: registry.stats(),
+        }
+    }
+}
+
+/// What the three parts share. Each lock is held only to copy or swap small values, never
+/// across work, and a panic elsewhere never makes it unusable.
+struct Shared {
+    view: RwLock<Arc<View>>,
+    /// Latest blocked attempts, by UID (the pump's).
+    recent: Mutex<BTreeMap<u32, VecDeque<String>>>,
+    events_received: AtomicU64,
+    /// The layers as the readers see them: handles apart from the worker's.
+    readers: LayerSet,
+}
+
+impl Shared {
+    fn view(&self) -> Arc<View> {
+        Arc::clone(&self.view.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    fn publish(&self, view: View) {
+        *self.view.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(view);
+    }
+
+    /// The status with the kernel's counters as they are now. Blocking: reads maps and runs
+    /// `nft`.
+    fn status(&self) -> Status {
+        let view = self.view();
+        let recent = self
+            .recent
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let instances = view
+            .instances
+            .iter()
+            .map(|i| {
+                let mut status = InstanceStatus {
+                    name: i.id.name.clone(),
+                    mode: "daemon".into(),
+                    uid: i.id.uid,
+                    user: i.user.clone(),
+                    layers: view.layers.clone(),
+                    policy_hash: i.hash.clone(),
+                    entries_v4: i.entries_v4,
+                    entries_v6: i.entries_v6,
+                    recent: recent
+                        .get(&i.id.uid)
+                        .map(|r| r.iter().cloned().collect())
+                        .unwrap_or_default(),
+                    kept: i.kept.clone(),
+                    ..InstanceStatus::default()
+                };
+                status.set_counters(self.readers.counters(&i.id));
+                status
+            })
+            .collect();
+        Status {
+            daemon_running: true,
+            instances,
+            daemon: Some(DaemonStats {
+                events_received: self.events_received.load(Ordering::Relaxed),
+                ..view.stats
+            }),
+        }
+    }
+}
+
+/// Work for the registry worker; each carries where its answer goes.
+enum Work {
+    Reload(Option<tokio::sync::oneshot::Sender<ReloadReport>>),
+    Ensure {
+        instance: String,
+        answer: tokio::sync::oneshot::Sender<Response>,
+    },
+}
+
 /// Runs the daemon until SIGTERM or SIGINT; enforcement stays in place after it returns.
 pub fn run(config: &DaemonConfig) -> Result<(), DaemonError> {
     if !nix::unistd::geteuid().is_root() {
         return Err(DaemonError::NotRoot);
     }
-    let registry = Arc::new(Mutex::new(open_registry(config)?));
-    {
-        let mut registry = registry.lock().expect("registry lock");
-        let previous = Enforced::load(&config.state_dir).unwrap_or_default();
-        registry.adopt(previous.clone());
-        let report = registry.reload();
-        registry.forget_stale(&previous);
-        tracing::info!(
-            applied = report.applied.len(),
-            failed = report.failed.len(),
-            "enforcing {} instance(s) from {}",
-            registry.instances.len(),
-            config.policy_dir.display()
+    let layers = open_layers(config)?;
+    let readers = layers.reader()?;
+    let layer_names: Vec<String> = layers.kinds().iter().map(ToString::to_string).collect();
+    let mut registry = Registry::new(config.policy_dir.clone(), layers, Lookups::system());
+    let previous = Enforced::load(&config.state_dir).unwrap_or_else(|e| {
+        tracing::error!(
+            "cannot read {}: {e}; starting from the policy directory alone",
+            Enforced::path(&config.state_dir).display()
         );
-    }
+        Enforced::default()
+    });
+    let report = registry.start(previous);
+    save_state(&registry, &config.state_dir);
+    tracing::info!(
+        applied = report.applied.len(),
+        unchanged = report.unchanged.len(),
+        failed = report.failed.len(),
+        "enforcing {} instance(s) from {}",
+        registry.instances().count(),
+        config.policy_dir.display()
+    );
+    let shared = Arc::new(Shared {
+        view: RwLock::new(Arc::new(View::of(&registry, &layer_names))),
+        recent: Mutex::default(),
+        events_received: AtomicU64::new(0),
+        readers,
+    });
+
+    let (work, work_queue) = mpsc::channel();
+    let worker = {
+        let (shared, state_dir) = (Arc::clone(&shared), config.state_dir.clone());
+        std::thread::Builder::new()
+            .name("registry".into())
+            .spawn(move || run_worker(registry, &work_queue, &shared, &state_dir, &layer_names))
+            .map_err(io_error("registry thread"))?
+    };
+    let (drain, drain_queue) = mpsc::channel::<tokio::sync::oneshot::Sender<()>>();
+    let pump = if config.layers.ebpf {
+        let (shared, pins) = (Arc::clone(&shared), config.pins.clone());
+        Some(
+            std::thread::Builder::new()
+                .name("events".into())
+                .spawn(move || run_pump(&pins, &drain_queue, &shared))
+                .map_err(io_error("event thread"))?,
+        )
+    } else {
+        None
+    };
+
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(io_error("tokio runtime"))?;
-    runtime.block_on(serve(config, registry))
+    let server = server::Server {
+        shared: Arc::clone(&shared),
+        work: work.clone(),
+        drain: pump.is_some().then_some(drain.clone()),
+    };
+    let result = runtime.block_on(serve(config, server, &work));
+    // Closing the queues ends both threads once they finish what they are doing; the
+    // runtime's tasks hold senders too, so it goes first.
+    drop(runtime);
+    drop((work, drain));
+    let _ = worker.join();
+    if let Some(pump) = pump {
+        let _ = pump.join();
+    }
+    let _ = std::fs::remove_file(&config.control_socket);
+    tracing::info!("stopped; enforcement stays pinned in the kernel");
+    result
 }
 
-/// Loads (or adopts) the eBPF layer and makes an empty registry.
-fn open_registry(config: &DaemonConfig) -> Result<Registry, DaemonError> {
-    let bpf = if config.layers.ebpf {
+/// The daemon's layers: the eBPF attachment (loaded, or adopted from its pins) and nftables.
+fn open_layers(config: &DaemonConfig) -> Result<LayerSet, DaemonError> {
+    let mut layers: Vec<Box<dyn NetworkLayer>> = Vec::new();
+    if config.layers.ebpf {
         let cgroup = match &config.cgroup {
             Some(cgroup) => cgroup.clone(),
             None => crate::cgroup::cgroup2_mount()?,
         };
-        Some(BpfLayer::attach(&cgroup, config.pins.clone())?)
-    } else {
-        None
-    };
-    Ok(Registry::new(
-        config.policy_dir.clone(),
-        config.state_dir.clone(),
-        config.layers,
-        bpf,
-    ))
+        layers.push(Box::new(BpfLayer::attach(&cgroup, config.pins.clone())?));
+    }
+    if config.layers.nftables {
+        layers.push(Box::new(NftLayer));
+    }
+    Ok(LayerSet::new(layers))
 }
 
-async fn serve(config: &DaemonConfig, registry: Arc<Mutex<Registry>>) -> Result<(), DaemonError> {
-    let control = {
-        let (path, registry) = (config.control_socket.clone(), Arc::clone(&registry));
-        tokio::spawn(async move {
-            if let Err(e) = control::serve(&path, registry).await {
-                tracing::error!("control socket {}: {e}", path.display());
+fn save_state(registry: &Registry, state_dir: &std::path::Path) {
+    if let Err(e) = registry.record().save(state_dir) {
+        tracing::error!("cannot write {}: {e}", Enforced::path(state_dir).display());
+    }
+}
+
+/// The registry worker: does each piece of work in turn, re-resolves host names when none
+/// came for a while, and publishes the outcome. A panic in one piece of work is logged and
+/// the worker goes on (enforcement is in the kernel; the registry may be stale until the
+/// next reload, which re-reads everything).
+fn run_worker(
+    mut registry: Registry,
+    queue: &mpsc::Receiver<Work>,
+    shared: &Shared,
+    state_dir: &std::path::Path,
+    layers: &[String],
+) {
+    let mut next_refresh = Instant::now() + REFRESH_PERIOD;
+    loop {
+        let wait = next_refresh.saturating_duration_since(Instant::now());
+        let work = match queue.recv_timeout(wait) {
+            Ok(work) => Some(work),
+            Err(mpsc::RecvTimeoutError::Timeout) => None,
+            Err(mpsc::RecvTimeoutError::Disconnected) => return,
+        };
+        let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| match work {
+            Some(Work::Reload(answer)) => {
+                let report = registry.reload();
+                tracing::info!(%report, "reloaded");
+                if let Some(answer) = answer {
+                    let _ = answer.send(report);
+                }
             }
-        })
+            Some(Work::Ensure { instance, answer }) => {
+                let report = registry.reload();
+                let _ = answer.send(ensured(&registry, &report, &instance));
+            }
+            None => {
+                registry.refresh();
+                next_refresh = Instant::now() + REFRESH_PERIOD;
+            }
+        }));
+        if outcome.is_err() {
+            tracing::error!("the registry worker panicked; enforcement in the kernel is unchanged");
+        }
+        save_state(&registry, state_dir);
+        shared.publish(View::of(&registry, layers));
+    }
+}
+
+/// The answer to `ensure`: the instance's UID, or why the daemon does not enforce it.
+fn ensured(registry: &Registry, report: &ReloadReport, instance: &str) -> Response {
+    match registry.instance(instance) {
+        Some(i) => Response::Ensured {
+            instance: instance.to_owned(),
+            uid: i.id.uid,
+        },
+        None => Response::Error {
+            message: report.failure_of(instance).map_or_else(
+                || {
+                    format!(
+                        "the daemon has no instance `{instance}` in {}",
+                        registry.policy_dir().display()
+                    )
+                },
+                |f| f.reason.clone(),
+            ),
+        },
+    }
+}
+
+/// The event pump: every period, or when asked (`status` wants current records), moves the
+/// ring buffer's events to the audit trail and the recent list.
+fn run_pump(
+    pins: &PinDir,
+    queue: &mpsc::Receiver<tokio::sync::oneshot::Sender<()>>,
+    shared: &Shared,
+) {
+    let mut reader = match bpf::EventReader::open(pins) {
+        Ok(reader) => reader,
+        Err(e) => {
+            tracing::error!("block events cannot be read, so none is recorded: {e}");
+            return;
+        }
+    };
+    let mut audit = AuditSink::new();
+    loop {
+        let asked = match queue.recv_timeout(EVENT_PERIOD) {
+            Ok(asked) => Some(asked),
+            Err(mpsc::RecvTimeoutError::Timeout) => None,
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                pump_once(&mut reader, &mut audit, shared);
+                return;
+            }
+        };
+        pump_once(&mut reader, &mut audit, shared);
+        if let Some(asked) = asked {
+            let _ = asked.send(());
+        }
+    }
+}
+
+fn pump_once(reader: &mut bpf::EventReader, audit: &mut AuditSink, shared: &Shared) {
+    let events = reader.read();
+    if events.is_empty() {
+        return;
+    }
+    let view = shared.view();
+    let mut recent = shared.recent.lock().unwrap_or_else(PoisonError::into_inner);
+    for event in events {
+        shared.events_received.fetch_add(1, Ordering::Relaxed);
+        let Some(instance) = view.instances.iter().find(|i| i.id.uid == event.uid) else {
+            continue;
+        };
+        audit.record(&instance.id.name, &instance.rate, &event);
+        let list = recent.entry(event.uid).or_default();
+        if list.len() == RECENT_BLOCKS {
+            list.pop_front();
+        }
+        list.push_back(event.to_string());
+    }
+}
+
+async fn serve(
+    config: &DaemonConfig,
+    server: server::Server,
+    work: &mpsc::Sender<Work>,
+) -> Result<(), DaemonError> {
+    let server = Arc::new(server);
+    let control = {
+        let (path, server) = (config.control_socket.clone(), Arc::clone(&server));
+        let listener =
+            server::bind(&path).map_err(io_error(format!("control socket {}", path.display())))?;
+        tokio::spawn(async move { server.serve_control(listener).await })
     };
     if let Some(addr) = config.metrics {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(io_error(format!("metrics address {addr}")))?;
         tracing::info!("metrics on http://{addr}/metrics");
-        let registry = Arc::clone(&registry);
-        tokio::spawn(async move {
-            let app = axum::Router::new().route(
-                "/metrics",
-                axum::routing::get(move || {
-                    let registry = Arc::clone(&registry);
-                    async move { crate::metrics::render(&registry.lock().expect("registry lock")) }
-                }),
-            );
-            if let Err(e) = axum::serve(listener, app).await {
-                tracing::error!("metrics server: {e}");
-            }
-        });
+        let server = Arc::clone(&server);
+        tokio::spawn(async move { server.serve_metrics(listener).await });
     }
 
     let mut hangup = signal(SignalKind::hangup()).map_err(io_error("SIGHUP handler"))?;
     let mut terminate = signal(SignalKind::terminate()).map_err(io_error("SIGTERM handler"))?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(io_error("SIGINT handler"))?;
-    let mut events = tokio::time::interval(EVENT_PERIOD);
-    let mut refresh = tokio::time::interval(REFRESH_PERIOD);
-    refresh.reset();
     loop {
         tokio::select! {
-            _ = hangup.recv() => {
-                let report = registry.lock().expect("registry lock").reload();
-                tracing::info!(?report, "reloaded");
-            }
-            _ = events.tick() => registry.lock().expect("registry lock").pump_events(),
-            _ = refresh.tick() => registry.lock().expect("registry lock").refresh(),
+            _ = hangup.recv() => { let _ = work.send(Work::Reload(None)); }
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,
         }
     }
-    registry.lock().expect("registry lock").pump_events();
     control.abort();
-    let _ = std::fs::remove_file(&config.control_socket);
-    tracing::info!("stopping; enforcement stays pinned in the kernel");
     Ok(())
 }
 
@@ -197,16 +471,33 @@ pub fn cleanup(config: &DaemonConfig) -> Result<Vec<String>, DaemonError> {
         return Err(DaemonError::NotRoot);
     }
     let previous = Enforced::load(&config.state_dir).map_err(io_error("state file"))?;
-    let mut removed = Vec::new();
-    if config.layers.nftables {
-        for name in previous.instances.keys() {
-            crate::nft::remove(name).map_err(|e| DaemonError::Io {
-                what: format!("instance {name}: nftables layer"),
-                source: std::io::Error::other(e.to_string()),
-            })?;
-            removed.push(name.clone());
-        }
+    let mut layers: Vec<Box<dyn NetworkLayer>> = Vec::new();
+    if config.layers.ebpf && config.pins.exists() {
+        layers.push(Box::new(BpfLayer::open(config.pins.clone())?));
     }
+    if config.layers.nftables {
+        layers.push(Box::new(NftLayer));
+    }
+    let mut layers = LayerSet::new(layers);
+    let ids = previous
+        .instances
+        .iter()
+        .map(|(name, record)| (name.clone(), record.uid))
+        .chain(previous.removing.clone());
+    let mut removed = Vec::new();
+    for (name, uid) in ids {
+        layers
+            .remove(&InstanceId {
+                name: name.clone(),
+                uid,
+            })
+            .map_err(|source| DaemonError::Remove {
+                instance: name.clone(),
+                source,
+            })?;
+        removed.push(name);
+    }
+    drop(layers);
     if config.pins.exists() {
         BpfLayer::open(config.pins.clone())?.detach()?;
     }

@@ -1,123 +1,244 @@
-//! The instances the daemon enforces, kept in step with the policy directory: each reload
-//! applies only what changed, and a policy that fails validation or that a layer refuses leaves
-//! that instance on its previous, working policy.
+//! The instances the daemon enforces, kept in step with the policy directory. It fails closed:
+//!
+//! - each reload applies only what changed; a policy that fails to load, validate or apply
+//!   leaves its instance on its last good enforcement, and says why;
+//! - a directory that cannot be listed changes nothing;
+//! - an instance is removed only when its file is gone, and a removal that a layer refused
+//!   half-way is retried at every reload until it is done;
+//! - after a restart, what an earlier daemon left pinned is adopted: without a rewrite when
+//!   the policy is unchanged and every layer shows it in force, and kept as it is (its last
+//!   good policy, saved in the state record) when the file has broken meanwhile.
+//!
+//! The registry only decides; the layers it is given do the work, and the daemon saves its
+//! [`Registry::record`] after each change. Its logic is tested here against fake layers.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::hash::{Hash as _, Hasher as _};
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use isolate_policy::{Policy, UserSpec};
+use sha2::{Digest as _, Sha256};
+use thiserror::Error;
 
-use crate::audit::AuditSink;
-use crate::bpf::{self, BpfLayer};
-use crate::exec::{InstanceUser, Layers};
-use crate::network::{EffectiveRules, effective_rules, system_resolve};
+use crate::control::{DaemonStats, Failure, ReloadReport};
+use crate::layer::{ApplyError, InstanceId, InstanceRules, LayerSet};
+use crate::network::EffectiveRules;
+use crate::user::UserError;
 
 use super::state::{Enforced, InstanceRecord};
 
-/// How many recent blocked destinations `status` shows per instance.
-const RECENT_BLOCKS: usize = 10;
-
 /// One enforced instance.
 pub struct Instance {
+    pub id: InstanceId,
+    /// The policy in force: the file's, or its last good one while the file is broken.
     pub policy: Policy,
-    pub uid: u32,
     pub user: String,
     pub rules: EffectiveRules,
     pub hash: String,
-    /// Recently blocked attempts, newest last.
-    pub recent: VecDeque<String>,
+    /// Why the instance runs on its last good policy, while it does.
+    pub kept: Option<String>,
 }
 
-/// The outcome of a reload, for logs, metrics and the control socket.
-#[derive(Debug, Default, Clone, serde::Serialize)]
-pub struct ReloadReport {
-    pub applied: Vec<String>,
-    pub unchanged: Vec<String>,
-    pub removed: Vec<String>,
-    /// Instance (or file) and why it kept its previous policy (or was not applied).
-    pub failed: Vec<(String, String)>,
+impl Instance {
+    fn rules(&self) -> InstanceRules<'_> {
+        InstanceRules {
+            id: &self.id,
+            policy: &self.policy,
+            rules: &self.rules,
+        }
+    }
 }
 
-/// Counters the metrics endpoint reports.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct Stats {
-    pub reloads_ok: u64,
-    pub reloads_failed: u64,
-    pub events_received: u64,
+/// Finds the UID and name of a policy's (named) user.
+pub type UserLookup = Box<dyn Fn(&Policy) -> Result<(u32, String), UserError> + Send>;
+/// Computes a policy's address rules now (host names resolved, resolvers added).
+pub type RulesLookup = Box<dyn Fn(&Policy) -> EffectiveRules + Send>;
+
+/// What the registry asks of the system, so tests can answer instead.
+pub struct Lookups {
+    pub user: UserLookup,
+    pub rules: RulesLookup,
+}
+
+impl Lookups {
+    /// The system's user database and resolver.
+    pub fn system() -> Self {
+        Self {
+            user: Box::new(|policy| {
+                let user = crate::user::InstanceUser::resolve(policy)?;
+                Ok((user.uid, user.name.clone()))
+            }),
+            rules: Box::new(|policy| {
+                let resolv_conf =
+                    std::fs::read_to_string(crate::paths::RESOLV_CONF).unwrap_or_default();
+                crate::network::effective_rules(
+                    &policy.network,
+                    &resolv_conf,
+                    crate::network::system_resolve,
+                )
+            }),
+        }
+    }
+}
+
+/// Why one instance could not be (re)applied.
+#[derive(Debug, Error)]
+pub enum InstanceError {
+    #[error(
+        "{}: user: the daemon enforces by UID and needs a user that keeps its UID; set a \
+         named user (dynamic users are for `isolate exec`)", .file.display()
+    )]
+    DynamicUser { file: PathBuf },
+    #[error(transparent)]
+    User(#[from] UserError),
+    #[error(
+        "{}: user: UID {uid} is already instance {other}'s; each instance needs its own user",
+        .file.display()
+    )]
+    SharedUid {
+        file: PathBuf,
+        uid: u32,
+        other: String,
+    },
+    #[error("instance {instance}: {source}")]
+    Apply {
+        instance: String,
+        #[source]
+        source: ApplyError,
+    },
+}
+
+enum Outcome {
+    Applied,
+    Unchanged,
 }
 
 pub struct Registry {
-    pub policy_dir: PathBuf,
-    pub state_dir: PathBuf,
-    pub layers: Layers,
-    pub bpf: Option<BpfLayer>,
-    pub instances: BTreeMap<String, Instance>,
-    pub stats: Stats,
-    audit: AuditSink,
-    /// What an earlier daemon left enforced (pinned): an instance whose policy and addresses
-    /// are unchanged is adopted as it is, without writing its entries again.
-    adoptable: Enforced,
+    policy_dir: PathBuf,
+    layers: LayerSet,
+    lookups: Lookups,
+    instances: BTreeMap<String, Instance>,
+    /// Removals a layer refused, retried at every reload.
+    removing: BTreeMap<String, InstanceId>,
+    /// What an earlier daemon left enforced and this one has not taken over yet.
+    adoptable: BTreeMap<String, InstanceRecord>,
+    stats: DaemonStats,
 }
 
 impl Registry {
-    pub fn new(
-        policy_dir: PathBuf,
-        state_dir: PathBuf,
-        layers: Layers,
-        bpf: Option<BpfLayer>,
-    ) -> Self {
+    pub fn new(policy_dir: PathBuf, layers: LayerSet, lookups: Lookups) -> Self {
         Self {
             policy_dir,
-            state_dir,
             layers,
-            bpf,
+            lookups,
             instances: BTreeMap::new(),
-            stats: Stats::default(),
-            audit: AuditSink::new(),
-            adoptable: Enforced::default(),
+            removing: BTreeMap::new(),
+            adoptable: BTreeMap::new(),
+            stats: DaemonStats::default(),
         }
     }
 
-    /// Lets the next reload adopt what `previous` (an earlier daemon's record) enforced.
-    pub fn adopt(&mut self, previous: Enforced) {
-        self.adoptable = previous;
+    pub fn policy_dir(&self) -> &Path {
+        &self.policy_dir
+    }
+
+    pub fn instances(&self) -> impl Iterator<Item = &Instance> {
+        self.instances.values()
+    }
+
+    pub fn instance(&self, name: &str) -> Option<&Instance> {
+        self.instances.get(name)
+    }
+
+    pub fn stats(&self) -> DaemonStats {
+        self.stats
+    }
+
+    /// The first load after a start: takes over what `previous` (an earlier daemon's record)
+    /// left enforced, then removes what that daemon enforced and no file asks for any more.
+    pub fn start(&mut self, previous: Enforced) -> ReloadReport {
+        self.adoptable = previous.instances;
+        self.removing = previous
+            .removing
+            .into_iter()
+            .map(|(name, uid)| (name.clone(), InstanceId { name, uid }))
+            .collect();
+        let mut report = self.reload();
+        // Left over: instances whose file was removed while no daemon ran.
+        for (name, record) in std::mem::take(&mut self.adoptable) {
+            let id = InstanceId {
+                name: name.clone(),
+                uid: record.uid,
+            };
+            self.remove_id(id, &mut report);
+        }
+        // What the layers hold for no known instance (a daemon killed before it saved).
+        let keep: Vec<InstanceId> = self
+            .instances
+            .values()
+            .map(|i| i.id.clone())
+            .chain(self.removing.values().cloned())
+            .collect();
+        if let Err(e) = self.layers.sweep(&keep) {
+            report.failed.push(Failure {
+                instance: None,
+                file: None,
+                reason: format!("removing what no instance owns: {e}"),
+            });
+        }
+        report
     }
 
     /// Re-reads the policy directory and brings enforcement in line with it.
     pub fn reload(&mut self) -> ReloadReport {
         let mut report = ReloadReport::default();
-        let (policies, failed_files) = load_policies(&self.policy_dir);
-        report.failed.extend(failed_files.iter().cloned());
-        // A file that failed keeps its instance (if any) as it was.
-        let kept: BTreeSet<String> = failed_files
-            .iter()
-            .filter_map(|(file, _)| {
-                Path::new(file)
-                    .file_stem()
-                    .map(|s| s.to_string_lossy().into_owned())
-            })
-            .collect();
-        let wanted: BTreeSet<String> = policies.iter().map(|p| p.name.clone()).collect();
-
-        let stale: Vec<String> = self
-            .instances
-            .keys()
-            .filter(|name| !wanted.contains(*name) && !kept.contains(*name))
-            .cloned()
-            .collect();
-        for name in stale {
-            match self.remove(&name) {
-                Ok(()) => report.removed.push(name),
-                Err(e) => report.failed.push((name, e)),
+        self.retry_removals(&mut report);
+        match isolate_policy::load_dir_partly(&self.policy_dir) {
+            Err(errors) => {
+                // Nothing is known of the directory: everything stays as it is.
+                let reason =
+                    format!("the policy directory cannot be read, so nothing changed: {errors}");
+                tracing::error!("{reason}");
+                for name in self.adoptable.keys().cloned().collect::<Vec<_>>() {
+                    self.adopt(&name);
+                }
+                for instance in self.instances.values_mut() {
+                    instance.kept = Some(reason.clone());
+                }
+                report.failed.push(Failure {
+                    instance: None,
+                    file: Some(self.policy_dir.clone()),
+                    reason,
+                });
             }
-        }
-        for policy in policies {
-            let name = policy.name.clone();
-            match self.apply(policy) {
-                Ok(true) => report.applied.push(name),
-                Ok(false) => report.unchanged.push(name),
-                Err(e) => report.failed.push((name, e)),
+            Ok(loaded) => {
+                let mut broken = BTreeSet::new();
+                for (file, errors) in loaded.failed {
+                    let name = file_instance(&file);
+                    let reason = errors.to_string();
+                    tracing::error!("{reason}");
+                    self.keep(&name, &reason);
+                    broken.insert(name.clone());
+                    report.failed.push(Failure {
+                        instance: Some(name),
+                        file: Some(file),
+                        reason,
+                    });
+                }
+                let wanted: BTreeSet<&str> =
+                    loaded.policies.iter().map(|p| p.name.as_str()).collect();
+                let gone: Vec<String> = self
+                    .instances
+                    .keys()
+                    .filter(|name| !wanted.contains(name.as_str()) && !broken.contains(*name))
+                    .cloned()
+                    .collect();
+                for name in gone {
+                    let id = self.instances.remove(&name).expect("listed").id;
+                    self.remove_id(id, &mut report);
+                }
+                for policy in loaded.policies {
+                    self.reload_one(policy, &mut report);
+                }
             }
         }
         if report.failed.is_empty() {
@@ -125,15 +246,37 @@ impl Registry {
         } else {
             self.stats.reloads_failed += 1;
         }
-        self.save_state();
-        // Parsing many large policies leaves freed heap behind; hand it back to the system so
-        // the daemon's footprint is what it keeps, not what it once parsed.
-        // SAFETY: malloc_trim only releases free memory; no pointer is touched.
-        unsafe { libc::malloc_trim(0) };
         report
     }
 
-    /// Re-resolves host names and DNS servers, applying instances whose addresses changed.
+    fn reload_one(&mut self, policy: Policy, report: &mut ReloadReport) {
+        let name = policy.name.clone();
+        let file = policy.source.clone();
+        match self.apply(policy) {
+            Ok(outcome) => {
+                if let Some(instance) = self.instances.get_mut(&name) {
+                    instance.kept = None;
+                }
+                match outcome {
+                    Outcome::Applied => report.applied.push(name),
+                    Outcome::Unchanged => report.unchanged.push(name),
+                }
+            }
+            Err(e) => {
+                let reason = e.to_string();
+                tracing::error!("{reason}");
+                self.keep(&name, &reason);
+                report.failed.push(Failure {
+                    instance: Some(name),
+                    file: Some(file),
+                    reason,
+                });
+            }
+        }
+    }
+
+    /// Re-resolves every instance's host names and resolvers, applying those whose addresses
+    /// changed. An instance on its last good policy stays on it.
     pub fn refresh(&mut self) {
         let policies: Vec<Policy> = self.instances.values().map(|i| i.policy.clone()).collect();
         for policy in policies {
@@ -142,301 +285,212 @@ impl Registry {
                 tracing::warn!(instance = name, "refresh: {e}");
             }
         }
-        self.save_state();
     }
 
-    /// Applies `policy` if it differs from what is enforced. Returns whether anything changed.
-    fn apply(&mut self, policy: Policy) -> Result<bool, String> {
+    /// Puts `policy` in force unless it already is.
+    fn apply(&mut self, policy: Policy) -> Result<Outcome, InstanceError> {
         let name = policy.name.clone();
         if matches!(policy.user, UserSpec::Dynamic) {
-            return Err(format!(
-                "{}: user: the daemon enforces by UID and needs a user that keeps its UID; \
-                 set a named user (dynamic users are for `isolate exec`)",
-                policy.source.display()
-            ));
+            return Err(InstanceError::DynamicUser {
+                file: policy.source.clone(),
+            });
         }
-        let user = InstanceUser::resolve(&policy).map_err(|e| e.to_string())?;
-        if let Some((other, _)) = self
+        let (uid, user) = (self.lookups.user)(&policy)?;
+        if let Some(other) = self
             .instances
-            .iter()
-            .find(|(other, i)| **other != name && i.uid == user.uid)
+            .values()
+            .find(|i| i.id.name != name && i.id.uid == uid)
         {
-            return Err(format!(
-                "{}: user: UID {} is already instance {other}'s; each instance needs its own user",
-                policy.source.display(),
-                user.uid
-            ));
+            return Err(InstanceError::SharedUid {
+                file: policy.source.clone(),
+                uid,
+                other: other.id.name.clone(),
+            });
         }
-        let resolv_conf = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
-        let rules = effective_rules(&policy.network, &resolv_conf, system_resolve);
-        let hash = policy_hash(&policy, &rules, user.uid);
-        if self.instances.get(&name).is_some_and(|i| i.hash == hash) {
-            return Ok(false);
+        let rules = (self.lookups.rules)(&policy);
+        let hash = enforcement_hash(&policy, &rules, uid);
+        self.adopt(&name);
+        if let Some(current) = self.instances.get(&name)
+            && current.hash == hash
+            && current.id.uid == uid
+            && self.layers.in_force(&current.id).unwrap_or(false)
+        {
+            return Ok(Outcome::Unchanged);
         }
-        let pinned_as_is = self
-            .bpf
-            .as_ref()
-            .is_some_and(|layer| layer.instances().contains(&user.uid))
-            && self
-                .adoptable
-                .instances
-                .remove(&name)
-                .is_some_and(|r| r.policy_hash == hash && r.uid == user.uid);
-        if pinned_as_is {
-            tracing::info!(instance = name, uid = user.uid, "adopted as pinned");
-        } else {
-            self.apply_layers_or_restore(&policy, user.uid, &rules)?;
-            tracing::info!(instance = name, uid = user.uid, "policy applied");
-        }
-        let recent = self
-            .instances
-            .remove(&name)
-            .map(|i| i.recent)
-            .unwrap_or_default();
+        let id = InstanceId {
+            name: name.clone(),
+            uid,
+        };
+        let new = InstanceRules {
+            id: &id,
+            policy: &policy,
+            rules: &rules,
+        };
+        let previous = self.instances.get(&name);
+        self.layers
+            .apply(&new, previous.map(Instance::rules).as_ref())
+            .map_err(|source| InstanceError::Apply {
+                instance: name.clone(),
+                source,
+            })?;
+        tracing::info!(instance = name, uid, "policy applied");
+        let kept = previous.and_then(|p| p.kept.clone());
         self.instances.insert(
             name,
             Instance {
+                id,
                 policy,
-                uid: user.uid,
-                user: user.name.clone(),
+                user,
                 rules,
                 hash,
-                recent,
+                kept,
             },
         );
-        Ok(!pinned_as_is)
+        Ok(Outcome::Applied)
     }
 
-    /// Applies the layers for `policy`; when a layer refuses, puts back what was in force for
-    /// the instance (or nothing, for a new one).
-    fn apply_layers_or_restore(
-        &mut self,
-        policy: &Policy,
-        uid: u32,
-        rules: &EffectiveRules,
-    ) -> Result<(), String> {
-        let name = &policy.name;
-        let previous_uid = self.instances.get(name).map(|p| p.uid);
-        if let Err(e) = apply_layers(self.bpf.as_mut(), self.layers, policy, uid, rules) {
-            match self.instances.get(name) {
-                Some(old) => {
-                    let _ = apply_layers(
-                        self.bpf.as_mut(),
-                        self.layers,
-                        &old.policy,
-                        old.uid,
-                        &old.rules,
-                    );
-                }
-                None => {
-                    let _ = remove_layers(self.bpf.as_mut(), self.layers, name, uid);
-                }
-            }
-            return Err(e);
-        }
-        if let Some(old_uid) = previous_uid.filter(|&u| u != uid)
-            && let Some(layer) = self.bpf.as_mut()
-        {
-            // The instance changed users: the old UID is no longer confined by it.
-            let _ = layer.remove_instance(old_uid);
-        }
-        Ok(())
-    }
-
-    /// Takes an instance's enforcement away.
-    pub fn remove(&mut self, name: &str) -> Result<(), String> {
-        let Some(instance) = self.instances.get(name) else {
-            return Ok(());
-        };
-        remove_layers(self.bpf.as_mut(), self.layers, name, instance.uid)?;
-        self.instances.remove(name);
-        tracing::info!(instance = name, "enforcement removed");
-        Ok(())
-    }
-
-    /// Removes what an earlier daemon enforced that this one no longer knows: instances in the
-    /// state file and UIDs in the pinned maps without a current instance.
-    pub fn forget_stale(&mut self, previous: &Enforced) {
-        for (name, record) in &previous.instances {
-            if !self.instances.contains_key(name) {
-                let _ = remove_layers(self.bpf.as_mut(), self.layers, name, record.uid);
-                tracing::info!(
-                    instance = name,
-                    "removed: no longer in the policy directory"
-                );
-            }
-        }
-        let current: BTreeSet<u32> = self.instances.values().map(|i| i.uid).collect();
-        if let Some(layer) = self.bpf.as_mut() {
-            for uid in layer.instances() {
-                if !current.contains(&uid) {
-                    let _ = layer.remove_instance(uid);
-                }
-            }
-        }
-        self.save_state();
-    }
-
-    /// Moves block events from the ring buffer to the audit trail.
-    pub fn pump_events(&mut self) {
-        let Some(layer) = self.bpf.as_mut() else {
+    /// Takes over an earlier daemon's instance `name` as it was left, if there is one.
+    fn adopt(&mut self, name: &str) {
+        let Some(record) = self.adoptable.remove(name) else {
             return;
         };
-        let events = match layer.read_events() {
-            Ok(events) => events,
-            Err(e) => {
-                tracing::warn!("reading block events: {e}");
-                return;
-            }
-        };
-        for event in events {
-            self.stats.events_received += 1;
-            let Some((name, instance)) =
-                self.instances.iter_mut().find(|(_, i)| i.uid == event.uid)
-            else {
-                continue;
-            };
-            self.audit
-                .record(name, &instance.policy.network.log.rate, &event);
-            if instance.recent.len() == RECENT_BLOCKS {
-                instance.recent.pop_front();
-            }
-            instance.recent.push_back(event.to_string());
+        // The last good policy; a record without one (written by an older isolate) gets a
+        // policy that allows nothing, so that putting it back can only close, never open.
+        let policy = isolate_policy::parse_str(&record.policy, &record.source)
+            .or_else(|_| {
+                isolate_policy::parse_str(&format!("user = {:?}\n", record.user), &record.source)
+            })
+            .expect("a policy of only a user parses");
+        let rules = (self.lookups.rules)(&policy);
+        tracing::info!(
+            instance = name,
+            uid = record.uid,
+            "adopted from the earlier daemon"
+        );
+        self.instances.insert(
+            name.to_owned(),
+            Instance {
+                id: InstanceId {
+                    name: name.to_owned(),
+                    uid: record.uid,
+                },
+                policy,
+                user: record.user,
+                rules,
+                hash: record.policy_hash,
+                kept: None,
+            },
+        );
+    }
+
+    /// Leaves instance `name` on its last good enforcement, for `reason`.
+    fn keep(&mut self, name: &str, reason: &str) {
+        self.adopt(name);
+        if let Some(instance) = self.instances.get_mut(name) {
+            instance.kept = Some(reason.to_owned());
         }
     }
 
-    /// Removes every instance's enforcement (for `isolate daemon --cleanup`).
-    pub fn remove_all(&mut self) -> Vec<(String, String)> {
-        let names: Vec<String> = self.instances.keys().cloned().collect();
-        names
-            .into_iter()
-            .filter_map(|name| self.remove(&name).err().map(|e| (name, e)))
-            .collect()
+    fn remove_id(&mut self, id: InstanceId, report: &mut ReloadReport) {
+        let name = id.name.clone();
+        match self.layers.remove(&id) {
+            Ok(()) => {
+                tracing::info!(instance = name, "enforcement removed: its file is gone");
+                self.removing.remove(&name);
+                report.removed.push(name);
+            }
+            Err(e) => {
+                let reason = format!(
+                    "instance {name}: removal not finished, retried at the next reload: {e}"
+                );
+                tracing::error!("{reason}");
+                self.removing.insert(name.clone(), id);
+                report.failed.push(Failure {
+                    instance: Some(name),
+                    file: None,
+                    reason,
+                });
+            }
+        }
     }
 
+    fn retry_removals(&mut self, report: &mut ReloadReport) {
+        let pending: Vec<InstanceId> = self.removing.values().cloned().collect();
+        for id in pending {
+            // An instance that came back under the same name is re-applied, not removed.
+            if self.instances.contains_key(&id.name) {
+                self.removing.remove(&id.name);
+            } else {
+                self.remove_id(id, report);
+            }
+        }
+    }
+
+    /// What is enforced, for the state file.
     pub fn record(&self) -> Enforced {
+        let layers: Vec<String> = self
+            .layers
+            .kinds()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
         Enforced {
             instances: self
                 .instances
                 .iter()
                 .map(|(name, i)| {
-                    (
-                        name.clone(),
-                        InstanceRecord {
-                            uid: i.uid,
-                            user: i.user.clone(),
-                            source: i.policy.source.clone(),
-                            policy_hash: i.hash.clone(),
-                            layers: self
-                                .layers
-                                .names()
-                                .iter()
-                                .map(ToString::to_string)
-                                .collect(),
-                            entries_v4: i.rules.v4.len(),
-                            entries_v6: i.rules.v6.len(),
-                        },
-                    )
+                    let record = InstanceRecord {
+                        uid: i.id.uid,
+                        user: i.user.clone(),
+                        source: i.policy.source.clone(),
+                        policy_hash: i.hash.clone(),
+                        policy: i.policy.to_toml(),
+                        layers: layers.clone(),
+                        entries_v4: i.rules.v4.len(),
+                        entries_v6: i.rules.v6.len(),
+                    };
+                    (name.clone(), record)
                 })
+                .collect(),
+            removing: self
+                .removing
+                .iter()
+                .map(|(name, id)| (name.clone(), id.uid))
                 .collect(),
         }
     }
-
-    fn save_state(&self) {
-        if let Err(e) = self.record().save(&self.state_dir) {
-            tracing::warn!(
-                "cannot write {}: {e}",
-                Enforced::path(&self.state_dir).display()
-            );
-        }
-    }
 }
 
-fn apply_layers(
-    bpf: Option<&mut BpfLayer>,
-    layers: Layers,
-    policy: &Policy,
-    uid: u32,
-    rules: &EffectiveRules,
-) -> Result<(), String> {
-    if let Some(layer) = bpf {
-        let compiled = bpf::compile_rules(&rules.v4, &rules.v6)
-            .map_err(|e| format!("{}: network.allow: {e}", policy.source.display()))?
-            .with_unix_sockets(policy.network.unix_sockets.iter().cloned());
-        layer
-            .apply_instance(uid, &compiled)
-            .map_err(|e| format!("eBPF layer: {e}"))?;
+/// The instance a policy file in the directory defines: its file stem.
+fn file_instance(file: &Path) -> String {
+    file.file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// A stable hash of what an instance's enforcement depends on: SHA-256 over the normalised
+/// policy text, each address rule in force (as `isolate check` prints them) and the UID, each
+/// on a line of its own. Stable across builds and toolchains, so an unchanged instance is
+/// adopted after any upgrade of isolate that does not change how policies print.
+pub fn enforcement_hash(policy: &Policy, rules: &EffectiveRules, uid: u32) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(policy.to_toml());
+    for rule in &rules.v4 {
+        hasher.update(format!("\n{rule}"));
     }
-    if layers.nftables {
-        crate::nft::apply(&crate::nft::NftPolicy {
-            instance: &policy.name,
-            uid,
-            v4: &rules.v4,
-            v6: &rules.v6,
-            log: &policy.network.log,
+    for rule in &rules.v6 {
+        hasher.update(format!("\n{rule}"));
+    }
+    hasher.update(format!("\nuid {uid}\n"));
+    let digest = hasher.finalize();
+    digest
+        .iter()
+        .fold(String::from("sha256:"), |mut out, byte| {
+            use std::fmt::Write as _;
+            let _ = write!(out, "{byte:02x}");
+            out
         })
-        .map_err(|e| format!("nftables layer: {e}"))?;
-    }
-    Ok(())
 }
 
-fn remove_layers(
-    bpf: Option<&mut BpfLayer>,
-    layers: Layers,
-    name: &str,
-    uid: u32,
-) -> Result<(), String> {
-    if let Some(layer) = bpf {
-        layer
-            .remove_instance(uid)
-            .map_err(|e| format!("eBPF layer: {e}"))?;
-    }
-    if layers.nftables {
-        crate::nft::remove(name).map_err(|e| format!("nftables layer: {e}"))?;
-    }
-    Ok(())
-}
-
-/// Loads every policy of `dir`; files with errors are reported (file, errors) and skipped, so the
-/// others still load.
-fn load_policies(dir: &Path) -> (Vec<Policy>, Vec<(String, String)>) {
-    match isolate_policy::load_dir(dir) {
-        Ok(policies) => (policies, Vec::new()),
-        Err(errors) => {
-            let bad: BTreeSet<PathBuf> = errors.iter().map(|e| e.path.clone()).collect();
-            let failed: Vec<(String, String)> = bad
-                .iter()
-                .map(|path| {
-                    let text: Vec<String> = errors
-                        .iter()
-                        .filter(|e| &e.path == path)
-                        .map(ToString::to_string)
-                        .collect();
-                    (path.display().to_string(), text.join("\n"))
-                })
-                .collect();
-            for (_, text) in &failed {
-                tracing::error!("{text}");
-            }
-            let good = std::fs::read_dir(dir)
-                .into_iter()
-                .flatten()
-                .filter_map(Result::ok)
-                .map(|e| e.path())
-                .filter(|p| p.extension().is_some_and(|e| e == "toml") && !bad.contains(p))
-                .filter_map(|p| isolate_policy::load_file(&p).ok())
-                .collect();
-            (good, failed)
-        }
-    }
-}
-
-/// A stable hash of what an instance's enforcement depends on.
-fn policy_hash(policy: &Policy, rules: &EffectiveRules, uid: u32) -> String {
-    let mut hasher = std::hash::DefaultHasher::new();
-    policy.to_toml().hash(&mut hasher);
-    rules.v4.hash(&mut hasher);
-    rules.v6.hash(&mut hasher);
-    uid.hash(&mut hasher);
-    format!("{:016x}", hasher.finish())
-}
+#[cfg(test)]
+mod tests;

@@ -13,8 +13,12 @@ pub struct InstanceRecord {
     pub uid: u32,
     pub user: String,
     pub source: PathBuf,
-    /// Hash of the normalised policy and the addresses its host names resolved to.
+    /// Hash of what the instance's enforcement depends on (see `registry::enforcement_hash`).
     pub policy_hash: String,
+    /// The last good policy, normalised (`Policy::to_toml`): what a restarted daemon keeps in
+    /// force when the instance's file has since broken.
+    #[serde(default)]
+    pub policy: String,
     pub layers: Vec<String>,
     pub entries_v4: usize,
     pub entries_v6: usize,
@@ -24,6 +28,9 @@ pub struct InstanceRecord {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Enforced {
     pub instances: BTreeMap<String, InstanceRecord>,
+    /// Instances whose removal failed in some layer, by name, with their UID: still to do.
+    #[serde(default)]
+    pub removing: BTreeMap<String, u32>,
 }
 
 impl Enforced {
@@ -75,6 +82,7 @@ mod tests {
                 user: "u".into(),
                 source: "/etc/isolate/instances/a.toml".into(),
                 policy_hash: "abc".into(),
+                policy: "user = \"u\"\n".into(),
                 layers: vec!["ebpf".into()],
                 entries_v4: 2,
                 entries_v6: 0,

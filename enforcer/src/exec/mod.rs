@@ -5,7 +5,6 @@
 
 mod child;
 mod supervise;
-mod user;
 
 use std::ffi::{CString, OsString};
 use std::fmt;
@@ -19,39 +18,16 @@ use isolate_policy::Policy;
 use thiserror::Error;
 
 use crate::audit::AuditSink;
-use crate::bpf::{self, BpfLayer, PinDir};
+use crate::bpf::{self, BpfLayer, EventReader, PinDir};
 use crate::cgroup::{Cgroup, CgroupError, cgroup2_mount};
-use crate::landlock::{LandlockPlan, Origin, PathRule, PreparedRuleset};
+use crate::control::{self, Request, Response};
+use crate::landlock::{LandlockError, LandlockPlan, Origin, PathRule, PreparedRuleset};
+use crate::layer::{
+    ApplyError, InstanceId, InstanceRules, LayerSet, Layers, NetworkLayer, NftLayer,
+};
 use crate::network::{EffectiveRules, effective_rules, system_resolve};
-
-pub use user::{DYNAMIC_UIDS, InstanceUser, UserError};
-
-/// Which network layers to apply.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Layers {
-    pub ebpf: bool,
-    pub nftables: bool,
-}
-
-impl Layers {
-    /// The names of the layers that are on, as the CLI spells them.
-    pub fn names(self) -> Vec<&'static str> {
-        [("ebpf", self.ebpf), ("nftables", self.nftables)]
-            .into_iter()
-            .filter(|&(_, on)| on)
-            .map(|(name, _)| name)
-            .collect()
-    }
-}
-
-impl Default for Layers {
-    fn default() -> Self {
-        Self {
-            ebpf: true,
-            nftables: true,
-        }
-    }
-}
+use crate::paths;
+use crate::user::{InstanceUser, UserError};
 
 #[derive(Debug, Error)]
 pub enum ExecError {
@@ -69,16 +45,25 @@ pub enum ExecError {
         #[source]
         source: bpf::BpfError,
     },
-    #[error("{file}: network.allow: {source}")]
-    Rules {
-        file: PathBuf,
+    #[error("instance {instance}: {source}")]
+    Layer {
+        instance: String,
         #[source]
-        source: bpf::RulesError,
+        source: ApplyError,
     },
-    #[error("instance {instance}: nftables layer: {message}")]
-    Nft { instance: String, message: String },
-    #[error("instance {instance}: Landlock: {message}")]
-    Landlock { instance: String, message: String },
+    #[error("instance {instance}: Landlock: {source}")]
+    Landlock {
+        instance: String,
+        #[source]
+        source: Box<LandlockError>,
+    },
+    #[error("instance {instance}: cannot make its private TMPDIR {}: {source}", .path.display())]
+    TmpDir {
+        instance: String,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("instance {instance} is already running (its cgroup {} has processes); stop it first", .cgroup.display())]
     AlreadyRunning { instance: String, cgroup: PathBuf },
     #[error("cannot start `{command}`: {source}")]
@@ -89,6 +74,7 @@ pub enum ExecError {
     },
     #[error("supervising the child: {0}")]
     Supervise(#[source] nix::Error),
+
     #[error(
         "instance {instance}: the daemon enforces it for UID {daemon_uid}, but this run's user has UID {uid}; use the same policy file as the daemon"
     )]
@@ -117,8 +103,6 @@ pub struct ExecPlan {
     pub control_socket: PathBuf,
 }
 
-/// Per-instance state on disk (dynamic users' homes, private temporary directories).
-const STATE_DIR: &str = "/var/lib/isolate";
 /// Variables of the caller that would point the child at the caller's directories.
 const CALLER_DIRECTORY_VARIABLES: [&str; 5] = [
     "XDG_CONFIG_HOME",
@@ -127,11 +111,6 @@ const CALLER_DIRECTORY_VARIABLES: [&str; 5] = [
     "XDG_CACHE_HOME",
     "XDG_RUNTIME_DIR",
 ];
-
-/// Where the instance cgroups live, under the cgroup2 root.
-const CGROUP_SUBTREE: &str = "isolate";
-/// Where embedded-mode runs pin their eBPF objects.
-const PIN_SUBTREE: &str = "isolate/exec";
 
 impl ExecPlan {
     /// Plans a run; with `dry_run`, nothing is reserved or created.
@@ -142,13 +121,14 @@ impl ExecPlan {
         } else {
             InstanceUser::resolve(&policy)?
         };
-        let resolv_conf = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+        let resolv_conf = std::fs::read_to_string(paths::RESOLV_CONF).unwrap_or_default();
         let rules = effective_rules(&policy.network, &resolv_conf, system_resolve);
-        let mut landlock =
-            LandlockPlan::from_policy(&policy, &user.home).map_err(|e| ExecError::Landlock {
+        let mut landlock = LandlockPlan::from_policy(&policy, &user.home).map_err(|source| {
+            ExecError::Landlock {
                 instance: instance.clone(),
-                message: e.to_string(),
-            })?;
+                source: Box::new(source),
+            }
+        })?;
         if (layers.ebpf || layers.nftables) && landlock.tcp_connect_ports.take().is_some() {
             // Landlock refuses inside connect(), before the eBPF hooks run and before any packet
             // reaches nftables, so the refusal would go uncounted and unrecorded; the network
@@ -160,7 +140,7 @@ impl ExecPlan {
         }
         // A private TMPDIR: the shared /tmp is outside most policies, and a name another user
         // took there first (programs like opencode use fixed names) would lock the instance out.
-        let tmpdir = Path::new(STATE_DIR).join(&instance).join("tmp");
+        let tmpdir = paths::instance_tmp(&instance);
         landlock.read_write.push(PathRule {
             path: tmpdir.clone(),
             origin: Origin::Baseline,
@@ -174,8 +154,8 @@ impl ExecPlan {
             |d| isolate_policy::expand_home(d, &user.home),
         );
         Ok(Self {
-            cgroup: cgroup_root.join(CGROUP_SUBTREE).join(&instance),
-            pins: PinDir::new(Path::new(bpf::BPFFS).join(PIN_SUBTREE).join(&instance)),
+            cgroup: cgroup_root.join(paths::CGROUP_SUBTREE).join(&instance),
+            pins: PinDir::new(paths::exec_pins(&instance)),
             policy,
             user,
             layers,
@@ -183,7 +163,7 @@ impl ExecPlan {
             landlock,
             workdir,
             tmpdir,
-            control_socket: crate::daemon::control::DEFAULT_SOCKET.into(),
+            control_socket: paths::CONTROL_SOCKET.into(),
         })
     }
 }
@@ -241,12 +221,30 @@ impl fmt::Display for ExecPlan {
     }
 }
 
-/// The layers applied so far; dropping it removes them in reverse order.
+/// What a run put in place; dropping it takes it away again, the cgroup (and so the child)
+/// first, then the network layers, then the run's own eBPF attachment.
 struct Applied {
     instance: String,
     cgroup: Option<Cgroup>,
-    bpf: Option<BpfLayer>,
-    nft: bool,
+    layers: LayerSet,
+    /// Set once the layers enforce the instance.
+    enforced: Option<InstanceId>,
+    /// The eBPF attachment this run made for itself, detached at the end.
+    pins: Option<PinDir>,
+    events: Option<EventReader>,
+}
+
+impl Applied {
+    fn new(instance: &str) -> Self {
+        Self {
+            instance: instance.to_owned(),
+            cgroup: None,
+            layers: LayerSet::default(),
+            enforced: None,
+            pins: None,
+            events: None,
+        }
+    }
 }
 
 impl Drop for Applied {
@@ -262,17 +260,18 @@ impl Drop for Applied {
                 Err(e) => tracing::warn!(instance = %self.instance, "{e}"),
             }
         }
-        if let Some(layer) = self.bpf.take() {
-            let pins = layer.pins().path().to_path_buf();
-            if let Err(e) = layer.detach() {
-                tracing::warn!(instance = %self.instance, "eBPF layer: {e}");
-            }
-            remove_empty_parents(&pins, Path::new(bpf::BPFFS));
-        }
-        if self.nft
-            && let Err(e) = crate::nft::remove(&self.instance)
+        if let Some(id) = self.enforced.take()
+            && let Err(e) = self.layers.remove(&id)
         {
-            tracing::warn!(instance = %self.instance, "nftables layer: {e}");
+            tracing::warn!(instance = %self.instance, "{e}");
+        }
+        self.layers = LayerSet::default();
+        self.events = None;
+        if let Some(pins) = self.pins.take() {
+            if let Err(e) = pins.remove() {
+                tracing::warn!(instance = %self.instance, "eBPF layer: remove {}: {e}", pins.path().display());
+            }
+            remove_empty_parents(pins.path(), Path::new(paths::BPFFS));
         }
     }
 }
@@ -288,24 +287,25 @@ pub fn run(plan: ExecPlan, command: &[OsString]) -> Result<i32, ExecError> {
     // Before Landlock is prepared: its rules open the paths they name.
     let tmpdir =
         PrivateDir::create(&plan.tmpdir, plan.user.uid, plan.user.gid).map_err(|source| {
-            ExecError::Spawn {
-                command: format!("(private TMPDIR {})", plan.tmpdir.display()),
+            ExecError::TmpDir {
+                instance: instance.clone(),
+                path: plan.tmpdir.clone(),
                 source,
             }
         })?;
-    let landlock = plan.landlock.prepare().map_err(|e| ExecError::Landlock {
-        instance: instance.clone(),
-        message: e.to_string(),
-    })?;
+    let landlock = plan
+        .landlock
+        .prepare()
+        .map_err(|source| ExecError::Landlock {
+            instance: instance.clone(),
+            source: Box::new(source),
+        })?;
     tracing::info!(instance, "Landlock: {}", landlock.report());
     let mut applied = if daemon_enforces(&plan)? {
         // The daemon confines the instance's UID host-wide and records its block events.
-        Applied {
-            instance: instance.clone(),
-            cgroup: Some(create_cgroup(&instance, &plan.cgroup)?),
-            bpf: None,
-            nft: false,
-        }
+        let mut applied = Applied::new(&instance);
+        applied.cgroup = Some(create_cgroup(&instance, &plan.cgroup)?);
+        applied
     } else {
         apply_layers(&plan)?
     };
@@ -316,8 +316,10 @@ pub fn run(plan: ExecPlan, command: &[OsString]) -> Result<i32, ExecError> {
     let rate = plan.policy.network.log.rate;
     let mut audit = AuditSink::new();
     let code = supervise::wait(&child, &mut signals, Duration::from_millis(200), || {
-        if let Some(layer) = applied.bpf.as_mut() {
-            pump_events(&instance, rate, layer, &mut audit);
+        if let Some(events) = applied.events.as_mut() {
+            for event in events.read() {
+                audit.record(&instance, &rate, &event);
+            }
         }
     })
     .map_err(ExecError::Supervise)?;
@@ -333,47 +335,44 @@ pub fn run(plan: ExecPlan, command: &[OsString]) -> Result<i32, ExecError> {
 /// Asks a running daemon to make sure it enforces this instance. True when it does; false when
 /// no daemon runs or it does not know the instance (a policy file of its own: embedded mode).
 fn daemon_enforces(plan: &ExecPlan) -> Result<bool, ExecError> {
-    use crate::daemon::control::{self, Request, Response};
+    let instance = plan.policy.name.clone();
     let request = Request::Ensure {
-        instance: plan.policy.name.clone(),
+        instance: instance.clone(),
     };
     match control::request(&plan.control_socket, &request) {
-        Some(Ok(Response::Ensured { uid, .. })) if uid == plan.user.uid => {
-            tracing::info!(
-                instance = plan.policy.name,
-                "network layers enforced by the daemon"
-            );
+        Ok(Some(Response::Ensured { uid, .. })) if uid == plan.user.uid => {
+            tracing::info!(instance, "network layers enforced by the daemon");
             Ok(true)
         }
-        Some(Ok(Response::Ensured { uid, .. })) => Err(ExecError::DaemonUser {
-            instance: plan.policy.name.clone(),
+        Ok(Some(Response::Ensured { uid, .. })) => Err(ExecError::DaemonUser {
+            instance,
             daemon_uid: uid,
             uid: plan.user.uid,
         }),
-        Some(Ok(_) | Err(_)) | None => Ok(false),
+        // The daemon does not enforce the instance (or did not answer): this run enforces
+        // it itself, as when no daemon runs.
+        Ok(Some(Response::Error { message })) => {
+            tracing::info!(instance, "the daemon does not enforce it ({message})");
+            Ok(false)
+        }
+        Ok(Some(_) | None) => Ok(false),
+        Err(e) => {
+            tracing::warn!(instance, "{e}");
+            Ok(false)
+        }
     }
 }
 
 fn apply_layers(plan: &ExecPlan) -> Result<Applied, ExecError> {
     let instance = plan.policy.name.clone();
-    let mut applied = Applied {
-        instance: instance.clone(),
-        cgroup: None,
-        bpf: None,
-        nft: false,
-    };
+    let mut applied = Applied::new(&instance);
     applied.cgroup = Some(create_cgroup(&instance, &plan.cgroup)?);
+    let mut layers: Vec<Box<dyn NetworkLayer>> = Vec::new();
     if plan.layers.ebpf {
         let bpf_error = |source| ExecError::Bpf {
             instance: instance.clone(),
             source,
         };
-        let compiled = bpf::compile_rules(&plan.rules.v4, &plan.rules.v6)
-            .map_err(|source| ExecError::Rules {
-                file: plan.policy.source.clone(),
-                source,
-            })?
-            .with_unix_sockets(plan.policy.network.unix_sockets.iter().cloned());
         if plan.pins.exists() {
             // Left by a run that crashed: its cgroup is gone, so start afresh.
             plan.pins.remove().map_err(|e| {
@@ -384,27 +383,32 @@ fn apply_layers(plan: &ExecPlan) -> Result<Applied, ExecError> {
                 })
             })?;
         }
-        let layer = applied
-            .bpf
-            .insert(BpfLayer::attach(&plan.cgroup, plan.pins.clone()).map_err(bpf_error)?);
-        layer
-            .apply_instance(plan.user.uid, &compiled)
-            .map_err(bpf_error)?;
+        let bpf = BpfLayer::attach(&plan.cgroup, plan.pins.clone()).map_err(bpf_error)?;
+        applied.pins = Some(plan.pins.clone());
+        applied.events = Some(bpf.events().map_err(bpf_error)?);
+        layers.push(Box::new(bpf));
     }
     if plan.layers.nftables {
-        crate::nft::apply(&crate::nft::NftPolicy {
-            instance: &instance,
-            uid: plan.user.uid,
-            v4: &plan.rules.v4,
-            v6: &plan.rules.v6,
-            log: &plan.policy.network.log,
-        })
-        .map_err(|e| ExecError::Nft {
-            instance: instance.clone(),
-            message: e.to_string(),
-        })?;
-        applied.nft = true;
+        layers.push(Box::new(NftLayer));
     }
+    applied.layers = LayerSet::new(layers);
+    let id = InstanceId {
+        name: instance.clone(),
+        uid: plan.user.uid,
+    };
+    let rules = InstanceRules {
+        id: &id,
+        policy: &plan.policy,
+        rules: &plan.rules,
+    };
+    applied
+        .layers
+        .apply(&rules, None)
+        .map_err(|source| ExecError::Layer {
+            instance: instance.clone(),
+            source,
+        })?;
+    applied.enforced = Some(id);
     Ok(applied)
 }
 
@@ -491,22 +495,6 @@ fn spawn(
         cmd.pre_exec(move || setup.enter());
     }
     cmd.spawn().map_err(spawn_error)
-}
-
-fn pump_events(
-    instance: &str,
-    rate: isolate_policy::Rate,
-    layer: &mut BpfLayer,
-    audit: &mut AuditSink,
-) {
-    match layer.read_events() {
-        Ok(events) => {
-            for event in events {
-                audit.record(instance, &rate, &event);
-            }
-        }
-        Err(e) => tracing::warn!(instance, "reading block events: {e}"),
-    }
 }
 
 /// A directory owned by the instance user, made empty at start and removed when dropped.

@@ -32,7 +32,7 @@ pub struct PreparedRuleset {
 
 /// What [`PreparedRuleset::restrict_self`] achieved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Status {
+pub struct RestrictStatus {
     /// Every requested feature is enforced (none dropped for lack of kernel support).
     pub fully_enforced: bool,
     /// `no_new_privs` is set (the kernel requires it of unprivileged callers).
@@ -235,7 +235,7 @@ impl PreparedRuleset {
     /// where ABI 7 has it), then `close(fd)`. The path descriptors were closed in `prepare`
     /// once their rules were in the kernel. On error, [`LandlockError::to_io_error`] gives an
     /// `io::Error` without allocating.
-    pub fn restrict_self(self) -> Result<Status, LandlockError> {
+    pub fn restrict_self(self) -> Result<RestrictStatus, LandlockError> {
         let Self { ruleset, report } = self;
         // The child is about to exec (or exit), which frees it; freeing it here would call into
         // the allocator after fork.
@@ -246,7 +246,7 @@ impl PreparedRuleset {
             RulesetStatus::PartiallyEnforced => false,
             RulesetStatus::NotEnforced => return Err(LandlockError::NotEnforced),
         };
-        Ok(Status {
+        Ok(RestrictStatus {
             fully_enforced,
             no_new_privs: status.no_new_privs,
         })

@@ -1,4 +1,4 @@
-//! The Landlock layer of an instance (issue #7): read-only, read-write and exec paths, TCP
+//! The Landlock layer of an instance: read-only, read-write and exec paths, TCP
 //! connect ports, abstract unix socket and signal scoping, denial logging.
 //!
 //! Shape, as every layer: build from a validated policy ([`LandlockPlan::from_policy`]; its
@@ -32,7 +32,7 @@ mod ports;
 mod report;
 
 pub use abi::{Feature, Unavailable, kernel_abi, linux_release_of};
-pub use apply::{FeatureSplit, PreparedRuleset, Status};
+pub use apply::{FeatureSplit, PreparedRuleset, RestrictStatus};
 pub use error::LandlockError;
 pub use plan::{LandlockPlan, Origin, PathAccess, PathRule};
 pub use ports::{MAX_PORT_RULES, Unrestricted};

@@ -1,16 +1,16 @@
-//! Prometheus metrics: built fresh from the kernel's counters at every scrape, so the numbers
-//! are the counters themselves, never a copy that drifts. Labels never carry a destination
-//! address (that would make the series unbounded).
+//! Prometheus metrics, rendered from a status snapshot the daemon fills with the kernel's
+//! counters at each scrape, so the numbers are the counters themselves, never a copy that
+//! drifts. Labels never carry a destination address (that would make the series unbounded).
 
 use prometheus::{
     Encoder as _, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use crate::bpf::{family_name, layer_name, protocol_name};
-use crate::daemon::registry::Registry as Instances;
+use crate::control::Status;
+use crate::layer::LayerKind;
 
 /// The text exposition of every metric.
-pub fn render(instances: &Instances) -> String {
+pub fn render(status: &Status) -> String {
     let registry = Registry::new();
     let blocked = counter_vec(
         &registry,
@@ -37,6 +37,12 @@ pub fn render(instances: &Instances) -> String {
         &["result"],
     );
     let count = gauge(&registry, "isolate_instances", "Instances enforced");
+    let kept = gauge_vec(
+        &registry,
+        "isolate_instance_on_last_good_policy",
+        "1 when the instance runs on its last good policy because its file failed to load or apply",
+        &["instance"],
+    );
     let dropped = counter(
         &registry,
         "isolate_events_dropped_total",
@@ -50,52 +56,40 @@ pub fn render(instances: &Instances) -> String {
     );
     build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
 
-    count.set(i64::try_from(instances.instances.len()).unwrap_or(i64::MAX));
-    reloads
-        .with_label_values(&["ok"])
-        .inc_by(instances.stats.reloads_ok);
+    count.set(gauge_value(status.instances.len()));
+    let daemon = status.daemon.unwrap_or_default();
+    reloads.with_label_values(&["ok"]).inc_by(daemon.reloads_ok);
     reloads
         .with_label_values(&["failed"])
-        .inc_by(instances.stats.reloads_failed);
+        .inc_by(daemon.reloads_failed);
     let mut ebpf_total = 0;
-    for (name, instance) in &instances.instances {
+    for instance in &status.instances {
+        let name = instance.name.as_str();
         entries
-            .with_label_values(&[name.as_str(), "ipv4"])
-            .set(gauge_value(instance.rules.v4.len()));
+            .with_label_values(&[name, "ipv4"])
+            .set(gauge_value(instance.entries_v4));
         entries
-            .with_label_values(&[name.as_str(), "ipv6"])
-            .set(gauge_value(instance.rules.v6.len()));
-        if let Some(layer) = &instances.bpf {
-            for (key, value) in layer.blocked_counts(instance.uid).unwrap_or_default() {
-                blocked
-                    .with_label_values(&[
-                        name.as_str(),
-                        "ebpf",
-                        family_name(key.family),
-                        protocol_name(key.protocol),
-                    ])
-                    .inc_by(value);
-                hooks
-                    .with_label_values(&[name.as_str(), layer_name(key.layer)])
-                    .inc_by(value);
-                ebpf_total += value;
-            }
-        }
-        if instances.layers.nftables {
-            for (counter, packets) in crate::nft::counters(name).unwrap_or_default() {
-                // Counter names are blocked_<v4|v6>_<protocol>.
-                let mut parts = counter.splitn(3, '_').skip(1);
-                let (Some(family), Some(protocol)) = (parts.next(), parts.next()) else {
-                    continue;
-                };
-                let family = if family == "v4" { "ipv4" } else { "ipv6" };
-                blocked
-                    .with_label_values(&[name.as_str(), "nftables", family, protocol])
-                    .inc_by(packets);
+            .with_label_values(&[name, "ipv6"])
+            .set(gauge_value(instance.entries_v6));
+        kept.with_label_values(&[name])
+            .set(i64::from(instance.kept.is_some()));
+        for counted in &instance.counters {
+            blocked
+                .with_label_values(&[
+                    name,
+                    counted.layer.as_str(),
+                    &counted.family,
+                    &counted.protocol,
+                ])
+                .inc_by(counted.count);
+            if counted.layer == LayerKind::Ebpf {
+                let hook = counted.hook.as_deref().unwrap_or("unknown");
+                hooks.with_label_values(&[name, hook]).inc_by(counted.count);
+                ebpf_total += counted.count;
             }
         }
     }
-    dropped.inc_by(ebpf_total.saturating_sub(instances.stats.events_received));
+    dropped.inc_by(ebpf_total.saturating_sub(daemon.events_received));
 
     let mut out = Vec::new();
     TextEncoder::new()
@@ -138,4 +132,84 @@ fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
         .register(Box::new(gauge.clone()))
         .expect("registered once");
     gauge
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::{DaemonStats, InstanceStatus};
+    use crate::layer::BlockedCount;
+
+    fn count(layer: LayerKind, protocol: &str, hook: Option<&str>, n: u64) -> BlockedCount {
+        BlockedCount {
+            layer,
+            family: "ipv4".into(),
+            protocol: protocol.into(),
+            hook: hook.map(Into::into),
+            count: n,
+        }
+    }
+
+    fn value(text: &str, series: &str) -> Option<u64> {
+        text.lines()
+            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    }
+
+    #[test]
+    fn renders_every_counter_by_its_labels() {
+        let mut a = InstanceStatus {
+            name: "a".into(),
+            entries_v4: 3,
+            ..InstanceStatus::default()
+        };
+        a.set_counters(vec![
+            count(LayerKind::Ebpf, "tcp", Some("connect"), 4),
+            count(LayerKind::Ebpf, "udp", Some("sendmsg"), 1),
+            count(LayerKind::Nftables, "tcp", None, 2),
+        ]);
+        let b = InstanceStatus {
+            name: "b".into(),
+            kept: Some("broken".into()),
+            ..InstanceStatus::default()
+        };
+        let status = Status {
+            daemon_running: true,
+            instances: vec![a, b],
+            daemon: Some(DaemonStats {
+                reloads_ok: 2,
+                reloads_failed: 1,
+                events_received: 3,
+            }),
+        };
+        let text = render(&status);
+        let series = [
+            (
+                r#"isolate_blocked_total{family="ipv4",instance="a",layer="ebpf",protocol="tcp"}"#,
+                4,
+            ),
+            (
+                r#"isolate_blocked_total{family="ipv4",instance="a",layer="ebpf",protocol="udp"}"#,
+                1,
+            ),
+            (
+                r#"isolate_blocked_total{family="ipv4",instance="a",layer="nftables",protocol="tcp"}"#,
+                2,
+            ),
+            (
+                r#"isolate_ebpf_blocked_by_hook_total{hook="connect",instance="a"}"#,
+                4,
+            ),
+            (r#"isolate_policy_entries{family="ipv4",instance="a"}"#, 3),
+            (r#"isolate_policy_reloads_total{result="ok"}"#, 2),
+            (r#"isolate_policy_reloads_total{result="failed"}"#, 1),
+            ("isolate_instances", 2),
+            (r#"isolate_instance_on_last_good_policy{instance="a"}"#, 0),
+            (r#"isolate_instance_on_last_good_policy{instance="b"}"#, 1),
+            // 5 counted by eBPF, 3 events received.
+            ("isolate_events_dropped_total", 2),
+        ];
+        for (name, expected) in series {
+            assert_eq!(value(&text, name), Some(expected), "{name} in\n{text}");
+        }
+    }
 }

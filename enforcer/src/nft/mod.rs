@@ -1,4 +1,4 @@
-//! The nftables layer (issue #6): one table `inet isolate-<name>` per instance, whose output
+//! The nftables layer: one table `inet isolate-<name>` per instance, whose output
 //! chain sends the instance UID's packets to a `confined` chain that accepts replies and the
 //! allow-listed destinations (interval sets), then logs (rate-limited), counts and drops the rest.
 //!
@@ -17,7 +17,7 @@ use isolate_policy::{LogSettings, NetRule};
 
 pub use error::NftError;
 pub use render::{
-    CHAIN_CONFINED, CHAIN_OUTPUT, COUNTER_NAMES, log_prefix, render, set_name, table_name,
+    CHAIN_CONFINED, CHAIN_OUTPUT, COUNTERS, log_prefix, render, set_name, table_name,
 };
 pub use table::{apply, counters, is_applied, remove};
 

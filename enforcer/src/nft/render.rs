@@ -41,14 +41,15 @@ use super::NftPolicy;
 pub const CHAIN_OUTPUT: &str = "output";
 /// The regular chain the instance UID's packets jump to.
 pub const CHAIN_CONFINED: &str = "confined";
-/// The named counters of dropped packets, by family and transport protocol.
-pub const COUNTER_NAMES: [&str; 6] = [
-    "blocked_v4_other",
-    "blocked_v4_tcp",
-    "blocked_v4_udp",
-    "blocked_v6_other",
-    "blocked_v6_tcp",
-    "blocked_v6_udp",
+/// The named counters of dropped packets: (name, family, transport protocol), the family and
+/// protocol as metrics label them.
+pub const COUNTERS: [(&str, &str, &str); 6] = [
+    ("blocked_v4_other", "ipv4", "other"),
+    ("blocked_v4_tcp", "ipv4", "tcp"),
+    ("blocked_v4_udp", "ipv4", "udp"),
+    ("blocked_v6_other", "ipv6", "other"),
+    ("blocked_v6_tcp", "ipv6", "tcp"),
+    ("blocked_v6_udp", "ipv6", "udp"),
 ];
 
 /// Priority 0 ("filter") on the output hook. It runs after conntrack (-200), so `ct state` is
@@ -112,7 +113,7 @@ pub(super) fn render_with_counters(
     let table = table_name(policy.instance);
     let sets = allow_sets(policy);
     let mut batch = replace_table(&table);
-    for name in COUNTER_NAMES {
+    for (name, _, _) in COUNTERS {
         batch.push(add(NfListObject::Counter(counter(
             &table,
             name,

@@ -38,7 +38,7 @@ impl Sandbox {
         } else {
             cgroup.path().to_path_buf()
         };
-        let pins = PinDir::new(PathBuf::from(isolate_enforcer::bpf::BPFFS).join(&name));
+        let pins = PinDir::new(PathBuf::from(isolate_enforcer::paths::BPFFS).join(&name));
         let layer = BpfLayer::attach(&attached_at, pins.clone()).expect("attach eBPF layer");
         Self {
             layer: Some(layer),

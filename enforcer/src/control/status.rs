@@ -1,0 +1,162 @@
+//! What is enforced, as `isolate status` shows it and `/metrics` counts it: filled by the
+//! running daemon, or read from the kernel when no daemon answers.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::layer::{BlockedCount, LayerKind};
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Status {
+    /// Whether a running daemon answered.
+    pub daemon_running: bool,
+    pub instances: Vec<InstanceStatus>,
+    /// The daemon's own counters (only a running daemon has them).
+    #[serde(default)]
+    pub daemon: Option<DaemonStats>,
+}
+
+/// Counters of the daemon's own work.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DaemonStats {
+    /// Reloads that applied every instance.
+    pub reloads_ok: u64,
+    /// Reloads where at least one instance kept its previous policy.
+    pub reloads_failed: u64,
+    /// Block events taken from the ring buffer.
+    pub events_received: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct InstanceStatus {
+    pub name: String,
+    /// `daemon` (enforced host-wide by UID) or `exec` (an `isolate exec` run).
+    pub mode: String,
+    pub uid: u32,
+    pub user: String,
+    pub layers: Vec<String>,
+    pub policy_hash: String,
+    pub entries_v4: usize,
+    pub entries_v6: usize,
+    /// Every blocked attempt the eBPF layer counted.
+    pub blocked_ebpf: u64,
+    /// Every packet the nftables layer dropped.
+    pub blocked_nftables: u64,
+    /// The counts behind the two totals, by layer, family, protocol and hook.
+    #[serde(default)]
+    pub counters: Vec<BlockedCount>,
+    /// The latest blocked attempts (only known to a running daemon).
+    pub recent: Vec<String>,
+    /// Set when the instance runs on its last good policy because its file (or the policy
+    /// directory) failed: why.
+    #[serde(default)]
+    pub kept: Option<String>,
+}
+
+impl InstanceStatus {
+    /// Takes in the layers' counters, and their totals per layer.
+    pub fn set_counters(&mut self, counters: Vec<BlockedCount>) {
+        let total = |kind| {
+            counters
+                .iter()
+                .filter(|c| c.layer == kind)
+                .map(|c| c.count)
+                .sum()
+        };
+        self.blocked_ebpf = total(LayerKind::Ebpf);
+        self.blocked_nftables = total(LayerKind::Nftables);
+        self.counters = counters;
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let source = if self.daemon_running {
+            "from the running daemon"
+        } else {
+            "from the kernel (no daemon answered)"
+        };
+        writeln!(
+            f,
+            "isolate status, {source}: {} instance(s)",
+            self.instances.len()
+        )?;
+        if self.instances.is_empty() {
+            return Ok(());
+        }
+        writeln!(
+            f,
+            "{:<20} {:<6} {:>7} {:<20} {:<16} {:>8} {:>10} {:>13}  policy",
+            "INSTANCE", "MODE", "UID", "USER", "LAYERS", "ENTRIES", "BLOCKED", "BLOCKED(nft)"
+        )?;
+        for i in &self.instances {
+            writeln!(
+                f,
+                "{:<20} {:<6} {:>7} {:<20} {:<16} {:>8} {:>10} {:>13}  {}",
+                i.name,
+                i.mode,
+                i.uid,
+                i.user,
+                i.layers.join(","),
+                i.entries_v4 + i.entries_v6,
+                i.blocked_ebpf,
+                i.blocked_nftables,
+                i.policy_hash
+            )?;
+            if let Some(why) = &i.kept {
+                writeln!(f, "    running on its last good policy: {why}")?;
+            }
+            for recent in &i.recent {
+                writeln!(f, "    last blocked: {recent}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn count(layer: LayerKind, n: u64) -> BlockedCount {
+        BlockedCount {
+            layer,
+            family: "ipv4".into(),
+            protocol: "tcp".into(),
+            hook: None,
+            count: n,
+        }
+    }
+
+    #[test]
+    fn totals_are_per_layer_and_kept_policies_say_why() {
+        let mut instance = InstanceStatus {
+            name: "a".into(),
+            ..InstanceStatus::default()
+        };
+        instance.set_counters(vec![
+            count(LayerKind::Ebpf, 2),
+            count(LayerKind::Ebpf, 3),
+            count(LayerKind::Nftables, 7),
+        ]);
+        assert_eq!((instance.blocked_ebpf, instance.blocked_nftables), (5, 7));
+        instance.kept = Some("a.toml:2:1: bogus".into());
+        let status = Status {
+            daemon_running: true,
+            instances: vec![instance],
+            daemon: None,
+        };
+        let text = status.to_string();
+        assert!(
+            text.contains("running on its last good policy: a.toml:2:1: bogus"),
+            "{text}"
+        );
+        // Clients of an older daemon (no `counters`, no `kept`) still read its answers.
+        let old = r#"{"daemon_running":false,"instances":[{"name":"a","mode":"exec","uid":1,
+            "user":"u","layers":[],"policy_hash":"","entries_v4":0,"entries_v6":0,
+            "blocked_ebpf":1,"blocked_nftables":0,"recent":[]}]}"#;
+        let parsed: Status = serde_json::from_str(old).unwrap();
+        assert_eq!(parsed.instances[0].blocked_ebpf, 1);
+    }
+}

@@ -1,0 +1,64 @@
+//! The eBPF layer behind [`NetworkLayer`]: an attachment's maps, keyed by UID.
+
+use super::{BlockedCount, InstanceId, InstanceRules, LayerError, LayerKind, NetworkLayer};
+use crate::bpf::{BpfLayer, compile_rules, family_name, hook_name, protocol_name};
+
+impl NetworkLayer for BpfLayer {
+    fn kind(&self) -> LayerKind {
+        LayerKind::Ebpf
+    }
+
+    fn apply(
+        &mut self,
+        instance: &InstanceRules<'_>,
+        replacing: Option<&InstanceId>,
+    ) -> Result<(), LayerError> {
+        let compiled = compile_rules(&instance.rules.v4, &instance.rules.v6)
+            .map_err(|source| LayerError::Rules {
+                file: instance.policy.source.clone(),
+                source,
+            })?
+            .with_unix_sockets(instance.policy.network.unix_sockets.iter().cloned());
+        self.apply_instance(instance.id.uid, &compiled)?;
+        if let Some(old) = replacing.filter(|old| old.uid != instance.id.uid) {
+            // The instance changed users: its old UID is no longer confined by it.
+            self.remove_instance(old.uid)?;
+        }
+        Ok(())
+    }
+
+    fn remove(&mut self, instance: &InstanceId) -> Result<(), LayerError> {
+        Ok(self.remove_instance(instance.uid)?)
+    }
+
+    fn in_force(&self, instance: &InstanceId) -> Result<bool, LayerError> {
+        Ok(self.is_attached() && self.instances().contains(&instance.uid))
+    }
+
+    fn counters(&self, instance: &InstanceId) -> Result<Vec<BlockedCount>, LayerError> {
+        Ok(self
+            .blocked_counts(instance.uid)?
+            .into_iter()
+            .map(|(key, count)| BlockedCount {
+                layer: LayerKind::Ebpf,
+                family: family_name(key.family).into(),
+                protocol: protocol_name(key.protocol).into(),
+                hook: Some(hook_name(key.hook).into()),
+                count,
+            })
+            .collect())
+    }
+
+    fn sweep(&mut self, keep: &[InstanceId]) -> Result<(), LayerError> {
+        for uid in self.instances() {
+            if !keep.iter().any(|id| id.uid == uid) {
+                self.remove_instance(uid)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn reader(&self) -> Result<Box<dyn NetworkLayer>, LayerError> {
+        Ok(Box::new(BpfLayer::open(self.pins().clone())?))
+    }
+}

@@ -1,0 +1,416 @@
+//! The network layers behind one shape. Each layer (eBPF, nftables) puts an instance's rules
+//! in force, takes them away, reads its counters and says whether they are in force, through
+//! [`NetworkLayer`]; [`LayerSet`] composes the layers an instance has, with rollback, and is
+//! the only place that does. `isolate exec` and the daemon both use it, and the daemon's
+//! registry is tested against a fake layer.
+//!
+//! Landlock is not one of these: it restricts a process (the child restricts itself before it
+//! executes the command) rather than a UID or a cgroup, and has nothing to remove afterwards.
+
+mod ebpf;
+#[cfg(test)]
+pub mod fake;
+mod nftables;
+
+use std::fmt;
+use std::path::PathBuf;
+
+use isolate_policy::Policy;
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::bpf::{BpfError, RulesError};
+use crate::network::EffectiveRules;
+use crate::nft::NftError;
+
+pub use nftables::NftLayer;
+
+/// Which network layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LayerKind {
+    /// cgroup socket hooks, the egress backstop and the unix-socket LSM programs.
+    Ebpf,
+    /// A table `inet isolate-<instance>` per instance.
+    Nftables,
+}
+
+impl LayerKind {
+    /// The name the CLI, metrics and status use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LayerKind::Ebpf => "ebpf",
+            LayerKind::Nftables => "nftables",
+        }
+    }
+}
+
+impl fmt::Display for LayerKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Which of the network layers to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Layers {
+    pub ebpf: bool,
+    pub nftables: bool,
+}
+
+impl Layers {
+    /// The layers that are on, in the order they are applied.
+    pub fn kinds(self) -> Vec<LayerKind> {
+        [
+            (LayerKind::Ebpf, self.ebpf),
+            (LayerKind::Nftables, self.nftables),
+        ]
+        .into_iter()
+        .filter_map(|(kind, on)| on.then_some(kind))
+        .collect()
+    }
+
+    /// The names of the layers that are on, as the CLI spells them.
+    pub fn names(self) -> Vec<&'static str> {
+        self.kinds().into_iter().map(LayerKind::as_str).collect()
+    }
+}
+
+impl Default for Layers {
+    fn default() -> Self {
+        Self {
+            ebpf: true,
+            nftables: true,
+        }
+    }
+}
+
+/// Who an instance is to the layers: its name (nftables tables) and UID (eBPF maps).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct InstanceId {
+    pub name: String,
+    pub uid: u32,
+}
+
+/// What a layer enforces for one instance: the validated policy (file, unix sockets, log rate)
+/// and its address rules with host names resolved.
+#[derive(Debug, Clone, Copy)]
+pub struct InstanceRules<'a> {
+    pub id: &'a InstanceId,
+    pub policy: &'a Policy,
+    pub rules: &'a EffectiveRules,
+}
+
+/// Blocked attempts one layer counted for an instance, for one family and protocol (and, for
+/// the eBPF layer, the hook that refused).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockedCount {
+    pub layer: LayerKind,
+    /// `ipv4`, `ipv6` or `unix`.
+    pub family: String,
+    /// `tcp`, `udp`, `other`; `stream`, `dgram` for unix sockets.
+    pub protocol: String,
+    /// The eBPF hook (`connect`, `sendmsg`, `egress`, `unix`); none for nftables.
+    pub hook: Option<String>,
+    pub count: u64,
+}
+
+#[derive(Debug, Error)]
+pub enum LayerError {
+    #[error("eBPF layer: {0}")]
+    Bpf(#[from] BpfError),
+    #[error("{file}: network.allow: {source}")]
+    Rules {
+        file: PathBuf,
+        #[source]
+        source: RulesError,
+    },
+    #[error("nftables layer: {0}")]
+    Nft(#[from] NftError),
+    /// Only the test layer fails this way.
+    #[cfg(test)]
+    #[error("{0} layer: {1}")]
+    Fake(LayerKind, String),
+}
+
+/// One network layer. Every method is idempotent: applying what is in force, or removing what
+/// is not there, succeeds and changes nothing.
+pub trait NetworkLayer: Send + Sync {
+    fn kind(&self) -> LayerKind;
+
+    /// Puts `instance`'s rules in force, replacing what the layer enforced for it (or for
+    /// `replacing`, the same instance under its previous UID) in one step: a connection sees
+    /// the old rules or the new ones, never a mix, never none. On error nothing changed.
+    fn apply(
+        &mut self,
+        instance: &InstanceRules<'_>,
+        replacing: Option<&InstanceId>,
+    ) -> Result<(), LayerError>;
+
+    /// Takes the instance's rules away; its processes are no longer judged by this layer.
+    fn remove(&mut self, instance: &InstanceId) -> Result<(), LayerError>;
+
+    /// Whether rules for the instance are in force (attached and present, not only recorded).
+    fn in_force(&self, instance: &InstanceId) -> Result<bool, LayerError>;
+
+    /// What the layer refused for the instance so far.
+    fn counters(&self, instance: &InstanceId) -> Result<Vec<BlockedCount>, LayerError>;
+
+    /// Removes what the layer enforces for anyone not in `keep`, where it can tell its own
+    /// instances from others' (an eBPF attachment holds only its owner's UIDs; nftables
+    /// tables are shared with `isolate exec` runs, so that layer leaves them alone).
+    fn sweep(&mut self, keep: &[InstanceId]) -> Result<(), LayerError>;
+
+    /// Another handle on the same enforcement, for reading counters on another thread
+    /// while this one changes rules.
+    fn reader(&self) -> Result<Box<dyn NetworkLayer>, LayerError>;
+}
+
+/// A layer failed while an instance was applied; the layers before it were put back.
+#[derive(Debug, Error)]
+#[error("{source}{}", rollback_text(.rollback))]
+pub struct ApplyError {
+    #[source]
+    pub source: LayerError,
+    /// Layers that could not be put back as they were (the instance is then half-applied,
+    /// and the next apply or removal retries).
+    pub rollback: Vec<LayerError>,
+}
+
+fn rollback_text(rollback: &[LayerError]) -> String {
+    use std::fmt::Write as _;
+    rollback.iter().fold(String::new(), |mut text, e| {
+        let _ = write!(text, "; and putting back the previous rules failed: {e}");
+        text
+    })
+}
+
+/// Some layers could not remove an instance; the others did.
+#[derive(Debug, Error)]
+#[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+pub struct RemoveError(pub Vec<LayerError>);
+
+/// The network layers an instance is enforced by, applied in order and removed in reverse.
+#[derive(Default)]
+pub struct LayerSet {
+    layers: Vec<Box<dyn NetworkLayer>>,
+}
+
+impl LayerSet {
+    pub fn new(layers: Vec<Box<dyn NetworkLayer>>) -> Self {
+        Self { layers }
+    }
+
+    pub fn kinds(&self) -> Vec<LayerKind> {
+        self.layers.iter().map(|l| l.kind()).collect()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.layers.is_empty()
+    }
+
+    /// The layers, in order.
+    pub fn each(&self) -> impl Iterator<Item = &dyn NetworkLayer> {
+        self.layers.iter().map(AsRef::as_ref)
+    }
+
+    /// Applies `new` in every layer. When one refuses, the layers already changed get
+    /// `previous` back (or lose the instance, when it is new), so the instance stays on its
+    /// previous rules everywhere.
+    pub fn apply(
+        &mut self,
+        new: &InstanceRules<'_>,
+        previous: Option<&InstanceRules<'_>>,
+    ) -> Result<(), ApplyError> {
+        let replacing = previous.map(|p| p.id);
+        for index in 0..self.layers.len() {
+            if let Err(source) = self.layers[index].apply(new, replacing) {
+                let rollback = self.roll_back(index, new.id, previous);
+                return Err(ApplyError { source, rollback });
+            }
+        }
+        Ok(())
+    }
+
+    fn roll_back(
+        &mut self,
+        failed: usize,
+        new: &InstanceId,
+        previous: Option<&InstanceRules<'_>>,
+    ) -> Vec<LayerError> {
+        self.layers[..failed]
+            .iter_mut()
+            .rev()
+            .filter_map(|layer| {
+                match previous {
+                    Some(previous) => layer.apply(previous, Some(new)),
+                    None => layer.remove(new),
+                }
+                .err()
+            })
+            .collect()
+    }
+
+    /// Removes the instance from every layer, in reverse order; a layer that fails does not
+    /// stop the others.
+    pub fn remove(&mut self, id: &InstanceId) -> Result<(), RemoveError> {
+        let errors: Vec<LayerError> = self
+            .layers
+            .iter_mut()
+            .rev()
+            .filter_map(|layer| layer.remove(id).err())
+            .collect();
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(RemoveError(errors))
+        }
+    }
+
+    /// Whether every layer has the instance in force.
+    pub fn in_force(&self, id: &InstanceId) -> Result<bool, LayerError> {
+        for layer in &self.layers {
+            if !layer.in_force(id)? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Every layer's counters of the instance; a layer that cannot be read is logged and
+    /// left out rather than hiding the others.
+    pub fn counters(&self, id: &InstanceId) -> Vec<BlockedCount> {
+        let mut counts = Vec::new();
+        for layer in &self.layers {
+            match layer.counters(id) {
+                Ok(more) => counts.extend(more),
+                Err(e) => tracing::warn!(instance = id.name, "reading counters: {e}"),
+            }
+        }
+        counts
+    }
+
+    /// Removes, in every layer, what belongs to none of `keep`.
+    pub fn sweep(&mut self, keep: &[InstanceId]) -> Result<(), RemoveError> {
+        let errors: Vec<LayerError> = self
+            .layers
+            .iter_mut()
+            .filter_map(|layer| layer.sweep(keep).err())
+            .collect();
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(RemoveError(errors))
+        }
+    }
+
+    /// Independent handles on the same layers, for reading counters elsewhere.
+    pub fn reader(&self) -> Result<LayerSet, LayerError> {
+        Ok(Self {
+            layers: self
+                .layers
+                .iter()
+                .map(|l| l.reader())
+                .collect::<Result<_, _>>()?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fake::{FakeLayer, Step};
+    use super::*;
+
+    fn policy(name: &str) -> Policy {
+        isolate_policy::parse_str(
+            "user = \"u\"\n",
+            &std::path::Path::new("/etc/isolate/instances").join(format!("{name}.toml")),
+        )
+        .unwrap()
+    }
+
+    fn id(uid: u32) -> InstanceId {
+        InstanceId {
+            name: "a".into(),
+            uid,
+        }
+    }
+
+    #[test]
+    fn a_refusing_layer_puts_the_earlier_ones_back() {
+        let (ebpf, ebpf_log) = FakeLayer::new(LayerKind::Ebpf);
+        let (nft, nft_log) = FakeLayer::new(LayerKind::Nftables);
+        let mut set = LayerSet::new(vec![Box::new(ebpf), Box::new(nft)]);
+        let policy = policy("a");
+        let rules = EffectiveRules::default();
+        let (old, new) = (id(1000), id(1001));
+        let old_rules = InstanceRules {
+            id: &old,
+            policy: &policy,
+            rules: &rules,
+        };
+        set.apply(&old_rules, None).unwrap();
+        nft_log.fail_next_apply("table refused");
+        let new_rules = InstanceRules {
+            id: &new,
+            ..old_rules
+        };
+        let error = set.apply(&new_rules, Some(&old_rules)).unwrap_err();
+        assert!(error.to_string().contains("table refused"), "{error}");
+        assert!(error.rollback.is_empty());
+        // eBPF took the new UID, then got the old one back; nftables never changed.
+        assert_eq!(ebpf_log.enforced(), vec![old.clone()]);
+        assert_eq!(nft_log.enforced(), vec![old.clone()]);
+        assert_eq!(
+            ebpf_log.steps(),
+            [
+                Step::Apply(old.clone()),
+                Step::Apply(new.clone()),
+                Step::Apply(old.clone())
+            ]
+        );
+    }
+
+    #[test]
+    fn a_new_instance_that_a_layer_refuses_is_removed_from_the_others() {
+        let (ebpf, ebpf_log) = FakeLayer::new(LayerKind::Ebpf);
+        let (nft, nft_log) = FakeLayer::new(LayerKind::Nftables);
+        let mut set = LayerSet::new(vec![Box::new(ebpf), Box::new(nft)]);
+        let policy = policy("a");
+        let rules = EffectiveRules::default();
+        let new = id(1000);
+        nft_log.fail_next_apply("no nft");
+        let rules = InstanceRules {
+            id: &new,
+            policy: &policy,
+            rules: &rules,
+        };
+        set.apply(&rules, None).unwrap_err();
+        assert!(ebpf_log.enforced().is_empty());
+        assert!(nft_log.enforced().is_empty());
+        assert!(!set.in_force(&new).unwrap());
+    }
+
+    #[test]
+    fn removal_goes_on_past_a_failing_layer() {
+        let (ebpf, ebpf_log) = FakeLayer::new(LayerKind::Ebpf);
+        let (nft, nft_log) = FakeLayer::new(LayerKind::Nftables);
+        let mut set = LayerSet::new(vec![Box::new(ebpf), Box::new(nft)]);
+        let policy = policy("a");
+        let rules = EffectiveRules::default();
+        let a = id(1000);
+        let rules = InstanceRules {
+            id: &a,
+            policy: &policy,
+            rules: &rules,
+        };
+        set.apply(&rules, None).unwrap();
+        nft_log.fail_next_remove("busy");
+        let error = set.remove(&a).unwrap_err();
+        assert_eq!(error.0.len(), 1, "{error}");
+        assert!(ebpf_log.enforced().is_empty(), "eBPF removed all the same");
+        assert_eq!(nft_log.enforced(), vec![a.clone()]);
+        set.remove(&a).unwrap();
+        assert!(nft_log.enforced().is_empty());
+    }
+}

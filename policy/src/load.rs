@@ -47,6 +47,9 @@ pub struct DirLoad {
 /// on its own. A repeated name or user fails the later file only. `Err` means
 /// the directory itself cannot be listed: then nothing in it is known.
 pub fn load_dir_partly(dir: &Path) -> Result<DirLoad, Errors> {
+    if let Some(error) = untrusted(dir) {
+        return Err(Errors(vec![error]));
+    }
     let files = policy_files(dir)
         .map_err(|e| Errors(vec![io_error(dir, "cannot list the directory", &e)]))?;
     let mut loader = Loader::default();
@@ -89,6 +92,10 @@ struct Loader {
 
 impl Loader {
     fn dir(&mut self, dir: &Path) {
+        if let Some(error) = untrusted(dir) {
+            self.errors.push(error);
+            return;
+        }
         match policy_files(dir) {
             Ok(files) => {
                 for file in files {
@@ -102,6 +109,10 @@ impl Loader {
     }
 
     fn file(&mut self, path: &Path, stem_must_match: bool) {
+        if let Some(error) = untrusted(path) {
+            self.errors.push(error);
+            return;
+        }
         match fs::read_to_string(path) {
             Ok(text) => match validate::parse(&text, path, stem_must_match) {
                 Ok(parsed) => self.parsed.push(parsed),
@@ -176,6 +187,44 @@ fn policy_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     }
     files.sort();
     Ok(files)
+}
+
+/// Why a policy file or directory cannot be trusted, if it cannot (as sshd's `StrictModes`):
+/// whoever may change a policy decides what its instance may reach, so only root, or the user
+/// reading it (`isolate check` as oneself), may own it, and no one else may write it.
+fn untrusted(path: &Path) -> Option<PolicyError> {
+    use std::os::unix::fs::MetadataExt as _;
+    // A missing file is reported by the read that follows, with its own words.
+    let meta = fs::metadata(path).ok()?;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let reader = unsafe { libc::geteuid() };
+    let shown = path.display();
+    let (message, help) = if meta.uid() != 0 && meta.uid() != reader {
+        (
+            format!(
+                "is owned by UID {}, who could change what the instance may do",
+                meta.uid()
+            ),
+            format!("make root its owner: chown root {shown}"),
+        )
+    } else if meta.mode() & 0o022 != 0 {
+        (
+            format!(
+                "is writable by group or others (mode {:o}), who could change what the instance may do",
+                meta.mode() & 0o7777
+            ),
+            format!("chmod go-w {shown}"),
+        )
+    } else {
+        return None;
+    };
+    Some(at(
+        path,
+        Pos { line: 0, col: 0 },
+        "file",
+        message,
+        Some(help),
+    ))
 }
 
 fn io_error(path: &Path, what: &str, error: &std::io::Error) -> PolicyError {

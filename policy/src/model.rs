@@ -22,6 +22,11 @@ pub struct Policy {
     pub user: UserSpec,
     /// Working directory of the service (absolute, or `~`-relative).
     pub directory: Option<PathBuf>,
+    /// Variables set for the service, over what it inherits.
+    pub environment: std::collections::BTreeMap<String, String>,
+    /// A file of `KEY=VALUE` lines (secrets such as API keys) that root reads at start and
+    /// the service cannot read itself.
+    pub environment_file: Option<PathBuf>,
     /// Egress allow-list and logging.
     pub network: Network,
     /// Landlock path rules.

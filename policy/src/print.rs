@@ -18,6 +18,26 @@ impl Policy {
         if let Some(directory) = &self.directory {
             line(&mut out, "directory", &quote(&directory.to_string_lossy()));
         }
+        // Written only when set, so that policies without them print (and hash) as before.
+        if !self.environment.is_empty() {
+            let pairs: Vec<String> = self
+                .environment
+                .iter()
+                .map(|(key, value)| format!("{key} = {}", quote(value)))
+                .collect();
+            line(
+                &mut out,
+                "environment",
+                &format!("{{ {} }}", pairs.join(", ")),
+            );
+        }
+        if let Some(file) = &self.environment_file {
+            line(
+                &mut out,
+                "environment_file",
+                &quote(&file.to_string_lossy()),
+            );
+        }
 
         out.push_str("\n[network]\n");
         let allow: Vec<String> = (net.allow_v4.iter().map(ToString::to_string))

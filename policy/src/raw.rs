@@ -19,6 +19,8 @@ pub(crate) struct RawPolicy {
     pub name: Option<Spanned<String>>,
     pub user: Spanned<String>,
     pub directory: Option<Spanned<String>>,
+    pub environment: Option<Spanned<std::collections::BTreeMap<String, String>>>,
+    pub environment_file: Option<Spanned<String>>,
     #[serde(default)]
     pub network: RawNetwork,
     #[serde(default)]

@@ -43,6 +43,15 @@ pub(crate) fn parse(
     let (name, name_at) = v.name(raw.name.as_ref(), stem_must_match);
     let user = v.user(&raw.user);
     let directory = raw.directory.as_ref().and_then(|d| v.path(d, "directory"));
+    let environment = raw
+        .environment
+        .as_ref()
+        .map(|e| v.environment(e))
+        .unwrap_or_default();
+    let environment_file = raw
+        .environment_file
+        .as_ref()
+        .and_then(|f| v.absolute_path(f, "environment_file"));
     let network = v.network(&raw.network);
     let filesystem = v.filesystem(&raw.filesystem);
     let landlock = v.landlock(&raw.landlock);
@@ -55,6 +64,8 @@ pub(crate) fn parse(
         name,
         user,
         directory,
+        environment,
+        environment_file,
         network,
         filesystem,
         landlock,
@@ -77,6 +88,13 @@ pub(crate) fn is_valid_name(name: &str) -> bool {
         && name.len() <= 32
         && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
 }
+
+/// Variables isolate sets for every run, which a policy cannot override.
+const SET_BY_ISOLATE: [&str; 4] = ["HOME", "USER", "LOGNAME", "TMPDIR"];
+
+/// Accounts that belong to everyone and no one: the overflow user (UID 65534) under its
+/// Debian and Red Hat names.
+const SHARED_USERS: [&str; 2] = ["nobody", "nfsnobody"];
 
 /// Whether `user` is a valid Linux user name: `[a-z_][a-z0-9_-]{0,31}`,
 /// optionally followed by `$`.
@@ -149,6 +167,15 @@ impl Validator<'_> {
             let message = "the instance must not run as root".to_owned();
             let help = "use a dedicated user, or \"dynamic\"".to_owned();
             self.error(&user.span(), "user", message, Some(help));
+        } else if SHARED_USERS.contains(&name.as_str()) {
+            let message = format!(
+                "`{name}` is shared with unrelated services: every process of theirs would be \
+                 confined too, and theirs would be ways out for the instance"
+            );
+            let help = "give the instance a user of its own (e.g. `useradd --system \
+                        isolate-NAME`), or \"dynamic\""
+                .to_owned();
+            self.error(&user.span(), "user", message, Some(help));
         } else if !is_valid_user(name) {
             let message = format!("`{name}` is not a valid user name");
             let help = "user names are a-z, 0-9, `_` and `-` (up to 32, not starting with a \
@@ -157,6 +184,57 @@ impl Validator<'_> {
             self.error(&user.span(), "user", message, Some(help));
         }
         UserSpec::Named(name.clone())
+    }
+
+    /// `environment`: names a shell would accept, none that isolate sets itself.
+    fn environment(
+        &mut self,
+        table: &Spanned<std::collections::BTreeMap<String, String>>,
+    ) -> std::collections::BTreeMap<String, String> {
+        for (key, value) in table.get_ref() {
+            let mut chars = key.chars();
+            let valid = chars
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
+            let problem = if !valid {
+                Some((
+                    format!("`{key}` is not a variable name"),
+                    "use letters, digits and `_`, not starting with a digit".to_owned(),
+                ))
+            } else if SET_BY_ISOLATE.contains(&key.as_str()) {
+                Some((
+                    format!("`{key}` is set by isolate for every run (the instance's own)"),
+                    format!("remove `{key}`; isolate sets HOME, USER, LOGNAME and TMPDIR"),
+                ))
+            } else if value.contains('\0') {
+                Some((
+                    format!("the value of `{key}` contains a NUL character"),
+                    "remove it".to_owned(),
+                ))
+            } else {
+                None
+            };
+            if let Some((message, help)) = problem {
+                self.error(&table.span(), "environment", message, Some(help));
+            }
+        }
+        table.get_ref().clone()
+    }
+
+    /// A path that must be absolute (root reads it, so `~` means nothing).
+    fn absolute_path(&mut self, path: &Spanned<String>, field: &str) -> Option<PathBuf> {
+        if path.get_ref().starts_with('~') {
+            let message = format!("`{}`: must be an absolute path", path.get_ref());
+            self.error(
+                &path.span(),
+                field,
+                message,
+                Some("write an absolute path".into()),
+            );
+            return None;
+        }
+        self.path(path, field)
     }
 
     /// A filesystem path: absolute, or `~`-relative; no `..`.

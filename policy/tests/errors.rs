@@ -145,6 +145,18 @@ fn bad_user_name() {
     assert_error(&e, 1, 8, "user", "`Web Server` is not a valid user name");
     let e = one("user = \"root\"\n");
     assert_error(&e, 1, 8, "user", "must not run as root");
+    let e = one("user = \"nobody\"\n");
+    assert_error(
+        &e,
+        1,
+        8,
+        "user",
+        "`nobody` is shared with unrelated services",
+    );
+    assert!(
+        e.help.as_deref().unwrap().contains("useradd --system"),
+        "{e}"
+    );
     let e = one(&format!("user = \"{}\"\n", "a".repeat(33)));
     assert_error(&e, 1, 8, "user", "not a valid user name");
 }
@@ -486,4 +498,16 @@ fn columns_count_characters_not_bytes() {
     let two = errors("user = \"svc\"\n[network]\nallow = [\"é\", \"10.0.0.1/8\"]\n");
     assert_error(&two.0[0], 3, 10, "network.allow[0]", "not ASCII");
     assert_error(&two.0[1], 3, 15, "network.allow[1]", "host bits set");
+}
+
+#[test]
+fn environment_names_and_the_file_path_are_checked() {
+    let e = one("user = \"a\"\nenvironment = { \"1X\" = \"v\" }\n");
+    assert_error(&e, 2, 15, "environment", "`1X` is not a variable name");
+    let e = one("user = \"a\"\nenvironment = { HOME = \"/tmp\" }\n");
+    assert_error(&e, 2, 15, "environment", "`HOME` is set by isolate");
+    let e = one("user = \"a\"\nenvironment_file = \"~/keys.env\"\n");
+    assert_error(&e, 2, 20, "environment_file", "must be an absolute path");
+    let e = one("user = \"a\"\nenvironment_file = \"keys.env\"\n");
+    assert_error(&e, 2, 20, "environment_file", "is a relative path");
 }

@@ -215,6 +215,40 @@ fn a_partly_broken_directory_keeps_the_rules_of_a_clean_one() {
 }
 
 #[test]
+fn files_and_directories_others_may_write_are_refused() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = dir_with(
+        "modes",
+        &[("a.toml", "user = \"a\"\n"), ("b.toml", "user = \"b\"\n")],
+    );
+    fs::set_permissions(dir.join("a.toml"), fs::Permissions::from_mode(0o664)).unwrap();
+    let errors = load_dir(&dir).unwrap_err();
+    assert_eq!(errors.len(), 1, "{errors}");
+    let e = &errors.0[0];
+    assert_eq!(
+        (e.path.clone(), e.field.as_str()),
+        (dir.join("a.toml"), "file")
+    );
+    assert!(
+        e.message.contains("writable by group or others (mode 664)"),
+        "{e}"
+    );
+    assert_eq!(
+        e.help.as_deref(),
+        Some(format!("chmod go-w {}", dir.join("a.toml").display()).as_str())
+    );
+    // The daemon goes on with the trusted file.
+    let loaded = load_dir_partly(&dir).unwrap();
+    assert_eq!(loaded.policies.len(), 1);
+    assert!(load_file(&dir.join("a.toml")).is_err());
+
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o777)).unwrap();
+    let errors = load_dir_partly(&dir).unwrap_err();
+    assert!(errors.0[0].message.contains("mode 777"), "{errors}");
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+#[test]
 fn an_unlistable_directory_is_an_error_not_an_empty_one() {
     let dir = dir_with("partly-missing", &[]);
     let errors = load_dir_partly(&dir.join("nope")).unwrap_err();

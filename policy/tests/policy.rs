@@ -336,3 +336,24 @@ fn home_expansion() {
     assert_eq!(expand_home(Path::new("~"), home), home);
     assert_eq!(expand_home(Path::new("/usr"), home), Path::new("/usr"));
 }
+
+#[test]
+fn environment_and_its_file_parse_and_print_back() {
+    let policy = parse(
+        "user = \"svc\"\nenvironment = { OPENCODE_LOG = \"debug\", _X = \"a \\\"b\\\"\" }\nenvironment_file = \"/etc/isolate/secrets/my-project.env\"\n",
+    );
+    assert_eq!(policy.environment["OPENCODE_LOG"], "debug");
+    assert_eq!(policy.environment["_X"], "a \"b\"");
+    assert_eq!(
+        policy.environment_file.as_deref(),
+        Some(Path::new("/etc/isolate/secrets/my-project.env"))
+    );
+    assert_round_trips(&policy);
+    // Without them, the printed policy is what it was before they existed.
+    let plain = parse("user = \"svc\"\n");
+    assert!(
+        !plain.to_toml().contains("environment"),
+        "{}",
+        plain.to_toml()
+    );
+}

@@ -29,8 +29,40 @@ impl From<bool> for Availability {
     }
 }
 
-/// Probes the features isolate depends on, without changing anything.
+/// Probes the features isolate depends on, without changing anything: isolate's programs are
+/// loaded into the kernel and unloaded again (as root), nothing is attached.
 pub fn report() -> Vec<KernelFeature> {
+    let mut features = configuration();
+    let programs = crate::cgroup::cgroup2_mount().ok().map(|root| {
+        if nix::unistd::geteuid().is_root() {
+            crate::bpf::BpfLayer::probe(&root)
+        } else {
+            Vec::new()
+        }
+    });
+    match programs {
+        Some(probes) if !probes.is_empty() => {
+            features.extend(probes.into_iter().map(|(name, result)| {
+                KernelFeature {
+                    name,
+                    status: Availability::from(result.is_ok()),
+                    detail: result
+                        .err()
+                        .unwrap_or_else(|| "the kernel loads them".into()),
+                }
+            }));
+        }
+        _ => features.push(KernelFeature {
+            name: "eBPF programs",
+            status: Availability::Unknown,
+            detail: "run as root (with cgroup2 mounted) to try loading isolate's programs".into(),
+        }),
+    }
+    features
+}
+
+/// What the kernel's configuration and mounts say.
+fn configuration() -> Vec<KernelFeature> {
     let release = nix::sys::utsname::uname()
         .map(|u| u.release().to_string_lossy().into_owned())
         .unwrap_or_default();

@@ -71,8 +71,9 @@ pub fn is_mounted(fstype: &str, target: Option<&Path>) -> io::Result<bool> {
         .any(|m| m.fstype == fstype && target.is_none_or(|t| m.mount_point == t)))
 }
 
-/// Mounts `fstype` at `target` unless one is already mounted there.
-pub fn ensure_mounted(fstype: &str, target: &str) -> io::Result<()> {
+/// Mounts `fstype` at `target` with mount options `options` unless one is already mounted
+/// there.
+pub fn ensure_mounted(fstype: &str, target: &str, options: Option<&str>) -> io::Result<()> {
     if is_mounted(fstype, Some(Path::new(target)))? {
         return Ok(());
     }
@@ -81,8 +82,10 @@ pub fn ensure_mounted(fstype: &str, target: &str) -> io::Result<()> {
         Some(fstype),
         target,
         Some(fstype),
-        nix::mount::MsFlags::empty(),
-        None::<&str>,
+        nix::mount::MsFlags::MS_NOSUID
+            | nix::mount::MsFlags::MS_NODEV
+            | nix::mount::MsFlags::MS_NOEXEC,
+        options,
     )
     .map_err(io::Error::from)
 }

@@ -13,6 +13,8 @@ pub struct EffectiveRules {
     pub v6: Vec<NetRule<Ipv6Net>>,
     /// Host names that could not be resolved now (they are retried on the next refresh).
     pub unresolved: Vec<String>,
+    /// Answers that were not admitted, as `name → address (why)`: see [`never_admitted`].
+    pub refused: Vec<String>,
 }
 
 /// Computes the rules in force now. `resolv_conf` is the text of `/etc/resolv.conf` (for
@@ -25,7 +27,7 @@ pub fn effective_rules(
     let mut rules = EffectiveRules {
         v4: network.allow_v4.clone(),
         v6: network.allow_v6.clone(),
-        unresolved: Vec::new(),
+        ..EffectiveRules::default()
     };
     let dns_port = Some(PortRange {
         first: 53,
@@ -84,12 +86,48 @@ fn resolve_host(
     match resolve(&host.pattern) {
         Ok(addrs) if !addrs.is_empty() => {
             for addr in addrs {
+                if let Some(why) = never_admitted(addr) {
+                    tracing::warn!(
+                        host = %host.pattern,
+                        %addr,
+                        "not admitted: a name never opens a {why} address; list the address itself if it is meant"
+                    );
+                    rules
+                        .refused
+                        .push(format!("{} → {addr} ({why})", host.pattern));
+                    continue;
+                }
                 push(rules, addr, host.ports, host.protocol);
             }
         }
         Ok(_) | Err(_) => {
             tracing::warn!(host = %host.pattern, "cannot resolve: not reachable until it resolves");
             rules.unresolved.push(host.pattern.clone());
+        }
+    }
+}
+
+/// Why a host name's answer `addr` is never admitted, if it is not: a name that answers
+/// loopback, the unspecified address, link-local (the cloud metadata service at
+/// 169.254.169.254) or multicast would open a local service or a whole segment to the
+/// instance (DNS rebinding). An address listed itself in `network.allow` is allowed as listed.
+pub fn never_admitted(addr: IpAddr) -> Option<&'static str> {
+    let addr = match addr {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(addr, IpAddr::V4),
+        v4 @ IpAddr::V4(_) => v4,
+    };
+    if addr.is_loopback() {
+        Some("loopback")
+    } else if addr.is_unspecified() {
+        Some("unspecified")
+    } else if addr.is_multicast() {
+        Some("multicast")
+    } else {
+        match addr {
+            IpAddr::V4(v4) if v4.is_link_local() => Some("link-local"),
+            IpAddr::V4(v4) if v4.is_broadcast() => Some("broadcast"),
+            IpAddr::V6(v6) if v6.is_unicast_link_local() => Some("link-local"),
+            _ => None,
         }
     }
 }
@@ -171,5 +209,43 @@ mod tests {
         assert_eq!(v4, ["192.0.2.7/32:443/tcp", "192.0.2.8/32:443/tcp"]);
         assert_eq!(rules.v6[0].to_string(), "[2001:db8::7/128]:443/tcp");
         assert_eq!(rules.unresolved, ["gone.example", "*.wild.example"]);
+    }
+
+    #[test]
+    fn names_that_answer_local_addresses_open_nothing() {
+        let net = network(
+            "user = \"a\"\n[network]\ndns = \"none\"\nallow = [\"rebind.example:80\", \"127.0.0.1/32:8080\"]\n",
+        );
+        let answers = [
+            "127.0.0.1",
+            "0.0.0.0",
+            "169.254.169.254",
+            "224.0.0.1",
+            "255.255.255.255",
+            "::1",
+            "::",
+            "fe80::1",
+            "ff02::1",
+            "::ffff:127.0.0.2",
+            "192.0.2.9",
+        ];
+        let rules = effective_rules(&net, "", |_| {
+            Ok(answers.iter().map(|a| a.parse().unwrap()).collect())
+        });
+        let v4: Vec<String> = rules.v4.iter().map(ToString::to_string).collect();
+        // Only the public answer, and the loopback address listed as itself.
+        assert_eq!(v4, ["192.0.2.9/32:80", "127.0.0.1/32:8080"]);
+        assert!(rules.v6.is_empty(), "{:?}", rules.v6);
+        assert_eq!(
+            rules.refused.len(),
+            answers.len() - 1,
+            "{:?}",
+            rules.refused
+        );
+        assert!(
+            rules
+                .refused
+                .contains(&"rebind.example → 169.254.169.254 (link-local)".to_owned())
+        );
     }
 }

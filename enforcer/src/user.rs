@@ -11,6 +11,10 @@ use thiserror::Error;
 
 use crate::paths::DYNAMIC_UID_LOCKS as DYNAMIC_LOCK_DIR;
 
+/// The kernel's overflow UID (`nobody`): files and peers of unknown owner show as it, and
+/// many services run as it, so it can never be one instance's own.
+const OVERFLOW_UID: u32 = 65534;
+
 /// The range dynamic UIDs come from (systemd's `DynamicUser=` range).
 pub const DYNAMIC_UIDS: std::ops::RangeInclusive<u32> = 61184..=65519;
 
@@ -22,6 +26,22 @@ pub enum UserError {
     Unknown { file: PathBuf, name: String },
     #[error("{file}: user: `{name}` is root (UID 0); an instance needs a user of its own")]
     Root { file: PathBuf, name: String },
+    #[error(
+        "{file}: user: `{name}` has UID {OVERFLOW_UID}, the overflow user that unrelated services \
+         share; give the instance a user of its own (e.g. `useradd --system isolate-NAME`) or set \
+         user = \"dynamic\""
+    )]
+    Shared { file: PathBuf, name: String },
+    #[error(
+        "{file}: user: the home of `{name}`, {}, does not exist, and the instance's programs keep \
+         their state there; create it (`mkdir -m 0700 {} && chown {name}: {}`) or give the user \
+         one that exists (`usermod -d DIR {name}`)", .home.display(), .home.display(), .home.display()
+    )]
+    NoHome {
+        file: PathBuf,
+        name: String,
+        home: PathBuf,
+    },
     #[error("cannot look up user `{name}`: {source}")]
     Lookup {
         name: String,
@@ -59,6 +79,24 @@ impl InstanceUser {
         }
     }
 
+    /// For a run: the user, whose home must exist (a named user's is not made here; programs
+    /// such as opencode fail obscurely without one).
+    pub fn resolve_for_run(policy: &Policy, dry_run: bool) -> Result<Self, UserError> {
+        let user = if dry_run {
+            Self::preview(policy)?
+        } else {
+            Self::resolve(policy)?
+        };
+        if !user.dynamic && !user.home.is_dir() {
+            return Err(UserError::NoHome {
+                file: policy.source.clone(),
+                name: user.name.clone(),
+                home: user.home.clone(),
+            });
+        }
+        Ok(user)
+    }
+
     /// As `resolve`, but changes nothing: a dynamic user is the UID that would be allocated
     /// now, without reserving it or preparing its home (for `--dry-run`).
     pub fn preview(policy: &Policy) -> Result<Self, UserError> {
@@ -84,6 +122,12 @@ impl InstanceUser {
             })?;
         if user.uid.is_root() {
             return Err(UserError::Root {
+                file: policy.source.clone(),
+                name: name.to_owned(),
+            });
+        }
+        if user.uid.as_raw() == OVERFLOW_UID {
+            return Err(UserError::Shared {
                 file: policy.source.clone(),
                 name: name.to_owned(),
             });
@@ -150,6 +194,12 @@ impl InstanceUser {
         if owner != self.uid {
             chown_tree(&self.home, self.uid, self.gid).map_err(io_error)?;
         }
+        // The instance's state is its own: no other user lists or reads it.
+        fs::set_permissions(
+            &self.home,
+            std::os::unix::fs::PermissionsExt::from_mode(0o700),
+        )
+        .map_err(io_error)?;
         Ok(())
     }
 }

@@ -16,7 +16,7 @@ use isolate_ebpf_common::{
     CounterKey, FAMILY_V4, FAMILY_V6, HOOK_CONNECT, HOOK_EGRESS, HOOK_SENDMSG, PROTO_OTHER,
     PROTO_TCP, PROTO_UDP,
 };
-use isolate_enforcer::bpf::{BpfLayer, CompiledRules, compile_rules};
+use isolate_enforcer::bpf::{BpfLayer, CompiledRules, PinDir, compile_rules};
 use isolate_policy::{NetRule, PortRange, Protocol};
 
 // Not 65534: the kernel reports packets without a full socket as the overflow UID (nobody).
@@ -48,7 +48,46 @@ fn main() -> ExitCode {
             "policy_update_under_load_never_lets_a_forbidden_connect_through",
             update_under_load,
         ),
+        (
+            "pin_directories_others_own_or_may_write_are_refused",
+            untrusted_pins,
+        ),
     ])
+}
+
+/// Another user who could plant isolate's pin directory could replace or delete its pins
+/// (deleting a link's pin detaches the program): such a directory is refused, and nothing
+/// is attached.
+fn untrusted_pins() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let cgroup = isolate_enforcer::cgroup::Cgroup::create(
+        &isolate_enforcer::cgroup::cgroup2_mount().unwrap(),
+        &common::sandbox::unique_name("untrusted"),
+    )
+    .unwrap();
+    for (owner, mode, why) in [
+        (65534, 0o755, "is owned by UID 65534, not root"),
+        (0, 0o777, "is writable by group or others (mode 777)"),
+    ] {
+        let planted = std::path::PathBuf::from(isolate_enforcer::paths::BPFFS)
+            .join(common::sandbox::unique_name("planted"));
+        std::fs::create_dir(&planted).unwrap();
+        std::os::unix::fs::chown(&planted, Some(owner), Some(owner)).unwrap();
+        std::fs::set_permissions(&planted, std::fs::Permissions::from_mode(mode)).unwrap();
+        let pins = PinDir::new(planted.join("pins"));
+        let error = match BpfLayer::attach(cgroup.path(), pins) {
+            Ok(layer) => {
+                layer.detach().unwrap();
+                let _ = std::fs::remove_dir_all(&planted);
+                panic!("attached below {}", planted.display());
+            }
+            Err(e) => e.to_string(),
+        };
+        let empty = std::fs::read_dir(&planted).unwrap().next().is_none();
+        std::fs::remove_dir(&planted).unwrap();
+        assert!(error.contains(why), "{error}");
+        assert!(empty, "nothing was pinned below {}", planted.display());
+    }
 }
 
 fn v4(net: &str, port: Option<u16>, protocol: Protocol) -> NetRule<Ipv4Net> {

@@ -183,3 +183,34 @@ fn a_missing_path_is_an_error_naming_it() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/isolate/policy.toml"));
 }
+
+/// `--kernel` says what enforcement the kernel really offers by loading each kind of
+/// isolate's programs (root only), not by reading its configuration.
+#[test]
+fn the_kernel_report_tries_loading_each_kind_of_program() {
+    let out = Command::new(env!("CARGO_BIN_EXE_isolate"))
+        .args(["check", "--kernel"])
+        .output()
+        .expect("run isolate check --kernel");
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !nix::unistd::geteuid().is_root() {
+        assert!(text.contains("run as root"), "{text}");
+        return;
+    }
+    for what in [
+        "eBPF socket hooks",
+        "eBPF egress backstop",
+        "eBPF unix-socket programs (BPF LSM)",
+    ] {
+        let line = text
+            .lines()
+            .find(|l| l.contains(what))
+            .unwrap_or_else(|| panic!("no line for {what}:\n{text}"));
+        assert!(
+            line.starts_with("ok") || line.starts_with("MISSING"),
+            "{line}"
+        );
+    }
+    let missing = text.lines().any(|l| l.starts_with("MISSING"));
+    assert_eq!(out.status.success(), !missing, "{text}");
+}

@@ -36,6 +36,10 @@ fn main() -> ExitCode {
             "a_broken_policy_or_directory_never_opens_a_restarted_daemon",
             broken_policy_across_restart,
         ),
+        (
+            "exec_with_another_network_than_the_daemon_enforces_is_refused",
+            exec_with_another_network,
+        ),
     ])
 }
 
@@ -197,6 +201,17 @@ impl Drop for Daemon {
     }
 }
 
+/// The instance called `name` in a status answer.
+fn instance_named(status: &serde_json::Value, name: &str) -> serde_json::Value {
+    status["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["name"] == name)
+        .cloned()
+        .unwrap_or_else(|| panic!("{name} missing from {status}"))
+}
+
 /// Runs `isolate ARGS`; returns stdout and whether it succeeded.
 fn run_isolate(args: &[&str]) -> (String, bool) {
     let out = Command::new(common::isolate_binary())
@@ -280,15 +295,23 @@ fn side_by_side() {
     // Status from the daemon.
     let status = daemon.status_json();
     assert_eq!(status["daemon_running"], true);
-    let by_name = |status: &serde_json::Value, name: &str| {
-        status["instances"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|i| i["name"] == name)
-            .cloned()
-            .unwrap_or_else(|| panic!("{name} missing from {status}"))
-    };
+    // Whether unix-socket allowlists are enforced is said in status and metrics alike (the
+    // host kernel here refuses the programs; the VM kernels run them).
+    let unix = status["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["layer"] == "unix")
+        .unwrap_or_else(|| panic!("no unix entry in {status}"))
+        .clone();
+    let available = unix["available"].as_bool().unwrap();
+    assert_eq!(unix["reason"].is_null(), available, "{unix}");
+    assert_eq!(
+        metric(&text, "isolate_layer_available{layer=\"unix\"}"),
+        Some(u64::from(available)),
+        "{text}"
+    );
+    let by_name = instance_named;
     assert_eq!(by_name(&status, "alpha")["blocked_ebpf"], 2);
     assert_eq!(by_name(&status, "alpha")["uid"], user_a.uid);
     assert_eq!(by_name(&status, "beta")["blocked_ebpf"], 1);
@@ -447,12 +470,7 @@ fn broken_policy_across_restart() {
         "a broken file after a restart opened the instance"
     );
     let status = daemon.status_json();
-    let delta = status["instances"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|i| i["name"] == "delta")
-        .unwrap_or_else(|| panic!("delta is no longer listed: {status}"));
+    let delta = instance_named(&status, "delta");
     assert_eq!(delta["uid"], user.uid);
     assert!(
         delta["kept"]
@@ -472,6 +490,43 @@ fn broken_policy_across_restart() {
         "a missing directory removed the enforcement"
     );
     std::fs::rename(&moved, daemon.policy_dir()).unwrap();
+}
+
+/// The daemon confines the instance's UID by its own file: a run that brings a policy with
+/// other network rules for the same instance would have them silently ignored, so it is
+/// refused before anything is touched.
+fn exec_with_another_network() {
+    let user = TestUser::new();
+    let mut daemon = Daemon::new();
+    daemon.write_policy("epsilon", &user, "\"192.0.2.1/32:443/tcp\"");
+    daemon.start();
+    let mine = daemon.dir.path().join("mine.toml");
+    std::fs::write(
+        &mine,
+        format!(
+            "name = \"epsilon\"\nuser = \"{}\"\n[network]\ndns = \"none\"\nallow = [\"0.0.0.0/0\"]\n",
+            user.name
+        ),
+    )
+    .unwrap();
+    let out = Command::new(common::isolate_binary())
+        .args(["exec", "--policy"])
+        .arg(&mine)
+        .arg("--control-socket")
+        .arg(daemon.socket())
+        .args(["--", "/bin/true"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("with another network section than"),
+        "{stderr}"
+    );
+    assert!(
+        !Path::new("/var/lib/isolate/epsilon").exists(),
+        "nothing was touched"
+    );
 }
 
 fn exec_handoff() {

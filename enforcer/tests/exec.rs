@@ -38,6 +38,15 @@ fn main() -> ExitCode {
             fails_closed,
         ),
         ("a_named_user_is_used", named_user),
+        (
+            "the_child_has_neither_the_callers_terminal_nor_its_descriptors",
+            caller_session_and_descriptors,
+        ),
+        ("bpffs_mounted_by_isolate_is_for_root_alone", bpffs_mode),
+        (
+            "the_policy_environment_and_a_root_only_secrets_file_reach_the_child",
+            environment,
+        ),
     ])
 }
 
@@ -369,6 +378,11 @@ fn private_tmpdir() {
         text.contains("xdg=unset"),
         "the caller's XDG directories are not passed: {text}"
     );
+    // The dynamic user's home, which outlives the run, is the instance's alone.
+    let home = Path::new("/var/lib/isolate").join(&instance.name);
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&home).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o700, "{} has mode {mode:o}", home.display());
 }
 
 fn second_run() {
@@ -442,6 +456,141 @@ fn nothing_left() {
     );
 }
 
+/// Run from root's shell, the child must not be able to type into that shell (TIOCSTI needs
+/// the terminal to be the caller's controlling one) nor use what root had open: a socket to a
+/// forbidden destination would bypass both network layers.
+fn caller_session_and_descriptors() {
+    use std::os::fd::AsRawFd as _;
+    let instance = Instance::new("", "");
+    let file = std::fs::File::open("/etc/hostname").unwrap();
+    // dup() gives a descriptor without close-on-exec, like one a shell leaves open.
+    let leaked = nix::unistd::dup(&file).unwrap();
+    let fd = leaked.as_raw_fd();
+    let script = format!(
+        "read -r stat < /proc/$$/stat; echo \"$$ $stat\"; \
+         if [ -e /proc/$$/fd/{fd} ]; then echo fd-open; else echo fd-closed; fi"
+    );
+    let out = instance.run(&["/bin/sh", "-c", &script]);
+    let text = stdout(&out);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // `PID PID (comm) STATE PPID PGRP SESSION TTY_NR …`
+    let fields: Vec<&str> = text
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    assert!(fields.len() > 7, "{text}");
+    assert_eq!(
+        fields[6], fields[0],
+        "the child leads a session of its own: {text}"
+    );
+    assert_eq!(fields[7], "0", "and has no controlling terminal: {text}");
+    assert!(
+        text.contains("fd-closed"),
+        "the caller's descriptor {fd} reached the child: {text}"
+    );
+
+    let keep = fd.to_string();
+    let mut cmd = instance.command(&["--keep-fd", &keep, "--", "/bin/sh", "-c", &script]);
+    let out = cmd.stdin(Stdio::null()).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("fd-open"),
+        "--keep-fd {fd} passes it on: {}",
+        stdout(&out)
+    );
+
+    let out = instance
+        .command(&["--keep-fd", "999", "--", "/bin/true"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("--keep-fd 999: no such open descriptor"),
+        "{}",
+        stderr(&out)
+    );
+    drop(leaked);
+}
+
+/// Where bpffs is not mounted, isolate mounts it; anyone able to write there could plant
+/// the directories isolate pins into, or delete pins and detach programs. Tried in a mount
+/// namespace of this test's own, where bpffs is unmounted (the host's stays as it is).
+fn bpffs_mode() {
+    use nix::mount::{MntFlags, MsFlags};
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).unwrap();
+    nix::mount::mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .unwrap();
+    while nix::mount::umount2("/sys/fs/bpf", MntFlags::MNT_DETACH).is_ok() {}
+    let instance = Instance::new("", "");
+    let out = instance.run(&["/bin/true"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata("/sys/fs/bpf").unwrap().permissions(),
+    );
+    // The kernel adds the sticky bit to every bpffs root; what counts is that only root
+    // may enter and write.
+    assert_eq!(
+        mode & 0o777,
+        0o700,
+        "isolate mounted bpffs with mode {mode:o}"
+    );
+}
+
+/// Provider keys come from a file only root can read; the instance gets the values, never
+/// the file. A file others could read is refused before anything runs.
+fn environment() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let instance = Instance::new("", "");
+    let secrets = instance.dir.path().join("secrets.env");
+    std::fs::write(&secrets, "# keys\nAPI_KEY=sk-test\n").unwrap();
+    std::fs::set_permissions(&secrets, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let policy = std::fs::read_to_string(&instance.policy).unwrap().replace(
+        "user = \"dynamic\"\n",
+        &format!(
+            "user = \"dynamic\"\nenvironment = {{ GREETING = \"hello\" }}\nenvironment_file = \"{}\"\n",
+            secrets.display()
+        ),
+    );
+    std::fs::write(&instance.policy, policy).unwrap();
+    let marker = instance.dir.path().join("ran");
+    let script = format!("touch {}; echo \"$GREETING $API_KEY\"", marker.display());
+    let out = instance.run(&["/bin/sh", "-c", &script]);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    assert!(
+        stderr(&out).contains("group or others may read or write it (mode 644)")
+            && stderr(&out).contains(&format!("chmod 600 {}", secrets.display())),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        !marker.exists(),
+        "the child ran although the secrets were exposed"
+    );
+    assert_clean(&instance.name);
+
+    std::fs::set_permissions(&secrets, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let out = instance.run(&[
+        "/bin/sh",
+        "-c",
+        "echo \"$GREETING $API_KEY\"; cat secrets.env || true",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.starts_with("hello sk-test\n"), "{text}");
+    assert!(
+        !text.contains("# keys"),
+        "the instance read the file itself: {text}"
+    );
+}
+
 fn dry_run() {
     let instance = Instance::new("allow = [\"10.0.0.0/9\", \"10.128.0.0/9\"]", "");
     let out = instance
@@ -501,6 +650,24 @@ fn named_user() {
     std::fs::write(&instance.policy, policy).unwrap();
     let out = instance.run(&["/usr/bin/id", "-un"]);
     assert_eq!(stdout(&out).trim(), name.as_str(), "{}", stderr(&out));
+
+    // A named user without a home is refused before anything is applied.
+    let homeless = TestUser::without_home();
+    let instance = Instance::new("", "");
+    let policy = std::fs::read_to_string(&instance.policy).unwrap().replace(
+        "user = \"dynamic\"",
+        &format!("user = \"{}\"", homeless.name),
+    );
+    std::fs::write(&instance.policy, policy).unwrap();
+    let out = instance.run(&["/bin/true"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains(&format!("the home of `{}`", homeless.name))
+            && stderr(&out).contains("does not exist"),
+        "{}",
+        stderr(&out)
+    );
+    assert_clean(&instance.name);
 
     let missing = Instance::new("", "");
     let policy = std::fs::read_to_string(&missing.policy)

@@ -29,8 +29,10 @@ use common::sandbox::unique_name;
 const EXAMPLE: &str = include_str!("../../examples/opencode.toml");
 /// The version `cargo xtask setup` installs (xtask/src/opencode.rs).
 const OPENCODE_VERSION: &str = "1.18.33";
-/// What the fake resolver answers for names the test serves itself.
-const LOCAL_ANSWER: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
+/// What the fake resolver answers for names the test serves itself: an address of TEST-NET-1
+/// that the test puts on the loopback device of its own network namespace (a loopback answer
+/// would not do: isolate never admits a name's loopback answer).
+const LOCAL_ANSWER: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
 
 fn main() -> ExitCode {
     common::run_tests(&[
@@ -176,14 +178,15 @@ fn dns_off() {
 }
 
 /// The README's way to let a provider in: a host name added to `network.allow`. isolate
-/// resolves it when the instance starts (here: through the fake resolver, to 127.0.0.2, where the
+/// resolves it when the instance starts (here: through the fake resolver, to 192.0.2.2, where the
 /// test listens on 443); opencode's connection to it goes through, unrecorded, while the other
 /// host stays blocked.
 fn allowed_host() {
     let resolver = first_nameserver().expect(
         "this test needs a `nameserver` line in /etc/resolv.conf (dns = \"system\" allows it)",
     );
-    let provider = TcpListener::bind((LOCAL_ANSWER, 443)).expect("listen on 127.0.0.2:443");
+    add_to_loopback(LOCAL_ANSWER.into());
+    let provider = TcpListener::bind((LOCAL_ANSWER, 443)).expect("listen on 192.0.2.2:443");
     provider.set_nonblocking(true).unwrap();
     let dns = FakeDns::start(resolver, &["models.opencode.ai"]);
     let run = Run::start(Dns::System, &["models.opencode.ai:443/tcp"]);
@@ -816,8 +819,18 @@ fn collect_lines(reader: impl std::io::Read + Send + 'static, into: Arc<Mutex<Ve
     });
 }
 
+/// Puts `address` on `lo` of the test's own network namespace, so traffic to it stays there.
+fn add_to_loopback(address: IpAddr) {
+    let prefix = if address.is_ipv4() { 32 } else { 128 };
+    let status = Command::new("ip")
+        .args(["addr", "add", &format!("{address}/{prefix}"), "dev", "lo"])
+        .status()
+        .expect("ip addr add (iproute2)");
+    assert!(status.success(), "ip addr add {address} dev lo");
+}
+
 /// A resolver on the system resolver's address, inside the test's network namespace: an A query
-/// for one of the `local` names gets 127.0.0.2 (where the test may listen), any other gets an
+/// for one of the `local` names gets 192.0.2.2 (where the test may listen), any other gets an
 /// address of 203.0.113.0/24 (TEST-NET-3), one per name; other queries get an empty answer.
 struct FakeDns {
     answered: Arc<Mutex<BTreeMap<String, Ipv4Addr>>>,
@@ -828,12 +841,7 @@ struct FakeDns {
 impl FakeDns {
     fn start(address: IpAddr, local: &[&str]) -> Self {
         if !address.is_loopback() {
-            let prefix = if address.is_ipv4() { 32 } else { 128 };
-            let status = Command::new("ip")
-                .args(["addr", "add", &format!("{address}/{prefix}"), "dev", "lo"])
-                .status()
-                .expect("ip addr add (iproute2)");
-            assert!(status.success(), "ip addr add {address} dev lo");
+            add_to_loopback(address);
         }
         let socket = UdpSocket::bind((address, 53)).expect("bind the fake resolver");
         socket

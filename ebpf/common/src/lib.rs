@@ -50,6 +50,9 @@ pub const UNIX_CONFIG_GLOBAL: &str = "ISOLATE_UNIX_CONFIG";
 pub const MAX_ALLOW_ENTRIES: u32 = 1 << 20;
 /// Confined UIDs.
 pub const MAX_INSTANCES: u32 = 4096;
+/// Counters each confined UID has: (IPv4, IPv6) × (TCP, UDP, other) × (connect, sendmsg,
+/// egress), and unix (stream, datagram).
+pub const COUNTERS_PER_INSTANCE: u32 = 2 * 3 * 3 + 2;
 /// Port rules one destination prefix can carry.
 pub const MAX_PORT_RULES: usize = 8;
 

@@ -14,9 +14,9 @@ use aya_ebpf::{
     programs::{SkBuffContext, SockAddrContext},
 };
 use isolate_ebpf_common::{
-    AllowValue, BlockEvent, CounterKey, FAMILY_V4, FAMILY_V6, HOOK_CONNECT, HOOK_EGRESS,
-    HOOK_SENDMSG, InstanceState, KEY_HEADER_BITS, MAX_ALLOW_ENTRIES, MAX_INSTANCES, PROTO_OTHER,
-    PROTO_TCP, PROTO_UDP, V4Key, V6Key,
+    AllowValue, BlockEvent, COUNTERS_PER_INSTANCE, CounterKey, FAMILY_V4, FAMILY_V6, HOOK_CONNECT,
+    HOOK_EGRESS, HOOK_SENDMSG, InstanceState, KEY_HEADER_BITS, MAX_ALLOW_ENTRIES, MAX_INSTANCES,
+    PROTO_OTHER, PROTO_TCP, PROTO_UDP, V4Key, V6Key,
 };
 
 /// Return values of a cgroup sock_addr program.
@@ -39,7 +39,7 @@ static ALLOW_V6: LpmTrie<V6Key, AllowValue> = LpmTrie::with_max_entries(MAX_ALLO
 /// racing first insert on two CPUs.
 #[map(name = "BLOCKED")]
 static BLOCKED: PerCpuHashMap<CounterKey, u64> =
-    PerCpuHashMap::with_max_entries(MAX_INSTANCES * 16, 0);
+    PerCpuHashMap::with_max_entries(MAX_INSTANCES * COUNTERS_PER_INSTANCE, 0);
 
 #[map(name = "EVENTS")]
 static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);

@@ -93,6 +93,11 @@ pub enum BpfError {
     UnixUnsupported { reason: String },
     #[error("network.unix_sockets: {0}")]
     UnixSocket(#[source] LocateError),
+    #[error(
+        "{}: {why}, so others could plant or remove isolate's pins there; remove it (`rm -r {}`) \
+         and let isolate make it again", .path.display(), .path.display()
+    )]
+    UntrustedPins { path: PathBuf, why: String },
 }
 
 fn map_error(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> BpfError {
@@ -110,6 +115,10 @@ fn pin_error(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> Bpf
         source,
     }
 }
+
+/// [`BpfLayer::open_object`]'s result: the object, the kernel's BTF, and whether the
+/// unix-socket programs can run here.
+type OpenedObject = (Ebpf, Option<Btf>, Result<(), String>);
 
 /// The layer's maps, whether this process loaded them or adopted their pins.
 pub struct BpfLayer {
@@ -135,6 +144,9 @@ impl BpfLayer {
     /// [`BpfLayer::unix_support`] says why; only a policy with unix sockets is refused then.
     pub fn attach(cgroup: &Path, pins: PinDir) -> Result<Self, BpfError> {
         ensure_bpffs().map_err(pin_error("mount bpffs at", Path::new(crate::paths::BPFFS)))?;
+        if let Some((path, why)) = pins.untrusted() {
+            return Err(BpfError::UntrustedPins { path, why });
+        }
         if pins.exists() {
             return Self::open(pins);
         }
@@ -211,10 +223,11 @@ impl BpfLayer {
         pins.remove().map_err(pin_error("remove", pins.path()))
     }
 
-    fn load_and_pin(cgroup: &Path, pins: &PinDir) -> Result<UnixSupport, BpfError> {
+    /// The embedded object, set up for this kernel and for judging below `cgroup`: its maps
+    /// are created, no program is loaded yet. Also the kernel's BTF, and whether the
+    /// unix-socket programs can run here (or why not).
+    fn open_object(cgroup: &Path) -> Result<OpenedObject, BpfError> {
         let btf = Btf::from_sys_fs().ok();
-        // What the unix-socket programs need to know about this kernel (or why they cannot
-        // run here).
         let unix_config = match unix::kernel_support() {
             UnixSupport::Enforced => std::fs::read(crate::paths::KERNEL_BTF)
                 .map_err(|e| format!("cannot read the kernel's BTF: {e}"))
@@ -226,9 +239,59 @@ impl BpfLayer {
         if let Ok(config) = &unix_config {
             loader.override_global(UNIX_CONFIG_GLOBAL, config, true);
         }
-        let mut ebpf = loader
+        let ebpf = loader
             .load(EBPF_OBJECT)
             .map_err(|e| BpfError::Load(Box::new(e)))?;
+        Ok((ebpf, btf, unix_config.map(drop)))
+    }
+
+    /// Loads each kind of isolate's programs into the kernel and unloads it again, attaching
+    /// nothing: what enforcement this kernel really offers, as opposed to what its
+    /// configuration suggests. Each entry is (what, `Ok` or why not).
+    pub fn probe(cgroup: &Path) -> Vec<(&'static str, Result<(), String>)> {
+        const SOCKET: &str = "eBPF socket hooks (connect4/6, sendmsg4/6)";
+        const EGRESS: &str = "eBPF egress backstop (cgroup_skb)";
+        const UNIX: &str = "eBPF unix-socket programs (BPF LSM)";
+        let reason = |e: BpfError| {
+            let e = e.to_string();
+            // aya ends the message with the verifier's log, often empty.
+            e.trim_end_matches(" Verifier output: ").to_owned()
+        };
+        let (mut ebpf, btf, unix_config) = match Self::open_object(cgroup) {
+            Ok(opened) => opened,
+            Err(e) => {
+                let why = reason(e);
+                return [SOCKET, EGRESS, UNIX]
+                    .into_iter()
+                    .map(|what| (what, Err(why.clone())))
+                    .collect();
+            }
+        };
+        let socket = program_names::SOCK_ADDR.iter().try_for_each(|&name| {
+            let program: &mut CgroupSockAddr = program(&mut ebpf, name)?;
+            program.load().map_err(program_error(name))
+        });
+        let egress = program::<CgroupSkb>(&mut ebpf, program_names::EGRESS)
+            .and_then(|p| p.load().map_err(program_error(program_names::EGRESS)));
+        let unix = unix_config.and_then(|()| {
+            let btf = btf.as_ref().ok_or("the kernel has no BTF".to_owned())?;
+            program_names::UNIX
+                .iter()
+                .try_for_each(|&(name, hook)| {
+                    let program: &mut Lsm = program(&mut ebpf, name)?;
+                    program.load(hook, btf).map_err(program_error(name))
+                })
+                .map_err(reason)
+        });
+        vec![
+            (SOCKET, socket.map_err(reason)),
+            (EGRESS, egress.map_err(reason)),
+            (UNIX, unix),
+        ]
+    }
+
+    fn load_and_pin(cgroup: &Path, pins: &PinDir) -> Result<UnixSupport, BpfError> {
+        let (mut ebpf, btf, unix_config) = Self::open_object(cgroup)?;
         let cgroup_file = std::fs::File::open(cgroup).map_err(pin_error("open cgroup", cgroup))?;
         // With BPF links (kernel 5.7+) the kernel always attaches in multi mode, so other
         // tools' programs on the same cgroup keep working; `Single` only means "no flags",
@@ -253,7 +316,7 @@ impl BpfLayer {
         pin_link(pins, name, FdLink::try_from(link))?;
 
         let support = match unix_config {
-            Ok(_) => match Self::load_unix_programs(&mut ebpf, btf.as_ref(), pins) {
+            Ok(()) => match Self::load_unix_programs(&mut ebpf, btf.as_ref(), pins) {
                 Ok(()) => UnixSupport::Enforced,
                 Err(e) => {
                     for (name, _) in program_names::UNIX {
@@ -643,4 +706,24 @@ fn counter_keys(uid: u32) -> impl Iterator<Item = CounterKey> {
             _pad: 0,
         });
     inet.chain(unix)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    /// The counter map holds every counter of every instance the maps can confine (it once
+    /// held 16 per instance while each creates 20, so the last fifth of a full host went
+    /// uncounted).
+    #[test]
+    fn the_counter_map_is_sized_for_every_instance() {
+        let keys: BTreeSet<CounterKey> = counter_keys(1000).collect();
+        assert_eq!(
+            u32::try_from(keys.len()).unwrap(),
+            isolate_ebpf_common::COUNTERS_PER_INSTANCE
+        );
+        assert!(counter_keys(1000).all(|k| k.uid == 1000));
+    }
 }

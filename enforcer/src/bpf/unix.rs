@@ -43,7 +43,7 @@ pub fn active_lsms() -> io::Result<String> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
     }
-    crate::mounts::ensure_mounted("securityfs", SECURITYFS)?;
+    crate::mounts::ensure_mounted("securityfs", SECURITYFS, None)?;
     Ok(fs::read_to_string(LSM_LIST)?.trim().to_owned())
 }
 

@@ -33,6 +33,11 @@ pub struct ExecArgs {
     /// Print what would be applied (user, cgroup, network rules, Landlock rules) and exit.
     #[arg(long)]
     dry_run: bool,
+    /// Pass the caller's open descriptor N on to the command (repeatable). Every other
+    /// descriptor above 2 is closed, so nothing the caller had open (a socket, a file)
+    /// reaches the command by accident.
+    #[arg(long = "keep-fd", value_name = "N")]
+    keep_fd: Vec<i32>,
     /// The command to run, after `--`.
     #[arg(last = true, required = true)]
     command: Vec<OsString>,
@@ -47,6 +52,7 @@ pub fn run(args: &ExecArgs) -> anyhow::Result<ExitCode> {
     };
     let mut plan = ExecPlan::new(policy, layers, args.dry_run)?;
     plan.control_socket.clone_from(&args.control_socket);
+    plan.keep_fds(&args.keep_fd)?;
     if args.dry_run {
         println!("{plan}");
         println!("command   {}", shell_words(&args.command));

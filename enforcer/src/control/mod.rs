@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-pub use status::{DaemonStats, InstanceStatus, Status};
+pub use status::{DaemonStats, InstanceStatus, LayerAvailability, Status};
 
 /// How long a client waits for the daemon's answer. An `ensure` or `reload` applies every
 /// changed instance before it answers, so this is generous.
@@ -34,9 +34,22 @@ pub enum Request {
 #[serde(tag = "answer", rename_all = "snake_case")]
 pub enum Response {
     Status(Status),
-    Reloaded { report: ReloadReport },
-    Ensured { instance: String, uid: u32 },
-    Error { message: String },
+    Reloaded {
+        report: ReloadReport,
+    },
+    Ensured {
+        instance: String,
+        uid: u32,
+        /// The daemon's policy file for the instance.
+        #[serde(default)]
+        source: PathBuf,
+        /// [`network_digest`] of the network section the daemon enforces.
+        #[serde(default)]
+        network: String,
+    },
+    Error {
+        message: String,
+    },
 }
 
 /// The outcome of a reload.
@@ -92,6 +105,21 @@ impl std::fmt::Display for ReloadReport {
         }
         Ok(())
     }
+}
+
+/// A digest of a policy's network section, to tell whether two policies of one instance
+/// ask the same of the network layers.
+pub fn network_digest(network: &isolate_policy::Network) -> String {
+    use sha2::{Digest as _, Sha256};
+    let text = serde_json::to_string(network).expect("a network section serialises");
+    let digest = Sha256::digest(text.as_bytes());
+    digest
+        .iter()
+        .fold(String::from("sha256:"), |mut out, byte| {
+            use std::fmt::Write as _;
+            let _ = write!(out, "{byte:02x}");
+            out
+        })
 }
 
 /// Why a request got no answer.

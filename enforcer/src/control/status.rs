@@ -15,6 +15,19 @@ pub struct Status {
     /// The daemon's own counters (only a running daemon has them).
     #[serde(default)]
     pub daemon: Option<DaemonStats>,
+    /// What the daemon's layers offer: `ebpf`, `nftables`, `unix` (the unix-socket
+    /// allowlists) → whether they are in force, and why not.
+    #[serde(default)]
+    pub layers: Vec<LayerAvailability>,
+}
+
+/// Whether a layer (or part of one) is in force.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LayerAvailability {
+    pub layer: String,
+    pub available: bool,
+    /// Why not, when it is not.
+    pub reason: Option<String>,
 }
 
 /// Counters of the daemon's own work.
@@ -82,6 +95,14 @@ impl fmt::Display for Status {
             "isolate status, {source}: {} instance(s)",
             self.instances.len()
         )?;
+        for layer in self.layers.iter().filter(|l| !l.available) {
+            writeln!(
+                f,
+                "NOT ENFORCED: {} ({})",
+                layer.layer,
+                layer.reason.as_deref().unwrap_or("turned off")
+            )?;
+        }
         if self.instances.is_empty() {
             return Ok(());
         }
@@ -146,8 +167,17 @@ mod tests {
             daemon_running: true,
             instances: vec![instance],
             daemon: None,
+            layers: vec![LayerAvailability {
+                layer: "unix".into(),
+                available: false,
+                reason: Some("the kernel refused them".into()),
+            }],
         };
         let text = status.to_string();
+        assert!(
+            text.contains("NOT ENFORCED: unix (the kernel refused them)"),
+            "{text}"
+        );
         assert!(
             text.contains("running on its last good policy: a.toml:2:1: bogus"),
             "{text}"

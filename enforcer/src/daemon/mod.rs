@@ -32,8 +32,11 @@ use thiserror::Error;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::audit::AuditSink;
+use crate::bpf::UnixSupport;
 use crate::bpf::{self, BpfLayer, PinDir};
-use crate::control::{DaemonStats, InstanceStatus, ReloadReport, Response, Status};
+use crate::control::{
+    DaemonStats, InstanceStatus, LayerAvailability, ReloadReport, Response, Status,
+};
 use crate::layer::{InstanceId, LayerError, LayerSet, Layers, NetworkLayer, NftLayer};
 use registry::{Lookups, Registry};
 use state::Enforced;
@@ -150,6 +153,8 @@ struct Shared {
     events_received: AtomicU64,
     /// The layers as the readers see them: handles apart from the worker's.
     readers: LayerSet,
+    /// What the layers offer, found when they were opened.
+    availability: Vec<LayerAvailability>,
 }
 
 impl Shared {
@@ -201,6 +206,7 @@ impl Shared {
                 events_received: self.events_received.load(Ordering::Relaxed),
                 ..view.stats
             }),
+            layers: self.availability.clone(),
         }
     }
 }
@@ -219,7 +225,7 @@ pub fn run(config: &DaemonConfig) -> Result<(), DaemonError> {
     if !nix::unistd::geteuid().is_root() {
         return Err(DaemonError::NotRoot);
     }
-    let layers = open_layers(config)?;
+    let (layers, availability) = open_layers(config)?;
     let readers = layers.reader()?;
     let layer_names: Vec<String> = layers.kinds().iter().map(ToString::to_string).collect();
     let mut registry = Registry::new(config.policy_dir.clone(), layers, Lookups::system());
@@ -245,6 +251,7 @@ pub fn run(config: &DaemonConfig) -> Result<(), DaemonError> {
         recent: Mutex::default(),
         events_received: AtomicU64::new(0),
         readers,
+        availability,
     });
 
     let (work, work_queue) = mpsc::channel();
@@ -291,20 +298,42 @@ pub fn run(config: &DaemonConfig) -> Result<(), DaemonError> {
     result
 }
 
-/// The daemon's layers: the eBPF attachment (loaded, or adopted from its pins) and nftables.
-fn open_layers(config: &DaemonConfig) -> Result<LayerSet, DaemonError> {
+/// The daemon's layers: the eBPF attachment (loaded, or adopted from its pins) and nftables,
+/// and what they offer (operators see it in status and metrics, not only in a log line).
+fn open_layers(config: &DaemonConfig) -> Result<(LayerSet, Vec<LayerAvailability>), DaemonError> {
+    let availability = |layer: &str, reason: Option<String>| LayerAvailability {
+        layer: layer.into(),
+        available: reason.is_none(),
+        reason,
+    };
+    let off = || Some("turned off (--layers)".to_owned());
     let mut layers: Vec<Box<dyn NetworkLayer>> = Vec::new();
+    let mut offered = Vec::new();
     if config.layers.ebpf {
         let cgroup = match &config.cgroup {
             Some(cgroup) => cgroup.clone(),
             None => crate::cgroup::cgroup2_mount()?,
         };
-        layers.push(Box::new(BpfLayer::attach(&cgroup, config.pins.clone())?));
+        let bpf = BpfLayer::attach(&cgroup, config.pins.clone())?;
+        let unix = match bpf.unix_support() {
+            UnixSupport::Enforced => None,
+            UnixSupport::Unavailable(reason) => Some(reason.clone()),
+        };
+        offered.push(availability("ebpf", None));
+        offered.push(availability("unix", unix));
+        layers.push(Box::new(bpf));
+    } else {
+        offered.push(availability("ebpf", off()));
+        offered.push(availability("unix", off()));
     }
+    offered.push(availability(
+        "nftables",
+        (!config.layers.nftables).then(off).flatten(),
+    ));
     if config.layers.nftables {
         layers.push(Box::new(NftLayer));
     }
-    Ok(LayerSet::new(layers))
+    Ok((LayerSet::new(layers), offered))
 }
 
 fn save_state(registry: &Registry, state_dir: &std::path::Path) {
@@ -363,6 +392,8 @@ fn ensured(registry: &Registry, report: &ReloadReport, instance: &str) -> Respon
         Some(i) => Response::Ensured {
             instance: instance.to_owned(),
             uid: i.id.uid,
+            source: i.policy.source.clone(),
+            network: crate::control::network_digest(&i.policy.network),
         },
         None => Response::Error {
             message: report.failure_of(instance).map_or_else(

@@ -36,6 +36,10 @@ pub struct Instance {
     pub hash: String,
     /// Why the instance runs on its last good policy, while it does.
     pub kept: Option<String>,
+    /// Whether this daemon saw the layers hold what it records: true once it applied the
+    /// instance itself or checked what an earlier daemon left, so an unchanged instance is
+    /// not asked of every layer at each reload.
+    verified: bool,
 }
 
 impl Instance {
@@ -310,11 +314,12 @@ impl Registry {
         let rules = (self.lookups.rules)(&policy);
         let hash = enforcement_hash(&policy, &rules, uid);
         self.adopt(&name);
-        if let Some(current) = self.instances.get(&name)
+        if let Some(current) = self.instances.get_mut(&name)
             && current.hash == hash
             && current.id.uid == uid
-            && self.layers.in_force(&current.id).unwrap_or(false)
+            && (current.verified || self.layers.in_force(&current.id).unwrap_or(false))
         {
+            current.verified = true;
             return Ok(Outcome::Unchanged);
         }
         let id = InstanceId {
@@ -344,6 +349,7 @@ impl Registry {
                 rules,
                 hash,
                 kept,
+                verified: true,
             },
         );
         Ok(Outcome::Applied)
@@ -379,6 +385,7 @@ impl Registry {
                 rules,
                 hash: record.policy_hash,
                 kept: None,
+                verified: false,
             },
         );
     }

@@ -71,6 +71,7 @@ pub fn from_kernel(state_dir: &Path, daemon_pins: &PinDir, exec_pins: &Path) -> 
         daemon_running: false,
         instances,
         daemon: None,
+        layers: Vec::new(),
     }
 }
 

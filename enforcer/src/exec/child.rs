@@ -1,12 +1,13 @@
-//! What the child does between fork and exec to become the confined instance: join the
-//! instance cgroup, lose every privilege, and restrict itself with Landlock.
+//! What the child does between fork and exec to become the confined instance: leave the
+//! caller's session, join the instance cgroup, lose every privilege, restrict itself with
+//! Landlock, and let no descriptor of the caller's through but those passed on purpose.
 //!
 //! Runs in the forked child of a single-threaded supervisor, so the small allocations the
 //! `caps` crate makes are safe here.
 
 use std::ffi::CString;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 use caps::CapSet;
 
@@ -22,6 +23,8 @@ pub struct ChildSetup {
     pub workdir: CString,
     pub landlock: Option<PreparedRuleset>,
     pub supervisor_pid: libc::pid_t,
+    /// Descriptors above 2 that the child keeps (sorted); every other one closes at exec.
+    pub keep_fds: Vec<RawFd>,
 }
 
 impl ChildSetup {
@@ -33,6 +36,9 @@ impl ChildSetup {
         nix::sys::signal::SigSet::empty()
             .thread_set_mask()
             .map_err(io::Error::from)?;
+        // A session of its own: no controlling terminal of the caller's, so the child cannot
+        // push keystrokes into the caller's shell (TIOCSTI) or take over its terminal.
+        check(unsafe { libc::setsid() })?;
         join_cgroup(&self.cgroup_procs)?;
         // No setuid binary, file capability or exec can give privileges back.
         check(unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) })?;
@@ -58,7 +64,46 @@ impl ChildSetup {
         if let Some(ruleset) = self.landlock.take() {
             ruleset.restrict_self().map_err(io::Error::other)?;
         }
-        Ok(())
+        close_at_exec_all_but(&self.keep_fds)
+    }
+}
+
+/// `close_range(2)` flag: mark the range close-on-exec instead of closing it now (the
+/// descriptor that reports a failed exec to the parent must stay open until then).
+const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
+
+/// Marks every descriptor above 2 close-on-exec except `keep` (sorted), which are made to
+/// survive the exec: whatever the caller had open (a socket to a forbidden destination, a
+/// file outside the policy) never reaches the command.
+fn close_at_exec_all_but(keep: &[RawFd]) -> io::Result<()> {
+    let mut first: libc::c_uint = 3;
+    for &fd in keep {
+        let fd = fd.cast_unsigned();
+        if fd > first {
+            close_range_at_exec(first, fd - 1);
+        }
+        first = fd + 1;
+        // SAFETY: fcntl on a descriptor number; the parent checked it is open.
+        check(unsafe { libc::fcntl(fd.cast_signed(), libc::F_SETFD, 0) })?;
+    }
+    close_range_at_exec(first, libc::c_uint::MAX);
+    Ok(())
+}
+
+fn close_range_at_exec(first: libc::c_uint, last: libc::c_uint) {
+    // SAFETY: close_range only changes descriptor flags.
+    let ret = unsafe { libc::syscall(libc::SYS_close_range, first, last, CLOSE_RANGE_CLOEXEC) };
+    if ret == 0 {
+        return;
+    }
+    // Kernels before 5.11 lack the flag: mark each open descriptor in turn.
+    // SAFETY: sysconf has no preconditions.
+    let open_max = unsafe { libc::sysconf(libc::_SC_OPEN_MAX) };
+    let limit = u64::try_from(open_max).unwrap_or(1024).min(1 << 20);
+    let last = u64::from(last).min(limit);
+    for fd in u64::from(first)..last {
+        // SAFETY: fcntl on a descriptor number; EBADF for closed ones is ignored.
+        unsafe { libc::fcntl(fd as libc::c_int, libc::F_SETFD, libc::FD_CLOEXEC) };
     }
 }
 

@@ -4,11 +4,12 @@
 //! and everything applied before is taken away.
 
 mod child;
+mod environment;
 mod supervise;
 
 use std::ffi::{CString, OsString};
 use std::fmt;
-use std::os::fd::OwnedFd;
+use std::os::fd::{OwnedFd, RawFd};
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -76,6 +77,16 @@ pub enum ExecError {
     Supervise(#[source] nix::Error),
 
     #[error(
+        "instance {instance}: the daemon enforces it from {} with another network section than {}; \
+         run it with `--instance {instance}` (the daemon's file), or make the two agree and reload the daemon",
+        .daemon_file.display(), .file.display()
+    )]
+    DaemonPolicy {
+        instance: String,
+        daemon_file: PathBuf,
+        file: PathBuf,
+    },
+    #[error(
         "instance {instance}: the daemon enforces it for UID {daemon_uid}, but this run's user has UID {uid}; use the same policy file as the daemon"
     )]
     DaemonUser {
@@ -85,6 +96,16 @@ pub enum ExecError {
     },
     #[error("isolate exec must run as root (it switches users and loads eBPF programs)")]
     NotRoot,
+    #[error("instance {instance}: {source}")]
+    Environment {
+        instance: String,
+        #[source]
+        source: environment::EnvironmentError,
+    },
+    #[error(
+        "--keep-fd {fd}: {why}; pass descriptors above 2 that are open in the caller (0, 1 and 2 are always passed)"
+    )]
+    KeepFd { fd: RawFd, why: &'static str },
 }
 
 /// What `exec` will do, computed without changing anything (also what `--dry-run` prints).
@@ -101,6 +122,8 @@ pub struct ExecPlan {
     pub tmpdir: PathBuf,
     /// Where a running daemon would answer (it then enforces the network layers).
     pub control_socket: PathBuf,
+    /// Descriptors above 2 the child keeps (`--keep-fd`); every other one is closed.
+    pub keep_fds: Vec<RawFd>,
 }
 
 /// Variables of the caller that would point the child at the caller's directories.
@@ -116,11 +139,7 @@ impl ExecPlan {
     /// Plans a run; with `dry_run`, nothing is reserved or created.
     pub fn new(policy: Policy, layers: Layers, dry_run: bool) -> Result<Self, ExecError> {
         let instance = policy.name.clone();
-        let user = if dry_run {
-            InstanceUser::preview(&policy)?
-        } else {
-            InstanceUser::resolve(&policy)?
-        };
+        let user = InstanceUser::resolve_for_run(&policy, dry_run)?;
         let resolv_conf = std::fs::read_to_string(paths::RESOLV_CONF).unwrap_or_default();
         let rules = effective_rules(&policy.network, &resolv_conf, system_resolve);
         let mut landlock = LandlockPlan::from_policy(&policy, &user.home).map_err(|source| {
@@ -164,7 +183,33 @@ impl ExecPlan {
             workdir,
             tmpdir,
             control_socket: paths::CONTROL_SOCKET.into(),
+            keep_fds: Vec::new(),
         })
+    }
+}
+
+impl ExecPlan {
+    /// Passes the caller's descriptors `fds` on to the child (each must be open and above 2).
+    pub fn keep_fds(&mut self, fds: &[RawFd]) -> Result<(), ExecError> {
+        for &fd in fds {
+            if fd <= 2 {
+                return Err(ExecError::KeepFd {
+                    fd,
+                    why: "0, 1 and 2 are passed anyway",
+                });
+            }
+            // SAFETY: F_GETFD only reads the descriptor's flags.
+            if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+                return Err(ExecError::KeepFd {
+                    fd,
+                    why: "no such open descriptor",
+                });
+            }
+        }
+        self.keep_fds = fds.to_vec();
+        self.keep_fds.sort_unstable();
+        self.keep_fds.dedup();
+        Ok(())
     }
 }
 
@@ -190,12 +235,37 @@ impl fmt::Display for ExecPlan {
             self.user.home.display()
         )?;
         writeln!(f, "workdir   {}", self.workdir.display())?;
+        let names: Vec<&str> = self.policy.environment.keys().map(String::as_str).collect();
+        if !names.is_empty() {
+            writeln!(f, "environment  {} (from the policy)", names.join(", "))?;
+        }
+        if let Some(file) = &self.policy.environment_file {
+            writeln!(
+                f,
+                "environment file  {} (read by root at start)",
+                file.display()
+            )?;
+        }
         writeln!(
             f,
             "TMPDIR    {} (private to the run)",
             self.tmpdir.display()
         )?;
         writeln!(f, "cgroup    {}", self.cgroup.display())?;
+        writeln!(
+            f,
+            "session   its own (no controlling terminal of the caller's)"
+        )?;
+        let passed: Vec<String> = [0, 1, 2]
+            .iter()
+            .chain(&self.keep_fds)
+            .map(ToString::to_string)
+            .collect();
+        writeln!(
+            f,
+            "descriptors  {} (every other one of the caller's is closed)",
+            passed.join(", ")
+        )?;
         writeln!(
             f,
             "privileges  no_new_privs, every capability dropped, supplementary groups reset"
@@ -216,6 +286,12 @@ impl fmt::Display for ExecPlan {
         }
         for host in &self.rules.unresolved {
             writeln!(f, "    {host}: not resolved now, so not reachable")?;
+        }
+        for answer in &self.rules.refused {
+            writeln!(
+                f,
+                "    {answer}: not admitted (list the address itself if it is meant)"
+            )?;
         }
         write!(f, "landlock\n{}", self.landlock)
     }
@@ -284,6 +360,15 @@ pub fn run(plan: ExecPlan, command: &[OsString]) -> Result<i32, ExecError> {
     let instance = plan.policy.name.clone();
     // Before anything is touched: another run's TMPDIR and layers are not ours to replace.
     refuse_if_running(&instance, &plan.cgroup)?;
+    // Also before anything is touched: a daemon that enforces the instance otherwise refuses.
+    let daemon_enforces = daemon_enforces(&plan)?;
+    let secrets = match &plan.policy.environment_file {
+        Some(path) => environment::read_file(path).map_err(|source| ExecError::Environment {
+            instance: instance.clone(),
+            source,
+        })?,
+        None => Vec::new(),
+    };
     // Before Landlock is prepared: its rules open the paths they name.
     let tmpdir =
         PrivateDir::create(&plan.tmpdir, plan.user.uid, plan.user.gid).map_err(|source| {
@@ -301,7 +386,7 @@ pub fn run(plan: ExecPlan, command: &[OsString]) -> Result<i32, ExecError> {
             source: Box::new(source),
         })?;
     tracing::info!(instance, "Landlock: {}", landlock.report());
-    let mut applied = if daemon_enforces(&plan)? {
+    let mut applied = if daemon_enforces {
         // The daemon confines the instance's UID host-wide and records its block events.
         let mut applied = Applied::new(&instance);
         applied.cgroup = Some(create_cgroup(&instance, &plan.cgroup)?);
@@ -311,7 +396,7 @@ pub fn run(plan: ExecPlan, command: &[OsString]) -> Result<i32, ExecError> {
     };
     let cgroup = applied.cgroup.as_ref().expect("created by apply_layers");
     let mut signals = supervise::block_signals().map_err(ExecError::Supervise)?;
-    let child = spawn(&plan, cgroup, landlock, command)?;
+    let child = spawn(&plan, cgroup, landlock, &secrets, command)?;
     tracing::info!(instance, pid = child.id(), uid = plan.user.uid, "started");
     let rate = plan.policy.network.log.rate;
     let mut audit = AuditSink::new();
@@ -340,7 +425,21 @@ fn daemon_enforces(plan: &ExecPlan) -> Result<bool, ExecError> {
         instance: instance.clone(),
     };
     match control::request(&plan.control_socket, &request) {
-        Ok(Some(Response::Ensured { uid, .. })) if uid == plan.user.uid => {
+        Ok(Some(Response::Ensured {
+            uid,
+            source,
+            network,
+            ..
+        })) if uid == plan.user.uid => {
+            if network != control::network_digest(&plan.policy.network) {
+                // The daemon enforces its own file's rules for this UID; this run's would be
+                // silently ignored.
+                return Err(ExecError::DaemonPolicy {
+                    instance,
+                    daemon_file: source,
+                    file: plan.policy.source.clone(),
+                });
+            }
             tracing::info!(instance, "network layers enforced by the daemon");
             Ok(true)
         }
@@ -455,6 +554,7 @@ fn spawn(
     plan: &ExecPlan,
     cgroup: &Cgroup,
     landlock: PreparedRuleset,
+    secrets: &[(String, String)],
     command: &[OsString],
 ) -> Result<std::process::Child, ExecError> {
     let spawn_error = |source| ExecError::Spawn {
@@ -479,6 +579,7 @@ fn spawn(
         workdir,
         landlock: Some(landlock),
         supervisor_pid: nix::unistd::getpid().as_raw(),
+        keep_fds: plan.keep_fds.clone(),
     };
     let mut cmd = Command::new(&command[0]);
     for variable in CALLER_DIRECTORY_VARIABLES {
@@ -488,7 +589,10 @@ fn spawn(
         .env("HOME", &plan.user.home)
         .env("TMPDIR", &plan.tmpdir)
         .env("USER", &plan.user.name)
-        .env("LOGNAME", &plan.user.name);
+        .env("LOGNAME", &plan.user.name)
+        // The policy's variables, then its file's: each over what the caller passed.
+        .envs(&plan.policy.environment)
+        .envs(secrets.iter().map(|(k, v)| (k, v)));
     // SAFETY: `enter` only makes syscalls (and small allocations, safe in this single-threaded
     // process) on data prepared before the fork.
     unsafe {

@@ -37,6 +37,17 @@ pub fn render(status: &Status) -> String {
         &["result"],
     );
     let count = gauge(&registry, "isolate_instances", "Instances enforced");
+    let available = gauge_vec(
+        &registry,
+        "isolate_layer_available",
+        "1 when the layer (ebpf, nftables, or unix: the unix-socket allowlists) is in force, 0 when it is not",
+        &["layer"],
+    );
+    for layer in &status.layers {
+        available
+            .with_label_values(&[layer.layer.as_str()])
+            .set(i64::from(layer.available));
+    }
     let kept = gauge_vec(
         &registry,
         "isolate_instance_on_last_good_policy",
@@ -137,7 +148,7 @@ fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::control::{DaemonStats, InstanceStatus};
+    use crate::control::{DaemonStats, InstanceStatus, LayerAvailability};
     use crate::layer::BlockedCount;
 
     fn count(layer: LayerKind, protocol: &str, hook: Option<&str>, n: u64) -> BlockedCount {
@@ -180,6 +191,18 @@ mod tests {
                 reloads_failed: 1,
                 events_received: 3,
             }),
+            layers: vec![
+                LayerAvailability {
+                    layer: "ebpf".into(),
+                    available: true,
+                    reason: None,
+                },
+                LayerAvailability {
+                    layer: "unix".into(),
+                    available: false,
+                    reason: Some("the kernel refused the programs".into()),
+                },
+            ],
         };
         let text = render(&status);
         let series = [
@@ -207,6 +230,8 @@ mod tests {
             (r#"isolate_instance_on_last_good_policy{instance="b"}"#, 1),
             // 5 counted by eBPF, 3 events received.
             ("isolate_events_dropped_total", 2),
+            (r#"isolate_layer_available{layer="ebpf"}"#, 1),
+            (r#"isolate_layer_available{layer="unix"}"#, 0),
         ];
         for (name, expected) in series {
             assert_eq!(value(&text, name), Some(expected), "{name} in\n{text}");

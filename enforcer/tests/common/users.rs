@@ -11,7 +11,17 @@ pub struct TestUser {
 }
 
 impl TestUser {
+    /// A user with a home of its own (`/home/NAME`, removed with it).
     pub fn new() -> Self {
+        Self::make(true)
+    }
+
+    /// A user whose home does not exist.
+    pub fn without_home() -> Self {
+        Self::make(false)
+    }
+
+    fn make(home: bool) -> Self {
         let name = format!(
             "isod{}{}",
             std::process::id() % 100_000,
@@ -20,7 +30,11 @@ impl TestUser {
         let ok = Command::new("useradd")
             .args([
                 "--system",
-                "--no-create-home",
+                if home {
+                    "--create-home"
+                } else {
+                    "--no-create-home"
+                },
                 "--shell",
                 "/usr/sbin/nologin",
                 &name,
@@ -39,6 +53,9 @@ impl TestUser {
 
 impl Drop for TestUser {
     fn drop(&mut self) {
-        let _ = Command::new("userdel").arg(&self.name).status();
+        let _ = Command::new("userdel")
+            .arg("--remove")
+            .arg(&self.name)
+            .status();
     }
 }

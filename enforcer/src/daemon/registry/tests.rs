@@ -36,7 +36,7 @@ fn lookups() -> Lookups {
         rules: Box::new(|policy| EffectiveRules {
             v4: policy.network.allow_v4.clone(),
             v6: policy.network.allow_v6.clone(),
-            unresolved: Vec::new(),
+            ..EffectiveRules::default()
         }),
     }
 }

@@ -47,6 +47,14 @@ fn main() -> ExitCode {
             "the_policy_environment_and_a_root_only_secrets_file_reach_the_child",
             environment,
         ),
+        (
+            "sockets_of_families_the_layers_do_not_judge_are_refused",
+            socket_families,
+        ),
+        (
+            "systemd_socket_activation_passes_on_to_the_command",
+            socket_activation,
+        ),
     ])
 }
 
@@ -589,6 +597,65 @@ fn environment() {
         !text.contains("# keys"),
         "the instance read the file itself: {text}"
     );
+}
+
+/// `AF_VSOCK` reaches the services of a VM's host and is judged by neither network layer (as
+/// Bluetooth, TIPC, RDS…): the child cannot create such sockets; IP and unix sockets work.
+fn socket_families() {
+    let instance = Instance::new("", "");
+    let script = "import socket\n\
+        try:\n    socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)\n    print('vsock created')\n\
+        except OSError as e:\n    print('vsock errno', e.errno)\n\
+        socket.socket(socket.AF_INET, socket.SOCK_STREAM)\n\
+        socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)\n\
+        socket.socketpair(socket.AF_UNIX)\n\
+        print('ip and unix work')\n";
+    let out = instance.run(&["/usr/bin/python3", "-c", script]);
+    let text = stdout(&out);
+    assert!(out.status.success(), "{text}{}", stderr(&out));
+    assert!(
+        text.contains(&format!("vsock errno {}", libc::EPERM)),
+        "AF_VSOCK was not refused with EPERM: {text}"
+    );
+    assert!(text.contains("ip and unix work"), "{text}");
+}
+
+/// A socket-activated unit runs `isolate exec`: the descriptors systemd passed (3 on) reach
+/// the command, and `LISTEN_PID` names the command, as `sd_listen_fds` checks.
+fn socket_activation() {
+    let instance = Instance::new("", "");
+    let inner = "echo \"pid=$$ listen_pid=$LISTEN_PID fds=$LISTEN_FDS\"; \
+                 [ -e /proc/$$/fd/3 ] && echo fd3-open";
+    // The shell becomes `isolate` (exec), so its $$ is isolate's PID, as systemd would set it.
+    let outer = format!(
+        "exec 3</etc/hostname; LISTEN_PID=$$ LISTEN_FDS=1 exec {} exec --policy {} -- /bin/sh -c '{inner}'",
+        common::isolate_binary().display(),
+        instance.policy.display()
+    );
+    let out = Command::new("/bin/sh")
+        .args(["-c", &outer])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let text = stdout(&out);
+    assert!(out.status.success(), "{text}{}", stderr(&out));
+    let fields: std::collections::BTreeMap<&str, &str> = text
+        .split_whitespace()
+        .filter_map(|w| w.split_once('='))
+        .collect();
+    assert_eq!(fields.get("pid"), fields.get("listen_pid"), "{text}");
+    assert_eq!(fields.get("fds"), Some(&"1"), "{text}");
+    assert!(text.contains("fd3-open"), "{text}");
+
+    // Activation aimed at another process is not passed on.
+    let out = instance
+        .command(&["--", "/bin/sh", "-c", "echo \"[${LISTEN_FDS:-none}]\""])
+        .env("LISTEN_PID", "1")
+        .env("LISTEN_FDS", "1")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(stdout(&out).contains("[none]"), "{}", stdout(&out));
 }
 
 fn dry_run() {

@@ -109,7 +109,9 @@ impl Loader {
     }
 
     fn file(&mut self, path: &Path, stem_must_match: bool) {
-        if let Some(error) = untrusted(path) {
+        // The directory too: whoever may write it may swap the file for another.
+        let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+        if let Some(error) = untrusted(path).or_else(|| dir.and_then(untrusted)) {
             self.errors.push(error);
             return;
         }
@@ -207,7 +209,8 @@ fn untrusted(path: &Path) -> Option<PolicyError> {
             ),
             format!("make root its owner: chown root {shown}"),
         )
-    } else if meta.mode() & 0o022 != 0 {
+    } else if meta.mode() & 0o022 != 0 && !(meta.is_dir() && meta.mode() & 0o1000 != 0) {
+        // A sticky directory (/tmp) lets no one replace another's files.
         (
             format!(
                 "is writable by group or others (mode {:o}), who could change what the instance may do",

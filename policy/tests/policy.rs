@@ -9,7 +9,7 @@ use isolate_policy::{
     expand_home, parse_str,
 };
 
-/// The example policy of DESIGN.md, as written there.
+/// The example policy of examples/my-project.toml, as first written.
 const DESIGN_EXAMPLE: &str = r#"
 name = "my-project"
 user = "opencode-my-project"      # or "dynamic": allocate a UID from a reserved range

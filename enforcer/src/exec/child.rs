@@ -25,6 +25,10 @@ pub struct ChildSetup {
     pub supervisor_pid: libc::pid_t,
     /// Descriptors above 2 that the child keeps (sorted); every other one closes at exec.
     pub keep_fds: Vec<RawFd>,
+    /// The seccomp filter of socket families, installed last.
+    pub seccomp: Option<seccompiler::BpfProgram>,
+    /// What the child changes in the environment it inherits.
+    pub environment: super::environment::ChildEnvironment,
 }
 
 impl ChildSetup {
@@ -39,6 +43,7 @@ impl ChildSetup {
         // A session of its own: no controlling terminal of the caller's, so the child cannot
         // push keystrokes into the caller's shell (TIOCSTI) or take over its terminal.
         check(unsafe { libc::setsid() })?;
+        self.set_environment()?;
         join_cgroup(&self.cgroup_procs)?;
         // No setuid binary, file capability or exec can give privileges back.
         check(unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) })?;
@@ -64,7 +69,33 @@ impl ChildSetup {
         if let Some(ruleset) = self.landlock.take() {
             ruleset.restrict_self().map_err(io::Error::other)?;
         }
+        if let Some(filter) = &self.seccomp {
+            seccompiler::apply_filter(filter).map_err(io::Error::other)?;
+        }
         close_at_exec_all_but(&self.keep_fds)
+    }
+}
+
+impl ChildSetup {
+    /// Applies the environment changes to this (the child's) environment, which the exec
+    /// then passes on; `LISTEN_PID` becomes this process's PID.
+    fn set_environment(&self) -> io::Result<()> {
+        for (key, value) in &self.environment.changes {
+            // SAFETY: NUL-terminated strings prepared by the parent; this process has one
+            // thread, so nothing reads the environment meanwhile.
+            check(unsafe {
+                match value {
+                    Some(value) => libc::setenv(key.as_ptr(), value.as_ptr(), 1),
+                    None => libc::unsetenv(key.as_ptr()),
+                }
+            })?;
+        }
+        if self.environment.listen_pid {
+            let pid = format!("{}\0", std::process::id());
+            // SAFETY: as above; `pid` is NUL-terminated.
+            check(unsafe { libc::setenv(c"LISTEN_PID".as_ptr(), pid.as_ptr().cast(), 1) })?;
+        }
+        Ok(())
     }
 }
 

@@ -2,8 +2,10 @@
 //! policy's `environment`, and its `environment_file` (secrets such as provider API keys),
 //! which root reads at start so the instance never needs to be able to read it.
 
+use std::ffi::{CString, OsStr};
 use std::fs;
 use std::io;
+use std::os::unix::ffi::OsStrExt as _;
 use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 
@@ -28,6 +30,44 @@ pub enum EnvironmentError {
         line: usize,
         why: String,
     },
+}
+
+/// The changes the child makes to the environment it inherits, in order (`None`: unset), and
+/// whether it passes on systemd socket activation. Applied by the child itself, between fork
+/// and exec, because `LISTEN_PID` must be the child's own PID.
+#[derive(Debug, Default)]
+pub struct ChildEnvironment {
+    pub changes: Vec<(CString, Option<CString>)>,
+    /// Set `LISTEN_PID` to the child's PID (the caller's `LISTEN_FDS` descriptors are kept).
+    pub listen_pid: bool,
+}
+
+impl ChildEnvironment {
+    pub fn unset(&mut self, key: &str) {
+        self.changes.push((c_string(key.as_bytes()), None));
+    }
+
+    pub fn set(&mut self, key: &str, value: impl AsRef<OsStr>) {
+        self.changes.push((
+            c_string(key.as_bytes()),
+            Some(c_string(value.as_ref().as_bytes())),
+        ));
+    }
+}
+
+/// A C string of `bytes`, cut at a NUL (keys are checked names; values come from the policy,
+/// whose validation refuses NULs, or from the system).
+fn c_string(bytes: &[u8]) -> CString {
+    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    CString::new(&bytes[..end]).expect("no NUL before the end")
+}
+
+/// systemd socket activation aimed at this process: the number of descriptors it passed (from
+/// 3 on), when `LISTEN_PID` is this process and `LISTEN_FDS` is a positive number.
+pub fn socket_activation() -> Option<i32> {
+    let pid: u32 = std::env::var("LISTEN_PID").ok()?.parse().ok()?;
+    let fds: i32 = std::env::var("LISTEN_FDS").ok()?.parse().ok()?;
+    (pid == std::process::id() && fds > 0).then_some(fds)
 }
 
 /// Reads `path` (as root): it must be owned by root and readable by no one else.

@@ -5,6 +5,7 @@
 
 mod child;
 mod environment;
+mod seccomp;
 mod supervise;
 
 use std::ffi::{CString, OsString};
@@ -96,6 +97,8 @@ pub enum ExecError {
     },
     #[error("isolate exec must run as root (it switches users and loads eBPF programs)")]
     NotRoot,
+    #[error("cannot build the seccomp filter of socket families: {0}")]
+    Seccomp(#[source] seccompiler::BackendError),
     #[error("instance {instance}: {source}")]
     Environment {
         instance: String,
@@ -269,6 +272,12 @@ impl fmt::Display for ExecPlan {
         writeln!(
             f,
             "privileges  no_new_privs, every capability dropped, supplementary groups reset"
+        )?;
+        let families: Vec<&str> = seccomp::ALLOWED_FAMILIES.iter().map(|(_, n)| *n).collect();
+        writeln!(
+            f,
+            "sockets   {} only; no io_uring (seccomp)",
+            families.join(", ")
         )?;
         writeln!(f, "network layers  {}", self.layers.names().join(", "))?;
         if self.layers.ebpf {
@@ -572,6 +581,13 @@ fn spawn(
         .into();
     let workdir = CString::new(plan.workdir.clone().into_os_string().into_encoded_bytes())
         .map_err(|e| spawn_error(std::io::Error::other(e)))?;
+    // Socket activation aimed at isolate goes on to the command: its descriptors (3 on) and
+    // `LISTEN_FDS`/`LISTEN_FDNAMES` are kept, `LISTEN_PID` names the command.
+    let activation = environment::socket_activation();
+    let mut keep_fds = plan.keep_fds.clone();
+    keep_fds.extend((3..).take(activation.map_or(0, |n| n.cast_unsigned() as usize)));
+    keep_fds.sort_unstable();
+    keep_fds.dedup();
     let mut setup = child::ChildSetup {
         cgroup_procs: procs,
         uid: plan.user.uid,
@@ -579,26 +595,55 @@ fn spawn(
         workdir,
         landlock: Some(landlock),
         supervisor_pid: nix::unistd::getpid().as_raw(),
-        keep_fds: plan.keep_fds.clone(),
+        keep_fds,
+        seccomp: Some(seccomp::socket_family_filter().map_err(ExecError::Seccomp)?),
+        environment: child_environment(plan, secrets, activation.is_some()),
     };
     let mut cmd = Command::new(&command[0]);
-    for variable in CALLER_DIRECTORY_VARIABLES {
-        cmd.env_remove(variable);
-    }
-    cmd.args(&command[1..])
-        .env("HOME", &plan.user.home)
-        .env("TMPDIR", &plan.tmpdir)
-        .env("USER", &plan.user.name)
-        .env("LOGNAME", &plan.user.name)
-        // The policy's variables, then its file's: each over what the caller passed.
-        .envs(&plan.policy.environment)
-        .envs(secrets.iter().map(|(k, v)| (k, v)));
+    // The environment is changed by the child itself (see `child_environment`): a change
+    // made here would make std replace the whole environment after the child's changes.
+    cmd.args(&command[1..]);
     // SAFETY: `enter` only makes syscalls (and small allocations, safe in this single-threaded
     // process) on data prepared before the fork.
     unsafe {
         cmd.pre_exec(move || setup.enter());
     }
     cmd.spawn().map_err(spawn_error)
+}
+
+/// What the child's environment becomes: the caller's, without the variables that point at
+/// the caller's directories, with the instance's HOME, TMPDIR, USER and LOGNAME, then the
+/// policy's `environment`, then its `environment_file` (each over what came before).
+fn child_environment(
+    plan: &ExecPlan,
+    secrets: &[(String, String)],
+    socket_activation: bool,
+) -> environment::ChildEnvironment {
+    let mut env = environment::ChildEnvironment {
+        listen_pid: socket_activation,
+        ..Default::default()
+    };
+    for variable in CALLER_DIRECTORY_VARIABLES {
+        env.unset(variable);
+    }
+    if !socket_activation {
+        for variable in ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"] {
+            env.unset(variable);
+        }
+    }
+    env.set("HOME", &plan.user.home);
+    env.set("TMPDIR", &plan.tmpdir);
+    env.set("USER", &plan.user.name);
+    env.set("LOGNAME", &plan.user.name);
+    for (key, value) in plan
+        .policy
+        .environment
+        .iter()
+        .chain(secrets.iter().map(|(k, v)| (k, v)))
+    {
+        env.set(key, value);
+    }
+    env
 }
 
 /// A directory owned by the instance user, made empty at start and removed when dropped.

@@ -8,6 +8,7 @@ pub mod bpf;
 pub mod cgroup;
 pub mod control;
 pub mod daemon;
+pub mod digest;
 pub mod exec;
 pub mod kernel;
 pub mod landlock;

@@ -40,6 +40,7 @@ pub use model::{
     PortRange, Protocol, Rate, RateUnit, UserSpec, expand_home,
 };
 pub use normalise::{normalise_v4, normalise_v6};
+pub use validate::is_variable_name;
 
 /// Parse and validate a policy file's text. `source` names the file in errors
 /// and gives the default instance name (its stem); it is not read.

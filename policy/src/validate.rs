@@ -89,6 +89,16 @@ pub(crate) fn is_valid_name(name: &str) -> bool {
         && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
 }
 
+/// Whether `key` is an environment variable name a shell accepts: letters, digits and `_`,
+/// not starting with a digit.
+pub fn is_variable_name(key: &str) -> bool {
+    let mut chars = key.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
 /// Variables isolate sets for every run, which a policy cannot override.
 const SET_BY_ISOLATE: [&str; 4] = ["HOME", "USER", "LOGNAME", "TMPDIR"];
 
@@ -192,12 +202,7 @@ impl Validator<'_> {
         table: &Spanned<std::collections::BTreeMap<String, String>>,
     ) -> std::collections::BTreeMap<String, String> {
         for (key, value) in table.get_ref() {
-            let mut chars = key.chars();
-            let valid = chars
-                .next()
-                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-                && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
-            let problem = if !valid {
+            let problem = if !is_variable_name(key) {
                 Some((
                     format!("`{key}` is not a variable name"),
                     "use letters, digits and `_`, not starting with a digit".to_owned(),

@@ -110,16 +110,8 @@ impl std::fmt::Display for ReloadReport {
 /// A digest of a policy's network section, to tell whether two policies of one instance
 /// ask the same of the network layers.
 pub fn network_digest(network: &isolate_policy::Network) -> String {
-    use sha2::{Digest as _, Sha256};
     let text = serde_json::to_string(network).expect("a network section serialises");
-    let digest = Sha256::digest(text.as_bytes());
-    digest
-        .iter()
-        .fold(String::from("sha256:"), |mut out, byte| {
-            use std::fmt::Write as _;
-            let _ = write!(out, "{byte:02x}");
-            out
-        })
+    crate::digest::sha256([text])
 }
 
 /// Why a request got no answer.

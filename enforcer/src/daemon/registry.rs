@@ -16,7 +16,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use isolate_policy::{Policy, UserSpec};
-use sha2::{Digest as _, Sha256};
 use thiserror::Error;
 
 use crate::control::{DaemonStats, Failure, ReloadReport};
@@ -480,23 +479,14 @@ fn file_instance(file: &Path) -> String {
 /// on a line of its own. Stable across builds and toolchains, so an unchanged instance is
 /// adopted after any upgrade of isolate that does not change how policies print.
 pub fn enforcement_hash(policy: &Policy, rules: &EffectiveRules, uid: u32) -> String {
-    let mut hasher = Sha256::new();
-    hasher.update(policy.to_toml());
-    for rule in &rules.v4 {
-        hasher.update(format!("\n{rule}"));
-    }
-    for rule in &rules.v6 {
-        hasher.update(format!("\n{rule}"));
-    }
-    hasher.update(format!("\nuid {uid}\n"));
-    let digest = hasher.finalize();
-    digest
-        .iter()
-        .fold(String::from("sha256:"), |mut out, byte| {
-            use std::fmt::Write as _;
-            let _ = write!(out, "{byte:02x}");
-            out
-        })
+    let rules = (rules.v4.iter().map(ToString::to_string))
+        .chain(rules.v6.iter().map(ToString::to_string))
+        .map(|rule| format!("\n{rule}"));
+    crate::digest::sha256(
+        std::iter::once(policy.to_toml())
+            .chain(rules)
+            .chain([format!("\nuid {uid}\n")]),
+    )
 }
 
 #[cfg(test)]

@@ -116,7 +116,7 @@ pub fn parse(text: &str) -> Result<Vec<(String, String)>, (usize, String)> {
             return Err((index + 1, "expected KEY=VALUE".into()));
         };
         let key = key.trim();
-        if !is_variable_name(key) {
+        if !isolate_policy::is_variable_name(key) {
             return Err((index + 1, format!("`{key}` is not a variable name")));
         }
         let value = value.trim();
@@ -127,14 +127,6 @@ pub fn parse(text: &str) -> Result<Vec<(String, String)>, (usize, String)> {
         variables.push((key.to_owned(), unquoted.to_owned()));
     }
     Ok(variables)
-}
-
-fn is_variable_name(key: &str) -> bool {
-    let mut chars = key.chars();
-    chars
-        .next()
-        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 #[cfg(test)]

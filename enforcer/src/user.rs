@@ -3,6 +3,9 @@
 
 use std::fs;
 use std::io;
+use std::os::fd::{AsRawFd as _, FromRawFd as _};
+use std::os::unix::ffi::OsStrExt as _;
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 
 use isolate_policy::{Policy, UserSpec};
@@ -204,12 +207,52 @@ impl InstanceUser {
     }
 }
 
-/// `chown -hR uid:gid path`, without following symlinks.
+/// `chown -hR uid:gid path`, by descriptor: each directory is opened without following a link
+/// and its entries are changed relative to it, so a link the instance planted in its home
+/// (even swapped in while this runs) is changed itself, never what it points at.
 fn chown_tree(path: &Path, uid: u32, gid: u32) -> io::Result<()> {
-    std::os::unix::fs::lchown(path, Some(uid), Some(gid))?;
-    if fs::symlink_metadata(path)?.is_dir() {
-        for entry in fs::read_dir(path)? {
-            chown_tree(&entry?.path(), uid, gid)?;
+    let dir = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
+        .open(path)?;
+    chown_dir(&dir, uid, gid)
+}
+
+fn chown_dir(dir: &fs::File, uid: u32, gid: u32) -> io::Result<()> {
+    std::os::unix::fs::fchown(dir, Some(uid), Some(gid))?;
+    // The open directory's entries, listed through its descriptor rather than its path.
+    let listing = Path::new("/proc/self/fd").join(dir.as_raw_fd().to_string());
+    for entry in fs::read_dir(listing)? {
+        let entry = entry?;
+        let name =
+            std::ffi::CString::new(entry.file_name().as_bytes()).map_err(io::Error::other)?;
+        // SAFETY: a NUL-terminated name relative to an open directory.
+        let child = unsafe {
+            libc::openat(
+                dir.as_raw_fd(),
+                name.as_ptr(),
+                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+            )
+        };
+        if child >= 0 {
+            // SAFETY: openat returned a descriptor this function now owns.
+            let child = unsafe { fs::File::from_raw_fd(child) };
+            chown_dir(&child, uid, gid)?;
+            continue;
+        }
+        // Not a directory (a file, or a link, changed itself): by name, without following.
+        // SAFETY: as above.
+        let changed = unsafe {
+            libc::fchownat(
+                dir.as_raw_fd(),
+                name.as_ptr(),
+                uid,
+                gid,
+                libc::AT_SYMLINK_NOFOLLOW,
+            )
+        };
+        if changed != 0 {
+            return Err(io::Error::last_os_error());
         }
     }
     Ok(())

@@ -398,6 +398,10 @@ fn second_run() {
     let mut first = instance.start_sleeper();
     let tmpdir = PathBuf::from(format!("/var/lib/isolate/{}/tmp", instance.name));
     std::fs::write(tmpdir.join("mine"), "first run").unwrap();
+    let home = tmpdir.parent().unwrap();
+    let owner =
+        |path: &Path| std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(path).unwrap());
+    let first_uid = owner(home);
 
     let second = instance.run(&["/bin/true"]);
     assert_eq!(second.status.code(), Some(1));
@@ -410,6 +414,13 @@ fn second_run() {
         tmpdir.join("mine").exists(),
         "the first run's TMPDIR was left alone"
     );
+    // The second run would have had another dynamic UID: the live home stays the first's.
+    assert_eq!(
+        owner(home),
+        first_uid,
+        "the running instance's home was handed over"
+    );
+    assert_eq!(owner(&tmpdir.join("mine")), 0, "nothing in it was changed");
 
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(first.id().cast_signed()),

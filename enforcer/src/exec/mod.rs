@@ -11,6 +11,7 @@ mod supervise;
 use std::ffi::{CString, OsString};
 use std::fmt;
 use std::os::fd::{OwnedFd, RawFd};
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -142,6 +143,16 @@ impl ExecPlan {
     /// Plans a run; with `dry_run`, nothing is reserved or created.
     pub fn new(policy: Policy, layers: Layers, dry_run: bool) -> Result<Self, ExecError> {
         let instance = policy.name.clone();
+        let cgroup_root = cgroup2_mount().map_err(|source| ExecError::Cgroup {
+            instance: instance.clone(),
+            source,
+        })?;
+        let cgroup = cgroup_root.join(paths::CGROUP_SUBTREE).join(&instance);
+        if !dry_run {
+            // Before the user is resolved: a dynamic user's home is handed to the UID this run
+            // gets, and a running instance's live home is not this run's to touch.
+            refuse_if_running(&instance, &cgroup)?;
+        }
         let user = InstanceUser::resolve_for_run(&policy, dry_run)?;
         let resolv_conf = std::fs::read_to_string(paths::RESOLV_CONF).unwrap_or_default();
         let rules = effective_rules(&policy.network, &resolv_conf, system_resolve);
@@ -167,16 +178,13 @@ impl ExecPlan {
             path: tmpdir.clone(),
             origin: Origin::Baseline,
         });
-        let cgroup_root = cgroup2_mount().map_err(|source| ExecError::Cgroup {
-            instance: instance.clone(),
-            source,
-        })?;
+
         let workdir = policy.directory.as_deref().map_or_else(
             || user.home.clone(),
             |d| isolate_policy::expand_home(d, &user.home),
         );
         Ok(Self {
-            cgroup: cgroup_root.join(paths::CGROUP_SUBTREE).join(&instance),
+            cgroup,
             pins: PinDir::new(paths::exec_pins(&instance)),
             policy,
             user,
@@ -661,8 +669,14 @@ impl PrivateDir {
         }
         std::fs::create_dir(path)?;
         let dir = Self(path.to_path_buf());
-        std::os::unix::fs::chown(path, Some(uid), Some(gid))?;
-        std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
+        // By descriptor: the directory lies in the instance's home, where the instance could
+        // swap it for a link to anything between the mkdir and the chown.
+        let opened = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
+            .open(path)?;
+        std::os::unix::fs::fchown(&opened, Some(uid), Some(gid))?;
+        opened.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
         Ok(dir)
     }
 }

@@ -43,6 +43,7 @@ pub fn run_tests(tests: &[Test]) -> ExitCode {
             continue;
         }
         let test = *test;
+        let started = std::time::Instant::now();
         let outcome = std::thread::spawn(move || {
             // Namespaces belong to the thread: each test gets a network of its own.
             nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
@@ -51,6 +52,8 @@ pub fn run_tests(tests: &[Test]) -> ExitCode {
             test();
         })
         .join();
+        // On stderr, so the runner's own lines keep their usual shape.
+        eprintln!("{name} took {:.1} s", started.elapsed().as_secs_f64());
         if outcome.is_ok() {
             println!("test {name} ... ok");
             passed += 1;

@@ -34,6 +34,18 @@ pub struct FakeLayer {
 #[derive(Clone)]
 pub struct FakeLog(Arc<Mutex<State>>);
 
+/// An eBPF and an nftables fake composed as the real layers are, with the test's view of
+/// each.
+pub fn layer_pair() -> (super::LayerSet, FakeLog, FakeLog) {
+    let (ebpf, ebpf_log) = FakeLayer::new(LayerKind::Ebpf);
+    let (nft, nft_log) = FakeLayer::new(LayerKind::Nftables);
+    (
+        super::LayerSet::new(vec![Box::new(ebpf), Box::new(nft)]),
+        ebpf_log,
+        nft_log,
+    )
+}
+
 impl FakeLayer {
     pub fn new(kind: LayerKind) -> (Self, FakeLog) {
         let state = Arc::new(Mutex::new(State::default()));
@@ -83,10 +95,6 @@ impl FakeLog {
         self.state().steps.clone()
     }
 
-    pub fn clear_steps(&self) {
-        self.state().steps.clear();
-    }
-
     /// Puts something in force behind the composer's back (as an earlier daemon left it).
     pub fn preload(&self, id: InstanceId, v4_rules: usize) {
         self.state().enforced.insert(id, v4_rules);
@@ -95,11 +103,6 @@ impl FakeLog {
     /// Takes something out of force behind the composer's back (deleted by hand).
     pub fn forget(&self, id: &InstanceId) {
         self.state().enforced.remove(id);
-    }
-
-    /// Counts `n` refusals for the instance.
-    pub fn block(&self, id: &InstanceId, n: u64) {
-        *self.state().blocked.entry(id.clone()).or_default() += n;
     }
 }
 

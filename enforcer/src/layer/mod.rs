@@ -205,10 +205,6 @@ impl LayerSet {
         self.layers.iter().map(|l| l.kind()).collect()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.layers.is_empty()
-    }
-
     /// The layers, in order.
     pub fn each(&self) -> impl Iterator<Item = &dyn NetworkLayer> {
         self.layers.iter().map(AsRef::as_ref)
@@ -318,7 +314,7 @@ impl LayerSet {
 
 #[cfg(test)]
 mod tests {
-    use super::fake::{FakeLayer, Step};
+    use super::fake::{Step, layer_pair};
     use super::*;
 
     fn policy(name: &str) -> Policy {
@@ -338,9 +334,7 @@ mod tests {
 
     #[test]
     fn a_refusing_layer_puts_the_earlier_ones_back() {
-        let (ebpf, ebpf_log) = FakeLayer::new(LayerKind::Ebpf);
-        let (nft, nft_log) = FakeLayer::new(LayerKind::Nftables);
-        let mut set = LayerSet::new(vec![Box::new(ebpf), Box::new(nft)]);
+        let (mut set, ebpf_log, nft_log) = layer_pair();
         let policy = policy("a");
         let rules = EffectiveRules::default();
         let (old, new) = (id(1000), id(1001));
@@ -373,9 +367,7 @@ mod tests {
 
     #[test]
     fn a_new_instance_that_a_layer_refuses_is_removed_from_the_others() {
-        let (ebpf, ebpf_log) = FakeLayer::new(LayerKind::Ebpf);
-        let (nft, nft_log) = FakeLayer::new(LayerKind::Nftables);
-        let mut set = LayerSet::new(vec![Box::new(ebpf), Box::new(nft)]);
+        let (mut set, ebpf_log, nft_log) = layer_pair();
         let policy = policy("a");
         let rules = EffectiveRules::default();
         let new = id(1000);
@@ -393,9 +385,7 @@ mod tests {
 
     #[test]
     fn removal_goes_on_past_a_failing_layer() {
-        let (ebpf, ebpf_log) = FakeLayer::new(LayerKind::Ebpf);
-        let (nft, nft_log) = FakeLayer::new(LayerKind::Nftables);
-        let mut set = LayerSet::new(vec![Box::new(ebpf), Box::new(nft)]);
+        let (mut set, ebpf_log, nft_log) = layer_pair();
         let policy = policy("a");
         let rules = EffectiveRules::default();
         let a = id(1000);

@@ -3,8 +3,7 @@
 use std::fs;
 
 use super::*;
-use crate::layer::LayerKind;
-use crate::layer::fake::{FakeLayer, FakeLog, Step};
+use crate::layer::fake::{FakeLog, Step, layer_pair};
 
 /// A policy directory, a registry over two fake layers, and the test's view of them.
 struct Harness {
@@ -41,21 +40,11 @@ fn lookups() -> Lookups {
     }
 }
 
-fn fake_layers() -> (LayerSet, FakeLog, FakeLog) {
-    let (ebpf, ebpf_log) = FakeLayer::new(LayerKind::Ebpf);
-    let (nft, nft_log) = FakeLayer::new(LayerKind::Nftables);
-    (
-        LayerSet::new(vec![Box::new(ebpf), Box::new(nft)]),
-        ebpf_log,
-        nft_log,
-    )
-}
-
 impl Harness {
     fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
         fs::create_dir(dir.path().join("instances")).unwrap();
-        let (layers, ebpf, nft) = fake_layers();
+        let (layers, ebpf, nft) = layer_pair();
         let registry = Registry::new(dir.path().join("instances"), layers, lookups());
         Self {
             dir,
@@ -69,7 +58,7 @@ impl Harness {
     /// pins outlive the daemon), as after a restart.
     fn restart(self) -> (Self, Enforced) {
         let record = self.registry.record();
-        let (layers, ebpf, nft) = fake_layers();
+        let (layers, ebpf, nft) = layer_pair();
         for id in self.ebpf.enforced() {
             ebpf.preload(id.clone(), self.ebpf.v4_rules(&id.name).unwrap());
         }

@@ -148,6 +148,7 @@ fn a_blocked_attempt_becomes_a_journal_entry_with_every_field() {
         ("SYSLOG_IDENTIFIER", "isolate"),
         ("ISOLATE_INSTANCE", "my-project"),
         ("ISOLATE_LAYER", "ebpf-connect"),
+        ("ISOLATE_DIRECTION", "outbound"),
         ("ISOLATE_DEST", "203.0.113.7"),
         ("ISOLATE_PORT", "443"),
         ("ISOLATE_PROTO", "tcp"),
@@ -161,6 +162,41 @@ fn a_blocked_attempt_becomes_a_journal_entry_with_every_field() {
         "",
         "nothing on stderr while journald takes it"
     );
+}
+
+/// Inbound refusals say which way they went: the sender of a refused connection is not a
+/// destination the instance tried, and a bind names the local address asked for.
+#[test]
+fn inbound_refusals_name_the_sender_or_the_local_address() {
+    let journal = FakeJournal::new();
+    let (mut sink, _) = journal.sink();
+    let mut inbound = attempt("198.51.100.9", "");
+    inbound.hook = "ingress";
+    inbound.port = 8080;
+    inbound.pid = 0;
+    let mut bind = attempt("0.0.0.0", "server");
+    bind.hook = "bind";
+    bind.port = 9000;
+    sink.record("demo", &TEN_PER_SECOND, &inbound);
+    sink.record("demo", &TEN_PER_SECOND, &bind);
+
+    let entries = journal.entries();
+    let inbound = as_map(&entries[0]);
+    assert_eq!(
+        inbound["MESSAGE"],
+        "isolate-demo-blocked tcp inbound from 198.51.100.9 to port 8080 pid=0 comm="
+    );
+    assert_eq!(inbound["ISOLATE_DIRECTION"], "inbound");
+    assert_eq!(inbound["ISOLATE_PEER"], "198.51.100.9");
+    assert_eq!(inbound["ISOLATE_PORT"], "8080");
+    assert!(!inbound.contains_key("ISOLATE_DEST"), "{inbound:?}");
+    let bind = as_map(&entries[1]);
+    assert_eq!(
+        bind["MESSAGE"],
+        "isolate-demo-blocked tcp bind 0.0.0.0:9000 pid=4242 comm=server"
+    );
+    assert_eq!(bind["ISOLATE_LOCAL"], "0.0.0.0");
+    assert_eq!(bind["ISOLATE_LAYER"], "ebpf-bind");
 }
 
 #[test]

@@ -412,8 +412,9 @@ fn detach_removes_everything() {
     };
     assert_eq!(
         ours.len(),
-        5 + unix_programs,
-        "four sock_addr programs, the egress backstop and the unix-socket programs loaded"
+        8 + unix_programs,
+        "six sock_addr programs (connect, sendmsg, bind), the egress backstop, the ingress \
+         program and the unix-socket programs loaded"
     );
     let (_listener, addr) = listen("127.0.0.1:0");
     apply(&mut sandbox, &[], &[]);

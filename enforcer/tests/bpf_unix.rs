@@ -643,8 +643,8 @@ fn detach_removes_everything() {
         .collect();
     assert_eq!(
         ours.len(),
-        7,
-        "four sock_addr programs, the egress backstop and two LSM programs loaded"
+        10,
+        "six sock_addr programs, the egress and ingress programs and two LSM programs loaded"
     );
     let dir = shared_dir();
     let b = dir.path().join("b.sock");

@@ -199,7 +199,7 @@ fn the_kernel_report_tries_loading_each_kind_of_program() {
     }
     for what in [
         "eBPF socket hooks",
-        "eBPF egress backstop",
+        "eBPF packet hooks (cgroup_skb egress backstop, ingress)",
         "eBPF unix-socket programs (BPF LSM)",
     ] {
         let line = text

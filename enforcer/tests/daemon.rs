@@ -40,7 +40,60 @@ fn main() -> ExitCode {
             "exec_with_another_network_than_the_daemon_enforces_is_refused",
             exec_with_another_network,
         ),
+        ("the_daemon_confines_what_an_instance_serves", inbound),
     ])
+}
+
+/// `network.listen` in daemon mode: the instance's user may serve the listed port only; any
+/// other port of its accepts nothing, and both kinds of refusal are counted by hook.
+fn inbound() {
+    let user = TestUser::new();
+    let served = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut daemon = Daemon::new();
+    std::fs::write(
+        daemon.policy_dir().join("alpha.toml"),
+        format!(
+            "user = \"{}\"\n[network]\ndns = \"none\"\nlisten = [\"127.0.0.1:{served}/tcp\"]\n",
+            user.name
+        ),
+    )
+    .unwrap();
+    daemon.start();
+
+    let serve = |addr: &str| probe::start_server(daemon.cgroup(), user.uid, "tcp", addr);
+    let listed = serve(&format!("127.0.0.1:{served}")).expect("the listed port binds");
+    assert!(TcpStream::connect_timeout(&listed.local, Duration::from_secs(5)).is_ok());
+    assert_eq!(listed.outcome(), 0, "the listed port accepted");
+    assert_eq!(
+        serve("0.0.0.0:0").map(probe::Server::outcome),
+        Ok(libc::ETIMEDOUT),
+        "an ephemeral bind is allowed, and nothing arrives there"
+    );
+    let ephemeral = serve("127.0.0.1:0").unwrap();
+    assert!(
+        TcpStream::connect_timeout(&ephemeral.local, Duration::from_millis(500)).is_err(),
+        "a connection to an unlisted port was accepted"
+    );
+    assert_eq!(ephemeral.outcome(), libc::ETIMEDOUT);
+    assert_eq!(
+        serve(&format!("0.0.0.0:{served}")).err(),
+        Some(libc::EPERM),
+        "only loopback is listed"
+    );
+
+    let text = daemon.metrics();
+    let by_hook = |hook: &str| {
+        metric(
+            &text,
+            &format!("isolate_ebpf_blocked_by_hook_total{{hook=\"{hook}\",instance=\"alpha\"}}"),
+        )
+    };
+    assert_eq!(by_hook("bind"), Some(1), "{text}");
+    assert!(by_hook("ingress") >= Some(1), "{text}");
 }
 
 /// A daemon with its own policy directory, state, socket, pins, cgroup and metrics port.

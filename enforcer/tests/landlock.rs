@@ -402,7 +402,7 @@ fn tcp_connect_reaches_only_the_allowed_ports() {
 }
 
 #[test]
-fn tcp_bind_is_free_by_default_and_restricted_when_asked() {
+fn tcp_bind_follows_network_listen_and_the_ephemeral_port_stays_free() {
     let abi = kernel();
     if abi < 4 {
         eprintln!("skipped: TCP port rules need Landlock ABI 4, this kernel has {abi}");
@@ -417,12 +417,20 @@ fn tcp_bind_is_free_by_default_and_restricted_when_asked() {
     };
     let (port, other) = (free_port(), free_port());
     let tree = Tree::new();
-    let mut plan = tree.plan("");
-    assert_eq!(plan.tcp_bind_ports, None);
-    assert_eq!(confined(&plan, || tcp_bind(other)), 0);
-    plan.tcp_bind_ports = Some(vec![isolate_policy::PortRange::single(port)]);
+    let plan = tree.plan(&format!("listen = [\"127.0.0.1:{port}/tcp\"]"));
+    assert_eq!(
+        plan.tcp_bind_ports,
+        Some(vec![
+            isolate_policy::PortRange::single(0),
+            isolate_policy::PortRange::single(port)
+        ])
+    );
     assert_eq!(confined(&plan, || tcp_bind(port)), 0);
+    assert_eq!(confined(&plan, || tcp_bind(0)), 0, "clients bind port 0");
     assert_eq!(confined(&plan, || tcp_bind(other)), libc::EACCES);
+    let mut unrestricted = tree.plan("");
+    unrestricted.tcp_bind_ports = None;
+    assert_eq!(confined(&unrestricted, || tcp_bind(other)), 0);
 }
 
 #[test]
@@ -514,7 +522,8 @@ fn the_report_names_the_abi_features_and_skipped_paths() {
         assert_eq!(enabled, feature.since() <= abi, "{feature}");
         assert_eq!(report.dropped.contains(&feature), !enabled, "{feature}");
     }
-    assert_eq!(report.port_rules, usize::from(abi >= 4));
+    // TCP connect to 443, and TCP bind to port 0 (nothing listed in network.listen).
+    assert_eq!(report.port_rules, 2 * usize::from(abi >= 4));
     assert!(report.enabled.contains(&Feature::FileAccess));
     let text = format!("{report:#}");
     assert!(text.contains(&format!("ABI {abi}")), "{text}");

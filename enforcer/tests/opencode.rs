@@ -711,6 +711,10 @@ fn policy_text(
         ),
     );
     replace(
+        "\nlisten = [\"127.0.0.1:8787/tcp\"]\n",
+        &format!("\nlisten = [\"127.0.0.1:{port}/tcp\"]\n"),
+    );
+    replace(
         "\nexec = [",
         &format!("\nexec = [\"{}\", ", bin_dir.display()),
     );

@@ -63,6 +63,12 @@ pub struct Network {
     pub log: LogSettings,
     /// Pathname unix sockets the instance may connect to (absolute paths).
     pub unix_sockets: Vec<PathBuf>,
+    /// Local IPv4 addresses and ports the instance may bind and accept connections or
+    /// datagrams on, normalised like `allow_v4`. `0.0.0.0` in the file (every address)
+    /// becomes `0.0.0.0/0`. Empty: nothing inbound.
+    pub listen_v4: Vec<NetRule<Ipv4Net>>,
+    /// Local IPv6 addresses and ports, as `listen_v4` (`::` becomes `::/0`).
+    pub listen_v6: Vec<NetRule<Ipv6Net>>,
 }
 
 /// One allowed network with optional ports and protocol.

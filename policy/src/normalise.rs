@@ -53,6 +53,8 @@ impl Network {
     pub fn normalise(&mut self) {
         self.allow_v4 = normalise_v4(&self.allow_v4);
         self.allow_v6 = normalise_v6(&self.allow_v6);
+        self.listen_v4 = normalise_v4(&self.listen_v4);
+        self.listen_v6 = normalise_v6(&self.listen_v6);
         dedup_keep_first(&mut self.hosts);
         dedup_keep_first(&mut self.unix_sockets);
         if let DnsSetting::Servers(servers) = &mut self.dns {

@@ -56,6 +56,10 @@ impl Policy {
         let rate = format!("{{ rate = {} }}", quote(&net.log.rate.to_string()));
         line(&mut out, "log", &rate);
         line(&mut out, "unix_sockets", &paths(&net.unix_sockets));
+        let listen: Vec<String> = (net.listen_v4.iter().map(ToString::to_string))
+            .chain(net.listen_v6.iter().map(ToString::to_string))
+            .collect();
+        line(&mut out, "listen", &array(&listen));
 
         out.push_str("\n[filesystem]\n");
         line(&mut out, "read_only", &paths(&self.filesystem.read_only));

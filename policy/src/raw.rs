@@ -39,6 +39,9 @@ pub(crate) struct RawNetwork {
     pub log: Option<RawLog>,
     #[serde(default)]
     pub unix_sockets: Vec<Spanned<String>>,
+    /// `"ADDR[:PORTS][/PROTO]"` items: what the instance may serve on.
+    #[serde(default)]
+    pub listen: Vec<Spanned<String>>,
 }
 
 /// One item of `network.allow`.

@@ -5,6 +5,7 @@ use std::net::IpAddr;
 use std::ops::Range;
 use std::path::{Component, Path, PathBuf};
 
+use ipnet::{Ipv4Net, Ipv6Net};
 use toml::Spanned;
 
 use crate::allow::{self, Entry, Net, Problem, Target};
@@ -328,12 +329,65 @@ impl Validator<'_> {
                 rate: self.rate(rate),
             };
         }
+        for (i, item) in raw.listen.iter().enumerate() {
+            self.listen(item, &format!("network.listen[{i}]"), &mut network);
+        }
         for (i, socket) in raw.unix_sockets.iter().enumerate() {
             network
                 .unix_sockets
                 .extend(self.unix_socket(socket, &format!("network.unix_sockets[{i}]")));
         }
         network
+    }
+
+    /// One `network.listen` entry: a local address (not a name: the instance binds
+    /// addresses), where the unspecified address means every local address.
+    fn listen(&mut self, item: &Spanned<String>, field: &str, network: &mut Network) {
+        let entry = match allow::parse_entry(item.get_ref()) {
+            Ok(entry) => entry,
+            Err(problem) => {
+                self.problem(&item.span(), field, problem);
+                return;
+            }
+        };
+        let Entry {
+            target,
+            ports,
+            protocol,
+        } = entry;
+        match target {
+            Target::V4(net) => {
+                let net = if net.addr().is_unspecified() {
+                    Ipv4Net::default()
+                } else {
+                    net
+                };
+                network.listen_v4.push(NetRule {
+                    net,
+                    ports,
+                    protocol,
+                });
+            }
+            Target::V6(net) => {
+                let net = if net.addr().is_unspecified() {
+                    Ipv6Net::default()
+                } else {
+                    net
+                };
+                network.listen_v6.push(NetRule {
+                    net,
+                    ports,
+                    protocol,
+                });
+            }
+            Target::Host(name) => {
+                let message = format!("`{name}` is a name; listen entries are local addresses");
+                let help = "write the address the service binds, e.g. \"127.0.0.1:8787/tcp\", \
+                            \"[::1]:8787/tcp\" or \"0.0.0.0:8787/tcp\" for every IPv4 address"
+                    .to_owned();
+                self.error(&item.span(), field, message, Some(help));
+            }
+        }
     }
 
     fn allow_table(

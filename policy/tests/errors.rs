@@ -511,3 +511,19 @@ fn environment_names_and_the_file_path_are_checked() {
     let e = one("user = \"a\"\nenvironment_file = \"keys.env\"\n");
     assert_error(&e, 2, 20, "environment_file", "is a relative path");
 }
+
+#[test]
+fn listen_entries_are_addresses_not_names() {
+    let error = one("user = \"a\"\n[network]\nlisten = [\"localhost:8787\"]\n");
+    assert_error(&error, 3, 11, "network.listen[0]", "`localhost` is a name");
+    assert!(
+        error
+            .help
+            .as_deref()
+            .unwrap_or("")
+            .contains("127.0.0.1:8787/tcp"),
+        "{error:?}"
+    );
+    let error = one("user = \"a\"\n[network]\nlisten = [\"127.0.0.1:99999/tcp\"]\n");
+    assert_error(&error, 3, 11, "network.listen[0]", "99999");
+}

@@ -278,6 +278,7 @@ allow = [
 dns = "system"
 log = { rate = "10/second" }
 unix_sockets = ["/run/postgresql/.s.PGSQL.5432"]
+listen = []
 
 [filesystem]
 read_only = [
@@ -356,4 +357,40 @@ fn environment_and_its_file_parse_and_print_back() {
         "{}",
         plain.to_toml()
     );
+}
+
+#[test]
+fn listen_entries_are_local_addresses_and_the_unspecified_one_means_every_address() {
+    let p = parse(
+        r#"user = "a"
+[network]
+listen = ["127.0.0.1:8787/tcp", "0.0.0.0:9000-9001", "[::1]:8787/tcp", "[::]:53/udp", "127.0.0.1:8787/tcp"]
+"#,
+    );
+    let v4: Vec<String> = p
+        .network
+        .listen_v4
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    let v6: Vec<String> = p
+        .network
+        .listen_v6
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(v4, ["0.0.0.0/0:9000-9001", "127.0.0.1/32:8787/tcp"]);
+    assert_eq!(v6, ["[::1/128]:8787/tcp", "[::/0]:53/udp"]);
+    assert!(
+        p.network.allow_v4.is_empty(),
+        "listen entries allow nothing outbound"
+    );
+    assert_round_trips(&p);
+}
+
+#[test]
+fn without_listen_nothing_is_served() {
+    let p = parse("user = \"a\"\n[network]\nallow = [\"10.0.0.0/8\"]\n");
+    assert!(p.network.listen_v4.is_empty() && p.network.listen_v6.is_empty());
+    assert!(p.to_toml().contains("\nlisten = []\n"), "{}", p.to_toml());
 }

@@ -20,6 +20,7 @@ directory = "/srv/unitdemo"
 [network]
 dns = "none"
 allow = ["127.0.0.1/32:8787/tcp"]
+listen = ["127.0.0.1:8787/tcp"]
 [filesystem]
 read_only = ["/usr", "/etc"]
 exec = ["/usr/bin", "/bin", "/usr/local/bin"]

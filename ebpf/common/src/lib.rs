@@ -21,6 +21,11 @@ pub mod map_names {
     pub const EVENTS: &str = "EVENTS";
     /// `HashMap<UnixKey, u32>`: allowed unix-socket locations per (uid, generation).
     pub const UNIX_ALLOW: &str = "UNIX_ALLOW";
+    /// `LpmTrie<V4Key, AllowValue>`: local IPv4 addresses and ports an instance may serve on
+    /// (`network.listen`), per (uid, generation).
+    pub const LISTEN_V4: &str = "LISTEN_V4";
+    /// `LpmTrie<V6Key, AllowValue>`: as `LISTEN_V4`, for IPv6.
+    pub const LISTEN_V6: &str = "LISTEN_V6";
 }
 
 /// Names of the programs in the eBPF object.
@@ -29,9 +34,14 @@ pub mod program_names {
     pub const CONNECT6: &str = "isolate_connect6";
     pub const SENDMSG4: &str = "isolate_sendmsg4";
     pub const SENDMSG6: &str = "isolate_sendmsg6";
+    pub const BIND4: &str = "isolate_bind4";
+    pub const BIND6: &str = "isolate_bind6";
     pub const EGRESS: &str = "isolate_egress";
+    pub const INGRESS: &str = "isolate_ingress";
     /// Every cgroup `sock_addr` program, in attach order.
-    pub const SOCK_ADDR: [&str; 4] = [CONNECT4, CONNECT6, SENDMSG4, SENDMSG6];
+    pub const SOCK_ADDR: [&str; 6] = [CONNECT4, CONNECT6, SENDMSG4, SENDMSG6, BIND4, BIND6];
+    /// Every `cgroup_skb` program (packet hooks).
+    pub const SKB: [&str; 2] = [EGRESS, INGRESS];
     /// BPF LSM program on `unix_stream_connect` (stream and seqpacket connects).
     pub const UNIX_STREAM_CONNECT: &str = "isolate_unix_stream_connect";
     /// BPF LSM program on `unix_may_send` (datagrams, connected or not).
@@ -48,11 +58,13 @@ pub const UNIX_CONFIG_GLOBAL: &str = "ISOLATE_UNIX_CONFIG";
 
 /// Entries in each LPM trie (all instances together).
 pub const MAX_ALLOW_ENTRIES: u32 = 1 << 20;
+/// Entries in each listen trie (all instances together): an instance serves on a few ports.
+pub const MAX_LISTEN_ENTRIES: u32 = 1 << 14;
 /// Confined UIDs.
 pub const MAX_INSTANCES: u32 = 4096;
 /// Counters each confined UID has: (IPv4, IPv6) × (TCP, UDP, other) × (connect, sendmsg,
-/// egress), and unix (stream, datagram).
-pub const COUNTERS_PER_INSTANCE: u32 = 2 * 3 * 3 + 2;
+/// egress, bind, ingress), and unix (stream, datagram).
+pub const COUNTERS_PER_INSTANCE: u32 = 2 * 3 * 5 + 2;
 /// Port rules one destination prefix can carry.
 pub const MAX_PORT_RULES: usize = 8;
 
@@ -161,6 +173,20 @@ pub const HOOK_SENDMSG: u8 = 2;
 pub const HOOK_EGRESS: u8 = 3;
 /// The BPF LSM unix-socket hooks (`unix_stream_connect`, `unix_may_send`).
 pub const HOOK_UNIX: u8 = 4;
+/// `bind` to a local address and port `network.listen` does not list.
+pub const HOOK_BIND: u8 = 5;
+/// The `cgroup_skb/ingress` program: a connection (TCP SYN) or datagram arriving for a port
+/// `network.listen` does not list. Its events carry the sender's address in `addr` and the
+/// instance's local port in `port`.
+pub const HOOK_INGRESS: u8 = 6;
+/// Every hook of the address families (not unix), in counter order.
+pub const INET_HOOKS: [u8; 5] = [
+    HOOK_CONNECT,
+    HOOK_SENDMSG,
+    HOOK_EGRESS,
+    HOOK_BIND,
+    HOOK_INGRESS,
+];
 
 /// Key of the blocked-attempt counters.
 #[repr(C)]
@@ -281,10 +307,11 @@ pub struct BlockEvent {
     pub uid: u32,
     pub pid: u32,
     pub comm: [u8; 16],
-    /// Destination address in network byte order; IPv4 uses the first four bytes. Unix
-    /// sockets (`FAMILY_UNIX`): the peer's device and inode, see `UNIX_PEER_PATH`.
+    /// Destination address in network byte order; IPv4 uses the first four bytes. `bind`:
+    /// the local address asked for; `ingress`: the sender's address. Unix sockets
+    /// (`FAMILY_UNIX`): the peer's device and inode, see `UNIX_PEER_PATH`.
     pub addr: [u8; 16],
-    /// Destination port in host byte order.
+    /// Destination port in host byte order (`bind`, `ingress`: the instance's local port).
     pub port: u16,
     pub family: u8,
     pub protocol: u8,

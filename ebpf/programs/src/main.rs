@@ -1,5 +1,7 @@
 //! isolate's eBPF programs: cgroup socket-address hooks that refuse, with EPERM, every
-//! destination the confined UID's policy does not allow. UIDs without a policy pass untouched.
+//! destination the confined UID's policy does not allow and every bind to a local port it does
+//! not list; packet hooks for what those cannot see (portless protocols going out, connections
+//! and datagrams coming in). UIDs without a policy pass untouched.
 #![no_std]
 #![no_main]
 
@@ -14,9 +16,10 @@ use aya_ebpf::{
     programs::{SkBuffContext, SockAddrContext},
 };
 use isolate_ebpf_common::{
-    AllowValue, BlockEvent, COUNTERS_PER_INSTANCE, CounterKey, FAMILY_V4, FAMILY_V6, HOOK_CONNECT,
-    HOOK_EGRESS, HOOK_SENDMSG, InstanceState, KEY_HEADER_BITS, MAX_ALLOW_ENTRIES, MAX_INSTANCES,
-    PROTO_OTHER, PROTO_TCP, PROTO_UDP, V4Key, V6Key,
+    AllowValue, BlockEvent, COUNTERS_PER_INSTANCE, CounterKey, FAMILY_V4, FAMILY_V6, HOOK_BIND,
+    HOOK_CONNECT, HOOK_EGRESS, HOOK_INGRESS, HOOK_SENDMSG, InstanceState, KEY_HEADER_BITS,
+    MAX_ALLOW_ENTRIES, MAX_INSTANCES, MAX_LISTEN_ENTRIES, PROTO_OTHER, PROTO_TCP, PROTO_UDP, V4Key,
+    V6Key,
 };
 
 /// Return values of a cgroup sock_addr program.
@@ -34,6 +37,14 @@ static ALLOW_V4: LpmTrie<V4Key, AllowValue> = LpmTrie::with_max_entries(MAX_ALLO
 
 #[map(name = "ALLOW_V6")]
 static ALLOW_V6: LpmTrie<V6Key, AllowValue> = LpmTrie::with_max_entries(MAX_ALLOW_ENTRIES, 0);
+
+/// What `network.listen` lists: local addresses and ports, with the same push-down as the
+/// allow tries.
+#[map(name = "LISTEN_V4")]
+static LISTEN_V4: LpmTrie<V4Key, AllowValue> = LpmTrie::with_max_entries(MAX_LISTEN_ENTRIES, 0);
+
+#[map(name = "LISTEN_V6")]
+static LISTEN_V6: LpmTrie<V6Key, AllowValue> = LpmTrie::with_max_entries(MAX_LISTEN_ENTRIES, 0);
 
 /// User space creates every counter of an instance up front, so increments are never lost to a
 /// racing first insert on two CPUs.
@@ -63,6 +74,19 @@ pub fn isolate_sendmsg4(ctx: SockAddrContext) -> i32 {
 #[cgroup_sock_addr(sendmsg6)]
 pub fn isolate_sendmsg6(ctx: SockAddrContext) -> i32 {
     judge_v6(&ctx, HOOK_SENDMSG)
+}
+
+/// `bind` to a local address: refused unless `network.listen` lists it. Port 0 (the kernel
+/// picks an ephemeral port, as clients do before they connect or send) always passes: what
+/// arrives on such a port is judged by the ingress program.
+#[cgroup_sock_addr(bind4)]
+pub fn isolate_bind4(ctx: SockAddrContext) -> i32 {
+    judge_v4(&ctx, HOOK_BIND)
+}
+
+#[cgroup_sock_addr(bind6)]
+pub fn isolate_bind6(ctx: SockAddrContext) -> i32 {
+    judge_v6(&ctx, HOOK_BIND)
 }
 
 const ETH_P_IP: u32 = 0x0800;
@@ -106,6 +130,173 @@ pub fn isolate_egress(ctx: SkBuffContext) -> i32 {
     }
 }
 
+const TCP_FLAG_SYN: u8 = 0x02;
+const TCP_FLAG_ACK: u8 = 0x10;
+/// IPv6 extension headers a packet may carry before its transport header, that the ingress
+/// program steps over: hop-by-hop options, routing, destination options.
+const IPV6_HOP_BY_HOP: u8 = 0;
+const IPV6_ROUTING: u8 = 43;
+const IPV6_DEST_OPTIONS: u8 = 60;
+/// How many of them it steps over before it gives up and drops the packet.
+const IPV6_MAX_EXTENSION_HEADERS: usize = 4;
+
+/// Inbound: what arrives for the instance's sockets. A new TCP connection (SYN without ACK)
+/// or a UDP datagram passes only when `network.listen` lists its local address and port, so
+/// a `listen()` without `bind` (the kernel picks an ephemeral port, and no bind hook runs) is
+/// covered too. A datagram from an address and port the instance may send to passes as well:
+/// the answers to its own allowed flows (DNS replies, QUIC). Everything else of TCP (the
+/// rest of a connection, SYN-ACKs to its own connects) and other protocols pass: a connection
+/// can only exist once its first packet passed.
+#[cgroup_skb(ingress)]
+pub fn isolate_ingress(ctx: SkBuffContext) -> i32 {
+    let uid = ctx.get_socket_uid();
+    // SAFETY: the value is copied out at once; user space only replaces whole entries.
+    let Some(state) = (unsafe { INSTANCES.get(&uid) }) else {
+        return VERDICT_ALLOW;
+    };
+    let generation = state.generation;
+    match u32::from(u16::from_be(ctx.skb.protocol() as u16)) {
+        ETH_P_IP => ingress_v4(&ctx, uid, generation),
+        ETH_P_IPV6 => ingress_v6(&ctx, uid, generation),
+        _ => VERDICT_DENY,
+    }
+}
+
+#[inline(always)]
+fn ingress_v4(ctx: &SkBuffContext, uid: u32, generation: u32) -> i32 {
+    let (Ok(version_ihl), Ok(protocol), Ok(saddr), Ok(daddr)) = (
+        ctx.load::<u8>(0),
+        ctx.load::<u8>(9),
+        ctx.load::<[u8; 4]>(12),
+        ctx.load::<[u8; 4]>(16),
+    ) else {
+        return VERDICT_DENY;
+    };
+    let transport = usize::from(version_ihl & 0x0f) * 4;
+    let Some(arrival) = Arrival::read(ctx, protocol, transport) else {
+        return VERDICT_DENY;
+    };
+    match arrival {
+        Arrival::Pass => VERDICT_ALLOW,
+        Arrival::Judge {
+            proto,
+            source_port,
+            local_port,
+        } => {
+            if permits_v4(&LISTEN_V4, uid, generation, daddr, local_port, proto)
+                || (proto == PROTO_UDP
+                    && permits_v4(&ALLOW_V4, uid, generation, saddr, source_port, proto))
+            {
+                return VERDICT_ALLOW;
+            }
+            let mut peer = [0u8; 16];
+            peer[..4].copy_from_slice(&saddr);
+            record_block::<false>(uid, FAMILY_V4, proto, HOOK_INGRESS, peer, local_port);
+            VERDICT_DENY
+        }
+    }
+}
+
+#[inline(always)]
+fn ingress_v6(ctx: &SkBuffContext, uid: u32, generation: u32) -> i32 {
+    let (Ok(mut next_header), Ok(saddr), Ok(daddr)) = (
+        ctx.load::<u8>(6),
+        ctx.load::<[u8; 16]>(8),
+        ctx.load::<[u8; 16]>(24),
+    ) else {
+        return VERDICT_DENY;
+    };
+    let mut transport = 40usize;
+    let mut i = 0;
+    while i < IPV6_MAX_EXTENSION_HEADERS {
+        if next_header != IPV6_HOP_BY_HOP
+            && next_header != IPV6_ROUTING
+            && next_header != IPV6_DEST_OPTIONS
+        {
+            break;
+        }
+        // Each of these starts with (next header, length in 8-octet units beyond the first 8).
+        let (Ok(next), Ok(length)) = (ctx.load::<u8>(transport), ctx.load::<u8>(transport + 1))
+        else {
+            return VERDICT_DENY;
+        };
+        next_header = next;
+        transport += (usize::from(length) + 1) * 8;
+        i += 1;
+    }
+    if next_header == IPV6_HOP_BY_HOP
+        || next_header == IPV6_ROUTING
+        || next_header == IPV6_DEST_OPTIONS
+    {
+        // More than it steps over: it cannot find the port, so it cannot judge.
+        return VERDICT_DENY;
+    }
+    let Some(arrival) = Arrival::read(ctx, next_header, transport) else {
+        return VERDICT_DENY;
+    };
+    match arrival {
+        Arrival::Pass => VERDICT_ALLOW,
+        Arrival::Judge {
+            proto,
+            source_port,
+            local_port,
+        } => {
+            // A v4-mapped local address is never seen here: such packets arrive as IPv4.
+            if permits_v6(&LISTEN_V6, uid, generation, daddr, local_port, proto)
+                || (proto == PROTO_UDP
+                    && permits_v6(&ALLOW_V6, uid, generation, saddr, source_port, proto))
+            {
+                return VERDICT_ALLOW;
+            }
+            record_block::<false>(uid, FAMILY_V6, proto, HOOK_INGRESS, saddr, local_port);
+            VERDICT_DENY
+        }
+    }
+}
+
+/// What the ingress program makes of an arriving packet's transport header.
+enum Arrival {
+    /// Not the start of anything: the rest of a TCP connection, or another protocol.
+    Pass,
+    /// A new TCP connection or a UDP datagram, to be judged.
+    Judge {
+        proto: u8,
+        source_port: u16,
+        local_port: u16,
+    },
+}
+
+impl Arrival {
+    /// `None` when the header cannot be read (the packet is then dropped).
+    #[inline(always)]
+    fn read(ctx: &SkBuffContext, protocol: u8, transport: usize) -> Option<Self> {
+        let protocol = u32::from(protocol);
+        if protocol != IPPROTO_TCP && protocol != IPPROTO_UDP {
+            return Some(Arrival::Pass);
+        }
+        // Both headers start with the source and destination ports, big-endian.
+        let source_port = u16::from_be(ctx.load::<u16>(transport).ok()?);
+        let local_port = u16::from_be(ctx.load::<u16>(transport + 2).ok()?);
+        if protocol == IPPROTO_UDP {
+            return Some(Arrival::Judge {
+                proto: PROTO_UDP,
+                source_port,
+                local_port,
+            });
+        }
+        let flags = ctx.load::<u8>(transport + 13).ok()?;
+        if flags & TCP_FLAG_SYN != 0 && flags & TCP_FLAG_ACK == 0 {
+            Some(Arrival::Judge {
+                proto: PROTO_TCP,
+                source_port,
+                local_port,
+            })
+        } else {
+            Some(Arrival::Pass)
+        }
+    }
+}
+
 /// The UID of the calling task, and its policy generation when the UID is confined.
 #[inline(always)]
 fn confined_caller() -> Option<(u32, u32)> {
@@ -138,6 +329,9 @@ fn judge_v4(ctx: &SockAddrContext, hook: u8) -> i32 {
     // SAFETY: as in port_and_protocol.
     let ip = unsafe { core::ptr::read_volatile(&raw const (*ctx.sock_addr).user_ip4) };
     let (port, proto) = port_and_protocol(ctx);
+    if hook == HOOK_BIND && port == 0 {
+        return VERDICT_ALLOW;
+    }
     // user_ip4 is in network byte order in memory: its native bytes are the address bytes.
     judge_v4_addr::<true>(uid, generation, ip.to_ne_bytes(), port, proto, hook)
 }
@@ -151,17 +345,12 @@ fn judge_v4_addr<const IN_TASK: bool>(
     proto: u8,
     hook: u8,
 ) -> i32 {
-    let key = Key::new(
-        KEY_HEADER_BITS + 32,
-        V4Key {
-            uid,
-            generation,
-            addr,
-        },
-    );
-    if let Some(allowed) = ALLOW_V4.get(&key)
-        && allowed.permits(port, proto)
-    {
+    let rules = if hook == HOOK_BIND {
+        &LISTEN_V4
+    } else {
+        &ALLOW_V4
+    };
+    if permits_v4(rules, uid, generation, addr, port, proto) {
         return VERDICT_ALLOW;
     }
     let mut dest = [0u8; 16];
@@ -186,6 +375,9 @@ fn judge_v6(ctx: &SockAddrContext, hook: u8) -> i32 {
         ]
     };
     let (port, proto) = port_and_protocol(ctx);
+    if hook == HOOK_BIND && port == 0 {
+        return VERDICT_ALLOW;
+    }
     // ::ffff:a.b.c.d reaches an IPv4 host: judge it by the IPv4 policy, so a v6 socket is no
     // way around it.
     if words[0] == 0 && words[1] == 0 && words[2] == 0x0000_ffff_u32.to_be() {
@@ -208,6 +400,51 @@ fn judge_v6_addr<const IN_TASK: bool>(
     proto: u8,
     hook: u8,
 ) -> i32 {
+    let rules = if hook == HOOK_BIND {
+        &LISTEN_V6
+    } else {
+        &ALLOW_V6
+    };
+    if permits_v6(rules, uid, generation, addr, port, proto) {
+        return VERDICT_ALLOW;
+    }
+    record_block::<IN_TASK>(uid, FAMILY_V6, proto, hook, addr, port);
+    VERDICT_DENY
+}
+
+/// Whether `rules` (an allow or listen trie) let `uid`'s policy `generation` reach or serve
+/// (`addr`, `port`, `proto`).
+#[inline(always)]
+fn permits_v4(
+    rules: &LpmTrie<V4Key, AllowValue>,
+    uid: u32,
+    generation: u32,
+    addr: [u8; 4],
+    port: u16,
+    proto: u8,
+) -> bool {
+    let key = Key::new(
+        KEY_HEADER_BITS + 32,
+        V4Key {
+            uid,
+            generation,
+            addr,
+        },
+    );
+    rules
+        .get(&key)
+        .is_some_and(|allowed| allowed.permits(port, proto))
+}
+
+#[inline(always)]
+fn permits_v6(
+    rules: &LpmTrie<V6Key, AllowValue>,
+    uid: u32,
+    generation: u32,
+    addr: [u8; 16],
+    port: u16,
+    proto: u8,
+) -> bool {
     let key = Key::new(
         KEY_HEADER_BITS + 128,
         V6Key {
@@ -216,13 +453,9 @@ fn judge_v6_addr<const IN_TASK: bool>(
             addr,
         },
     );
-    if let Some(allowed) = ALLOW_V6.get(&key)
-        && allowed.permits(port, proto)
-    {
-        return VERDICT_ALLOW;
-    }
-    record_block::<IN_TASK>(uid, FAMILY_V6, proto, hook, addr, port);
-    VERDICT_DENY
+    rules
+        .get(&key)
+        .is_some_and(|allowed| allowed.permits(port, proto))
 }
 
 #[inline(always)]

@@ -1,7 +1,6 @@
 //! What an audit record says: its journal fields and its one-line stderr form.
 
 use std::fmt::Write as _;
-use std::net::IpAddr;
 
 use isolate_policy::Rate;
 
@@ -21,16 +20,26 @@ pub(super) struct Entry {
 }
 
 /// The record of one blocked attempt:
-/// `isolate-NAME-blocked tcp 203.0.113.7:443 pid=… comm=…` plus `ISOLATE_*` fields.
+/// `isolate-NAME-blocked tcp 203.0.113.7:443 pid=… comm=…` plus `ISOLATE_*` fields. Inbound
+/// refusals say so (`tcp inbound from 203.0.113.7 to port 8080`, `tcp bind 0.0.0.0:8080`),
+/// and `ISOLATE_DIRECTION` tells them apart from outbound ones.
 pub(super) fn blocked(instance: &str, attempt: &BlockedAttempt) -> Entry {
     let port = attempt.port;
     // A unix socket is named by its device and inode (the event has no room for its path).
-    let (dest, dest_field) = match (attempt.unix, attempt.destination) {
-        (Some(peer), _) => (peer.to_string(), peer.to_string()),
-        (None, IpAddr::V4(addr)) => (format!("{addr}:{port}"), addr.to_string()),
-        (None, IpAddr::V6(addr)) => (format!("[{addr}]:{port}"), addr.to_string()),
+    let address = match attempt.unix {
+        Some(peer) => peer.to_string(),
+        None => attempt.destination.to_string(),
     };
-    let head = format!("isolate-{instance}-blocked {} {dest}", attempt.protocol);
+    let (address_field, direction) = match attempt.hook {
+        "ingress" => ("ISOLATE_PEER", "inbound"),
+        "bind" => ("ISOLATE_LOCAL", "inbound"),
+        _ => ("ISOLATE_DEST", "outbound"),
+    };
+    let head = format!(
+        "isolate-{instance}-blocked {} {}",
+        attempt.protocol,
+        attempt.what()
+    );
     // Block events come from the eBPF layer (nft's drops are logged by the kernel itself).
     let layer = format!("ebpf-{}", attempt.hook);
     let comm = one_line(&attempt.comm);
@@ -42,7 +51,8 @@ pub(super) fn blocked(instance: &str, attempt: &BlockedAttempt) -> Entry {
             ("SYSLOG_IDENTIFIER", SYSLOG_IDENTIFIER.to_owned()),
             ("ISOLATE_INSTANCE", instance.to_owned()),
             ("ISOLATE_LAYER", layer.clone()),
-            ("ISOLATE_DEST", dest_field),
+            ("ISOLATE_DIRECTION", direction.to_owned()),
+            (address_field, address),
             ("ISOLATE_PORT", port.to_string()),
             ("ISOLATE_PROTO", attempt.protocol.to_owned()),
             ("ISOLATE_PID", pid.to_string()),

@@ -8,9 +8,9 @@ use isolate_ebpf_common::map_names;
 
 use super::{BpfError, PinDir, open_map};
 use isolate_ebpf_common::{
-    BlockEvent, FAMILY_UNIX, FAMILY_V4, FAMILY_V6, HOOK_CONNECT, HOOK_EGRESS, HOOK_SENDMSG,
-    HOOK_UNIX, PROTO_DGRAM, PROTO_OTHER, PROTO_STREAM, PROTO_TCP, PROTO_UDP, UNIX_PEER_ABSTRACT,
-    UNIX_PEER_PATH,
+    BlockEvent, FAMILY_UNIX, FAMILY_V4, FAMILY_V6, HOOK_BIND, HOOK_CONNECT, HOOK_EGRESS,
+    HOOK_INGRESS, HOOK_SENDMSG, HOOK_UNIX, PROTO_DGRAM, PROTO_OTHER, PROTO_STREAM, PROTO_TCP,
+    PROTO_UDP, UNIX_PEER_ABSTRACT, UNIX_PEER_PATH,
 };
 
 use super::unix::split_kernel_dev;
@@ -52,8 +52,10 @@ pub struct BlockedAttempt {
     pub uid: u32,
     pub pid: u32,
     pub comm: String,
-    /// The unspecified address (`0.0.0.0`) for unix sockets: see `unix`.
+    /// The unspecified address (`0.0.0.0`) for unix sockets: see `unix`. For hook `bind`,
+    /// the local address asked for; for `ingress`, the sender's address.
     pub destination: IpAddr,
+    /// For hooks `bind` and `ingress`, the instance's local port.
     pub port: u16,
     pub protocol: &'static str,
     pub hook: &'static str,
@@ -133,17 +135,39 @@ impl From<&BlockEvent> for BlockedAttempt {
     }
 }
 
+impl BlockedAttempt {
+    /// What was refused, as records spell it: `203.0.113.7:443` (outbound), `bind
+    /// 0.0.0.0:8080`, `inbound from 203.0.113.7 to port 8080`, or the unix peer.
+    pub fn what(&self) -> String {
+        let address = match self.destination {
+            IpAddr::V4(a) => a.to_string(),
+            IpAddr::V6(a) => format!("[{a}]"),
+        };
+        match (self.unix, self.hook) {
+            (Some(peer), _) => peer.to_string(),
+            (None, "bind") => format!("bind {address}:{}", self.port),
+            (None, "ingress") => format!("inbound from {address} to port {}", self.port),
+            (None, _) => format!("{address}:{}", self.port),
+        }
+    }
+
+    /// Whether the refusal kept something out rather than in.
+    pub fn is_inbound(&self) -> bool {
+        matches!(self.hook, "bind" | "ingress")
+    }
+}
+
 impl fmt::Display for BlockedAttempt {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let dest = match (self.unix, self.destination) {
-            (Some(peer), _) => peer.to_string(),
-            (None, IpAddr::V4(a)) => format!("{a}:{}", self.port),
-            (None, IpAddr::V6(a)) => format!("[{a}]:{}", self.port),
-        };
         write!(
             f,
-            "{} {dest} uid={} pid={} comm={} layer=ebpf-{}",
-            self.protocol, self.uid, self.pid, self.comm, self.hook
+            "{} {} uid={} pid={} comm={} layer=ebpf-{}",
+            self.protocol,
+            self.what(),
+            self.uid,
+            self.pid,
+            self.comm,
+            self.hook
         )
     }
 }
@@ -175,6 +199,8 @@ pub fn hook_name(hook: u8) -> &'static str {
         HOOK_SENDMSG => "sendmsg",
         HOOK_EGRESS => "egress",
         HOOK_UNIX => "unix",
+        HOOK_BIND => "bind",
+        HOOK_INGRESS => "ingress",
         _ => "unknown",
     }
 }

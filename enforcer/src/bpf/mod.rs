@@ -30,10 +30,9 @@ use aya::programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock
 use aya::{Btf, Ebpf, EbpfLoader};
 use ipnet::{Ipv4Net, Ipv6Net};
 use isolate_ebpf_common::{
-    AllowValue, CounterKey, FAMILY_UNIX, FAMILY_V4, FAMILY_V6, HOOK_CONNECT, HOOK_EGRESS,
-    HOOK_SENDMSG, HOOK_UNIX, InstanceState, KEY_HEADER_BITS, PROTO_DGRAM, PROTO_OTHER,
-    PROTO_STREAM, PROTO_TCP, PROTO_UDP, UNIX_CONFIG_GLOBAL, UnixKey, V4Key, V6Key, map_names,
-    program_names,
+    AllowValue, CounterKey, FAMILY_UNIX, FAMILY_V4, FAMILY_V6, HOOK_UNIX, INET_HOOKS,
+    InstanceState, KEY_HEADER_BITS, PROTO_DGRAM, PROTO_OTHER, PROTO_STREAM, PROTO_TCP, PROTO_UDP,
+    UNIX_CONFIG_GLOBAL, UnixKey, V4Key, V6Key, map_names, program_names,
 };
 use thiserror::Error;
 
@@ -98,6 +97,15 @@ pub enum BpfError {
          and let isolate make it again", .path.display(), .path.display()
     )]
     UntrustedPins { path: PathBuf, why: String },
+    /// What is pinned was attached by an isolate without inbound confinement.
+    #[error(
+        "the eBPF layer pinned at {} has no {missing} (it was attached by an older isolate): \
+         stop what uses it and run `isolate cleanup`, then start again", .path.display()
+    )]
+    Outdated {
+        path: PathBuf,
+        missing: &'static str,
+    },
 }
 
 fn map_error(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> BpfError {
@@ -126,6 +134,8 @@ pub struct BpfLayer {
     instances: HashMap<MapData, u32, InstanceState>,
     allow_v4: LpmTrie<MapData, V4Key, AllowValue>,
     allow_v6: LpmTrie<MapData, V6Key, AllowValue>,
+    listen_v4: LpmTrie<MapData, V4Key, AllowValue>,
+    listen_v6: LpmTrie<MapData, V6Key, AllowValue>,
     /// Absent from attachments pinned without the unix-socket programs.
     unix_allow: Option<HashMap<MapData, UnixKey, u32>>,
     unix: UnixSupport,
@@ -170,6 +180,18 @@ impl BpfLayer {
 
     /// Opens an attachment pinned in `pins` (for status, updates and event reading).
     pub fn open(pins: PinDir) -> Result<Self, BpfError> {
+        for (missing, pinned) in [
+            ("listen maps", pins.map(map_names::LISTEN_V4)),
+            ("bind hooks", pins.link(program_names::BIND4)),
+            ("ingress program", pins.link(program_names::INGRESS)),
+        ] {
+            if !pinned.exists() {
+                return Err(BpfError::Outdated {
+                    path: pins.path().to_path_buf(),
+                    missing,
+                });
+            }
+        }
         let unix_allow = if pins.map(map_names::UNIX_ALLOW).exists() {
             Some(open_map(&pins, map_names::UNIX_ALLOW)?)
         } else {
@@ -195,6 +217,8 @@ impl BpfLayer {
             instances: open_map(&pins, map_names::INSTANCES)?,
             allow_v4: open_map(&pins, map_names::ALLOW_V4)?,
             allow_v6: open_map(&pins, map_names::ALLOW_V6)?,
+            listen_v4: open_map(&pins, map_names::LISTEN_V4)?,
+            listen_v6: open_map(&pins, map_names::LISTEN_V6)?,
             unix_allow,
             unix,
             counters: open_map(&pins, map_names::BLOCKED)?,
@@ -249,8 +273,8 @@ impl BpfLayer {
     /// nothing: what enforcement this kernel really offers, as opposed to what its
     /// configuration suggests. Each entry is (what, `Ok` or why not).
     pub fn probe(cgroup: &Path) -> Vec<(&'static str, Result<(), String>)> {
-        const SOCKET: &str = "eBPF socket hooks (connect4/6, sendmsg4/6)";
-        const EGRESS: &str = "eBPF egress backstop (cgroup_skb)";
+        const SOCKET: &str = "eBPF socket hooks (connect4/6, sendmsg4/6, bind4/6)";
+        const EGRESS: &str = "eBPF packet hooks (cgroup_skb egress backstop, ingress)";
         const UNIX: &str = "eBPF unix-socket programs (BPF LSM)";
         let reason = |e: BpfError| {
             let e = e.to_string();
@@ -271,8 +295,10 @@ impl BpfLayer {
             let program: &mut CgroupSockAddr = program(&mut ebpf, name)?;
             program.load().map_err(program_error(name))
         });
-        let egress = program::<CgroupSkb>(&mut ebpf, program_names::EGRESS)
-            .and_then(|p| p.load().map_err(program_error(program_names::EGRESS)));
+        let egress = program_names::SKB.iter().try_for_each(|&name| {
+            let program: &mut CgroupSkb = program(&mut ebpf, name)?;
+            program.load().map_err(program_error(name))
+        });
         let unix = unix_config.and_then(|()| {
             let btf = btf.as_ref().ok_or("the kernel has no BTF".to_owned())?;
             program_names::UNIX
@@ -305,15 +331,19 @@ impl BpfLayer {
             let link = program.take_link(link_id).map_err(program_error)?;
             pin_link(pins, name, FdLink::try_from(link))?;
         }
-        let name = program_names::EGRESS;
-        let program: &mut CgroupSkb = program(&mut ebpf, name)?;
-        let program_error = program_error(name);
-        program.load().map_err(program_error)?;
-        let link_id = program
-            .attach(&cgroup_file, CgroupSkbAttachType::Egress, mode)
-            .map_err(program_error)?;
-        let link = program.take_link(link_id).map_err(program_error)?;
-        pin_link(pins, name, FdLink::try_from(link))?;
+        for (name, direction) in [
+            (program_names::EGRESS, CgroupSkbAttachType::Egress),
+            (program_names::INGRESS, CgroupSkbAttachType::Ingress),
+        ] {
+            let program: &mut CgroupSkb = program(&mut ebpf, name)?;
+            let program_error = program_error(name);
+            program.load().map_err(program_error)?;
+            let link_id = program
+                .attach(&cgroup_file, direction, mode)
+                .map_err(program_error)?;
+            let link = program.take_link(link_id).map_err(program_error)?;
+            pin_link(pins, name, FdLink::try_from(link))?;
+        }
 
         let support = match unix_config {
             Ok(()) => match Self::load_unix_programs(&mut ebpf, btf.as_ref(), pins) {
@@ -343,6 +373,8 @@ impl BpfLayer {
             map_names::INSTANCES,
             map_names::ALLOW_V4,
             map_names::ALLOW_V6,
+            map_names::LISTEN_V4,
+            map_names::LISTEN_V6,
             map_names::UNIX_ALLOW,
             map_names::BLOCKED,
             map_names::EVENTS,
@@ -451,12 +483,12 @@ impl BpfLayer {
         Ok(totals)
     }
 
-    /// The (IPv4, IPv6) trie entries in force for `uid`.
+    /// The (IPv4, IPv6) allow-trie entries in force for `uid`.
     pub fn entry_counts(&self, uid: u32) -> Result<(usize, usize), BpfError> {
         Ok(match self.instance_state(uid)? {
             Some(state) => {
-                let (v4, v6) = self.generation_keys(uid, state.generation);
-                (v4.len(), v6.len())
+                let keys = self.generation_keys(uid, state.generation);
+                (keys.allow_v4.len(), keys.allow_v6.len())
             }
             None => (0, 0),
         })
@@ -472,7 +504,7 @@ impl BpfLayer {
         program_names::SOCK_ADDR
             .iter()
             .copied()
-            .chain([program_names::EGRESS])
+            .chain(program_names::SKB)
             .chain(unix)
             .all(|name| self.pins.link(name).exists())
     }
@@ -547,6 +579,16 @@ impl BpfLayer {
                 .insert(&v6_key(uid, generation, *net), value, 0)
                 .map_err(map_error(map_names::ALLOW_V6))?;
         }
+        for (net, value) in &rules.listen_v4 {
+            self.listen_v4
+                .insert(&v4_key(uid, generation, *net), value, 0)
+                .map_err(map_error(map_names::LISTEN_V4))?;
+        }
+        for (net, value) in &rules.listen_v6 {
+            self.listen_v6
+                .insert(&v6_key(uid, generation, *net), value, 0)
+                .map_err(map_error(map_names::LISTEN_V6))?;
+        }
         if let Some(map) = &mut self.unix_allow {
             for location in unix {
                 map.insert(location.key(uid, generation), 1, 0)
@@ -556,35 +598,34 @@ impl BpfLayer {
         Ok(())
     }
 
-    /// Every trie key of (`uid`, `generation`), IPv4 and IPv6.
-    fn generation_keys(&self, uid: u32, generation: u32) -> (Vec<Key<V4Key>>, Vec<Key<V6Key>>) {
-        let v4 = self
-            .allow_v4
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|key| key.data().uid == uid && key.data().generation == generation)
-            .collect();
-        let v6 = self
-            .allow_v6
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|key| key.data().uid == uid && key.data().generation == generation)
-            .collect();
-        (v4, v6)
+    /// Every trie key of (`uid`, `generation`), allow and listen, IPv4 and IPv6.
+    fn generation_keys(&self, uid: u32, generation: u32) -> GenerationKeys {
+        GenerationKeys {
+            allow_v4: keys_of(&self.allow_v4, uid, generation),
+            allow_v6: keys_of(&self.allow_v6, uid, generation),
+            listen_v4: keys_of(&self.listen_v4, uid, generation),
+            listen_v6: keys_of(&self.listen_v6, uid, generation),
+        }
     }
 
     /// Removes every trie entry of (`uid`, `generation`).
     fn remove_generation(&mut self, uid: u32, generation: u32) -> Result<(), BpfError> {
-        let (v4, v6) = self.generation_keys(uid, generation);
-        for key in v4 {
-            self.allow_v4
-                .remove(&key)
-                .map_err(map_error(map_names::ALLOW_V4))?;
+        let keys = self.generation_keys(uid, generation);
+        for (trie, keys, name) in [
+            (&mut self.allow_v4, keys.allow_v4, map_names::ALLOW_V4),
+            (&mut self.listen_v4, keys.listen_v4, map_names::LISTEN_V4),
+        ] {
+            for key in keys {
+                trie.remove(&key).map_err(map_error(name))?;
+            }
         }
-        for key in v6 {
-            self.allow_v6
-                .remove(&key)
-                .map_err(map_error(map_names::ALLOW_V6))?;
+        for (trie, keys, name) in [
+            (&mut self.allow_v6, keys.allow_v6, map_names::ALLOW_V6),
+            (&mut self.listen_v6, keys.listen_v6, map_names::LISTEN_V6),
+        ] {
+            for key in keys {
+                trie.remove(&key).map_err(map_error(name))?;
+            }
         }
         let unix = self.unix_generation_keys(uid, generation);
         if let Some(map) = &mut self.unix_allow {
@@ -657,6 +698,42 @@ fn pin_link(
     Ok(())
 }
 
+/// The keys of one (uid, generation) in each trie.
+struct GenerationKeys {
+    allow_v4: Vec<Key<V4Key>>,
+    allow_v6: Vec<Key<V6Key>>,
+    listen_v4: Vec<Key<V4Key>>,
+    listen_v6: Vec<Key<V6Key>>,
+}
+
+/// A trie key's owner: (uid, generation).
+trait Owner: aya::Pod {
+    fn owner(&self) -> (u32, u32);
+}
+
+impl Owner for V4Key {
+    fn owner(&self) -> (u32, u32) {
+        (self.uid, self.generation)
+    }
+}
+
+impl Owner for V6Key {
+    fn owner(&self) -> (u32, u32) {
+        (self.uid, self.generation)
+    }
+}
+
+fn keys_of<K: Owner>(
+    trie: &LpmTrie<MapData, K, AllowValue>,
+    uid: u32,
+    generation: u32,
+) -> Vec<Key<K>> {
+    trie.keys()
+        .filter_map(Result::ok)
+        .filter(|key| key.data().owner() == (uid, generation))
+        .collect()
+}
+
 fn v4_key(uid: u32, generation: u32, net: Ipv4Net) -> Key<V4Key> {
     Key::new(
         KEY_HEADER_BITS + u32::from(net.prefix_len()),
@@ -679,21 +756,19 @@ fn v6_key(uid: u32, generation: u32, net: Ipv6Net) -> Key<V6Key> {
     )
 }
 
-/// Every counter an instance has: one per family, protocol and layer.
+/// Every counter an instance has: one per family, protocol and hook.
 fn counter_keys(uid: u32) -> impl Iterator<Item = CounterKey> {
     let inet = [FAMILY_V4, FAMILY_V6].into_iter().flat_map(move |family| {
         [PROTO_TCP, PROTO_UDP, PROTO_OTHER]
             .into_iter()
             .flat_map(move |protocol| {
-                [HOOK_CONNECT, HOOK_SENDMSG, HOOK_EGRESS]
-                    .into_iter()
-                    .map(move |hook| CounterKey {
-                        uid,
-                        family,
-                        protocol,
-                        hook,
-                        _pad: 0,
-                    })
+                INET_HOOKS.into_iter().map(move |hook| CounterKey {
+                    uid,
+                    family,
+                    protocol,
+                    hook,
+                    _pad: 0,
+                })
             })
     });
     let unix = [PROTO_STREAM, PROTO_DGRAM]

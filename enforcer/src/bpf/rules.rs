@@ -20,6 +20,10 @@ use thiserror::Error;
 pub struct CompiledRules {
     pub v4: Vec<(Ipv4Net, AllowValue)>,
     pub v6: Vec<(Ipv6Net, AllowValue)>,
+    /// Local addresses and ports the instance may serve on (`network.listen`), compiled the
+    /// same way: binds and arrivals are judged against them.
+    pub listen_v4: Vec<(Ipv4Net, AllowValue)>,
+    pub listen_v6: Vec<(Ipv6Net, AllowValue)>,
     /// Allowed pathname unix sockets (absolute paths, as in `network.unix_sockets`). They
     /// are resolved to the place they live when the rules are applied, since that can change
     /// between compiling and applying. Every other unix socket a confined process connects
@@ -35,7 +39,18 @@ impl CompiledRules {
         self
     }
 
-    /// Entries in both tries (unix sockets not counted).
+    /// These rules with `v4` and `v6` (`network.listen`) as what the instance may serve on.
+    pub fn with_listen(
+        mut self,
+        v4: &[NetRule<Ipv4Net>],
+        v6: &[NetRule<Ipv6Net>],
+    ) -> Result<Self, RulesError> {
+        self.listen_v4 = push_down(v4)?;
+        self.listen_v6 = push_down(v6)?;
+        Ok(self)
+    }
+
+    /// Entries in both allow tries (listen entries and unix sockets not counted).
     pub fn len(&self) -> usize {
         self.v4.len() + self.v6.len()
     }
@@ -78,7 +93,7 @@ impl Prefix for Ipv6Net {
 pub enum RulesError {
     #[error(
         "{net} is covered by {count} different port/protocol rules; the eBPF layer holds at most \
-         {MAX_PORT_RULES} per destination: merge port ranges in network.allow"
+         {MAX_PORT_RULES} per address: merge port ranges in network.allow or network.listen"
     )]
     TooManyPortRules { net: String, count: usize },
 }
@@ -91,6 +106,8 @@ pub fn compile_rules(
     Ok(CompiledRules {
         v4: push_down(v4)?,
         v6: push_down(v6)?,
+        listen_v4: Vec::new(),
+        listen_v6: Vec::new(),
         unix_sockets: Vec::new(),
     })
 }

@@ -171,6 +171,14 @@ impl ExecPlan {
                     .into(),
             );
         }
+        if layers.ebpf && landlock.tcp_bind_ports.take().is_some() {
+            // Likewise for bind; nftables has no part in inbound, so without the eBPF layer
+            // Landlock keeps the bind ports.
+            landlock.notes.push(
+                "TCP bind ports are left to the eBPF layer, which counts and records each refusal"
+                    .into(),
+            );
+        }
         // A private TMPDIR: the shared /tmp is outside most policies, and a name another user
         // took there first (programs like opencode use fixed names) would lock the instance out.
         let tmpdir = paths::instance_tmp(&instance);

@@ -322,6 +322,7 @@ mod tests {
             [
                 Feature::Truncate,
                 Feature::TcpConnectPorts,
+                Feature::TcpBindPorts,
                 Feature::IoctlDev,
                 Feature::ScopeAbstractUnixSockets,
                 Feature::ScopeSignals,
@@ -338,7 +339,14 @@ mod tests {
         let LandlockError::KernelTooOld { ref missing, .. } = err else {
             panic!("{err:?}");
         };
-        assert_eq!(missing, &[Feature::Truncate, Feature::TcpConnectPorts]);
+        assert_eq!(
+            missing,
+            &[
+                Feature::Truncate,
+                Feature::TcpConnectPorts,
+                Feature::TcpBindPorts
+            ]
+        );
         let text = err.to_string();
         for part in [
             "instance demo (/etc/isolate/instances/demo.toml)",

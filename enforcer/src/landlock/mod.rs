@@ -12,9 +12,9 @@
 //!   names the missing features; above it, the kernel's newer features are used when it has
 //!   them, and the report lists those it lacks. No Landlock at all is always an error.
 //! - TCP connect is restricted to the union of the policy's TCP ports (ABI 4) unless a TCP rule
-//!   allows every port, or the union exceeds [`MAX_PORT_RULES`]. TCP bind is not restricted by
-//!   default, since servers bind ports their egress policy does not name; a caller that knows
-//!   the port can set [`LandlockPlan::tcp_bind_ports`].
+//!   allows every port, or the union exceeds [`MAX_PORT_RULES`]; TCP bind likewise, to the TCP
+//!   ports of `network.listen` and the ephemeral port 0. `isolate exec` leaves both to the eBPF
+//!   layer when it runs (it counts and records each refusal, and judges addresses too).
 //! - A small [`baseline`] of system paths (loader, libraries, `/proc`, `/dev/null`, name
 //!   service files) is added to every plan, tagged as such; missing paths are skipped with a
 //!   warning, except the instance directory, which must exist.

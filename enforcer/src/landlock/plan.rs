@@ -78,6 +78,8 @@ impl LandlockPlan {
     /// - TCP connect ports: the union of the ports of every rule that allows TCP, or `None`
     ///   when one of them allows every port or there are more than
     ///   [`ports::MAX_PORT_RULES`] (the network layers filter destinations either way);
+    /// - TCP bind ports: those `network.listen` lists for TCP, and 0 (ephemeral), or `None`
+    ///   as for connect;
     /// - abstract unix socket and signal scoping, and denial logging, all on.
     ///
     /// Listed paths that do not exist are not an error here: [`LandlockPlan::prepare`] skips
@@ -139,6 +141,12 @@ impl LandlockPlan {
                     "TCP connect is not restricted by Landlock: {why} (the network layers still filter destinations)"
                 ));
             }
+        }
+        match ports::tcp_bind_ports(&policy.network) {
+            Ok(ranges) => plan.tcp_bind_ports = Some(ranges),
+            Err(why) => plan.notes.push(format!(
+                "TCP bind is not restricted by Landlock: {why} (the eBPF layer still judges addresses)"
+            )),
         }
         Ok(plan)
     }
@@ -287,7 +295,14 @@ fn ports_text(ranges: Option<&[PortRange]>) -> String {
         None => "any port".to_owned(),
         Some([]) => "no port".to_owned(),
         Some(ranges) => {
-            let list: Vec<String> = ranges.iter().map(ToString::to_string).collect();
+            let list: Vec<String> = ranges
+                .iter()
+                .map(|range| match range.first {
+                    0 if range.last == 0 => "0 (ephemeral)".to_owned(),
+                    0 => format!("0 (ephemeral), 1-{}", range.last),
+                    _ => range.to_string(),
+                })
+                .collect();
             format!("ports {}", list.join(", "))
         }
     }
@@ -422,7 +437,9 @@ mod tests {
         let text = plan.to_string();
         assert!(text.contains("/dev/null  [baseline]"), "{text}");
         assert!(text.contains("TCP connect: ports 53, 443"), "{text}");
-        assert!(text.contains("TCP bind: any port"), "{text}");
+        assert!(text.contains("TCP bind: ports 0 (ephemeral)\n"), "{text}");
+        plan.tcp_bind_ports = None;
+        assert!(plan.to_string().contains("TCP bind: any port"));
         assert!(text.contains("signals: only to processes inside"), "{text}");
     }
 }

@@ -73,6 +73,39 @@ pub fn tcp_connect_ports(network: &Network) -> Result<Vec<PortRange>, Unrestrict
     Ok(ranges)
 }
 
+/// The TCP ports `network.listen` lets the instance bind, as sorted, merged ranges, with port
+/// 0 (an ephemeral port, as clients bind before they connect); or why Landlock cannot
+/// restrict TCP bind. Landlock judges the port only; the address of each entry stays with
+/// the eBPF layer.
+pub fn tcp_bind_ports(network: &Network) -> Result<Vec<PortRange>, Unrestricted> {
+    let entries = network
+        .listen_v4
+        .iter()
+        .map(|r| (r.ports, r.protocol, r.to_string()))
+        .chain(
+            network
+                .listen_v6
+                .iter()
+                .map(|r| (r.ports, r.protocol, r.to_string())),
+        );
+    let mut ranges = vec![PortRange::single(0)];
+    for (ports, protocol, entry) in entries {
+        if protocol == Protocol::Udp {
+            continue;
+        }
+        match ports {
+            Some(range) => ranges.push(range),
+            None => return Err(Unrestricted::AllPorts(entry)),
+        }
+    }
+    let ranges = merge(ranges);
+    let count = port_count(&ranges);
+    if count > MAX_PORT_RULES {
+        return Err(Unrestricted::TooManyPorts(count));
+    }
+    Ok(ranges)
+}
+
 /// How many ports `ranges` cover (ranges must not overlap, as [`merge`] makes them).
 pub fn port_count(ranges: &[PortRange]) -> usize {
     ranges
@@ -110,6 +143,32 @@ mod tests {
 
     fn ports(ranges: &[PortRange]) -> Vec<String> {
         ranges.iter().map(ToString::to_string).collect()
+    }
+
+    #[test]
+    fn bind_ports_are_the_listed_tcp_ports_and_the_ephemeral_one() {
+        let text = "user = \"a\"\n[network]\nlisten = [\"127.0.0.1:8787/tcp\", \"[::1]:9000-9001\", \"0.0.0.0:53/udp\"]\n";
+        let net = isolate_policy::parse_str(text, Path::new("/x/t.toml"))
+            .unwrap()
+            .network;
+        assert_eq!(
+            ports(&tcp_bind_ports(&net).unwrap()),
+            ["0", "8787", "9000-9001"]
+        );
+        let none = network("", "\"none\"");
+        assert_eq!(
+            ports(&tcp_bind_ports(&none).unwrap()),
+            ["0"],
+            "nothing to serve"
+        );
+        let every = "user = \"a\"\n[network]\nlisten = [\"127.0.0.1\"]\n";
+        let every = isolate_policy::parse_str(every, Path::new("/x/t.toml"))
+            .unwrap()
+            .network;
+        assert!(matches!(
+            tcp_bind_ports(&every),
+            Err(Unrestricted::AllPorts(_))
+        ));
     }
 
     #[test]

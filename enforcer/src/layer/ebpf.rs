@@ -13,12 +13,14 @@ impl NetworkLayer for BpfLayer {
         instance: &InstanceRules<'_>,
         replacing: Option<&InstanceId>,
     ) -> Result<(), LayerError> {
+        let network = &instance.policy.network;
         let compiled = compile_rules(&instance.rules.v4, &instance.rules.v6)
+            .and_then(|rules| rules.with_listen(&network.listen_v4, &network.listen_v6))
             .map_err(|source| LayerError::Rules {
                 file: instance.policy.source.clone(),
                 source,
             })?
-            .with_unix_sockets(instance.policy.network.unix_sockets.iter().cloned());
+            .with_unix_sockets(network.unix_sockets.iter().cloned());
         self.apply_instance(instance.id.uid, &compiled)?;
         if let Some(old) = replacing.filter(|old| old.uid != instance.id.uid) {
             // The instance changed users: its old UID is no longer confined by it.

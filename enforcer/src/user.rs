@@ -1,5 +1,6 @@
 //! The instance's user: an existing account, or a UID allocated for the run from a reserved
-//! range (as systemd's `DynamicUser=` does) and released afterwards.
+//! range (as systemd's `DynamicUser=` does) and released afterwards. An instance gets the same
+//! dynamic UID run after run: the one that owns its kept home, else one derived from its name.
 
 use std::fs;
 use std::io;
@@ -18,8 +19,11 @@ use crate::paths::DYNAMIC_UID_LOCKS as DYNAMIC_LOCK_DIR;
 /// many services run as it, so it can never be one instance's own.
 const OVERFLOW_UID: u32 = 65534;
 
-/// The range dynamic UIDs come from (systemd's `DynamicUser=` range).
-pub const DYNAMIC_UIDS: std::ops::RangeInclusive<u32> = 61184..=65519;
+/// The range dynamic UIDs come from: one no other allocator uses. systemd allocates its
+/// `DynamicUser=` UIDs from 61184–65519 and container ranges from 524288 up, and shadow's
+/// subordinate UIDs (`/etc/subuid`, for rootless containers) start at 100000; 65536–99999 is
+/// none of theirs.
+pub const DYNAMIC_UIDS: std::ops::RangeInclusive<u32> = 90_000..=99_999;
 
 #[derive(Debug, Error)]
 pub enum UserError {
@@ -150,29 +154,43 @@ impl InstanceUser {
         if reserve {
             fs::create_dir_all(DYNAMIC_LOCK_DIR).map_err(io_error(DYNAMIC_LOCK_DIR.into()))?;
         }
-        for uid in DYNAMIC_UIDS {
-            if User::from_uid(Uid::from_raw(uid)).ok().flatten().is_some() {
+        let home = crate::paths::instance_state(instance);
+        let homes = kept_homes();
+        let home_owner = homes
+            .iter()
+            .find(|(_, owner)| owner.as_str() == instance)
+            .map(|(uid, _)| *uid);
+        for uid in dynamic_uid_candidates(instance, home_owner) {
+            // Another instance's kept home belongs to this UID: whoever got it could read it.
+            let others = homes.get(&uid).is_some_and(|owner| owner != instance);
+            if others || User::from_uid(Uid::from_raw(uid)).ok().flatten().is_some() {
                 continue;
             }
             let lease = Path::new(DYNAMIC_LOCK_DIR).join(uid.to_string());
-            if reserve {
+            // A lease names its instance: one left by an earlier run of this instance (killed
+            // before it could remove it; the caller has made sure none runs now) is its own.
+            let ours = fs::read_to_string(&lease).is_ok_and(|holder| holder == instance);
+            if reserve && !ours {
                 match fs::OpenOptions::new()
                     .write(true)
                     .create_new(true)
                     .open(&lease)
                 {
-                    Ok(_) => {}
+                    Ok(mut file) => {
+                        io::Write::write_all(&mut file, instance.as_bytes())
+                            .map_err(io_error(lease.display().to_string()))?;
+                    }
                     Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
                     Err(e) => return Err(io_error(lease.display().to_string())(e)),
                 }
-            } else if lease.exists() {
+            } else if !reserve && !ours && lease.exists() {
                 continue;
             }
             let user = Self {
                 name: format!("isolate-{instance}"),
                 uid,
                 gid: uid,
-                home: crate::paths::instance_state(instance),
+                home,
                 dynamic: true,
                 lease: reserve.then_some(lease),
             };
@@ -205,6 +223,43 @@ impl InstanceUser {
         .map_err(io_error)?;
         Ok(())
     }
+}
+
+/// The dynamic UIDs that own an instance's kept home, and that instance's name.
+fn kept_homes() -> std::collections::BTreeMap<u32, String> {
+    let Ok(entries) = fs::read_dir(crate::paths::STATE_DIR) else {
+        return std::collections::BTreeMap::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|entry| {
+            let uid = std::os::unix::fs::MetadataExt::uid(&entry.metadata().ok()?);
+            let name = entry.file_name().into_string().ok()?;
+            DYNAMIC_UIDS.contains(&uid).then_some((uid, name))
+        })
+        .collect()
+}
+
+/// The dynamic UIDs to try for `instance`, best first: the one that owns its kept home (the
+/// UID of its last run), then every UID of the range, starting at a slot derived from the name
+/// so that an instance finds its own UID free again unless another took it meanwhile.
+fn dynamic_uid_candidates(instance: &str, home_owner: Option<u32>) -> impl Iterator<Item = u32> {
+    let (first, count) = (
+        *DYNAMIC_UIDS.start(),
+        DYNAMIC_UIDS.end() - DYNAMIC_UIDS.start() + 1,
+    );
+    // FNV-1a: small, and stable across builds (the slot must not move with the toolchain).
+    let hash = instance
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+            (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+        });
+    let slot = u32::try_from(hash % u64::from(count)).expect("below count");
+    let preferred = home_owner.filter(|uid| DYNAMIC_UIDS.contains(uid));
+    let walk = (0..count).map(move |i| first + (slot + i) % count);
+    preferred
+        .into_iter()
+        .chain(walk.filter(move |uid| Some(*uid) != preferred))
 }
 
 /// `chown -hR uid:gid path`, by descriptor: each directory is opened without following a link
@@ -263,5 +318,41 @@ impl Drop for InstanceUser {
         if let Some(lease) = &self.lease {
             let _ = fs::remove_file(lease);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_instance_keeps_its_dynamic_uid_and_none_comes_from_systemds_ranges() {
+        let first: Vec<u32> = dynamic_uid_candidates("my-project", None).take(3).collect();
+        let again: Vec<u32> = dynamic_uid_candidates("my-project", None).take(3).collect();
+        assert_eq!(first, again, "the same name starts at the same UID");
+        assert_ne!(
+            dynamic_uid_candidates("other-project", None).next(),
+            first.first().copied(),
+            "another name starts elsewhere"
+        );
+        let all: std::collections::BTreeSet<u32> =
+            dynamic_uid_candidates("my-project", Some(95_000)).collect();
+        assert_eq!(all.len(), DYNAMIC_UIDS.count(), "every UID once");
+        assert!(all.iter().all(|uid| DYNAMIC_UIDS.contains(uid)));
+        assert!(
+            all.iter()
+                .all(|uid| !(61_184..=65_519).contains(uid) && !(100_000..).contains(uid)),
+            "neither systemd's DynamicUser= range nor /etc/subuid's"
+        );
+        assert_eq!(
+            dynamic_uid_candidates("my-project", Some(95_000)).next(),
+            Some(95_000),
+            "the UID that owns the kept home comes first"
+        );
+        assert_eq!(
+            dynamic_uid_candidates("my-project", Some(1000)).next(),
+            first.first().copied(),
+            "a home owner outside the range is not a dynamic UID"
+        );
     }
 }

@@ -52,7 +52,84 @@ fn main() -> ExitCode {
             "pin_directories_others_own_or_may_write_are_refused",
             untrusted_pins,
         ),
+        (
+            "a_pin_removed_behind_the_layers_back_detaches_nothing_while_it_runs",
+            removed_pin,
+        ),
+        (
+            "a_source_route_cannot_send_around_the_judged_destination",
+            source_route,
+        ),
     ])
+}
+
+/// IPv4 options with a loose source route (`IP_OPTIONS`, LSRR) send a datagram to its first
+/// hop while `sendto` names an allowed destination: the egress program judges such packets by
+/// the header's destination. Some kernels (6.18) refuse the option to unprivileged sockets
+/// already; Debian's 6.1 and 6.12 accept it (the VM suite).
+fn source_route() {
+    let mut sandbox = Sandbox::new();
+    let allowed = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let target = allowed.local_addr().unwrap();
+    apply(
+        &mut sandbox,
+        &[v4("127.0.0.1/32", Some(target.port()), Protocol::Udp)],
+        &[],
+    );
+    let send = |first_hop: &str| {
+        let exe = std::env::current_exe().unwrap();
+        sandbox
+            .command_as(CONFINED, &exe)
+            .args(["probe", "udp-source-routed", &target.to_string(), first_hop])
+            .status()
+            .unwrap()
+            .code()
+            .unwrap()
+    };
+    let refused_by_kernel = i32::from(probe::SOURCE_ROUTE_REFUSED);
+    let through_allowed = send("127.0.0.1");
+    let through_forbidden = send("127.0.0.9");
+    if through_forbidden == refused_by_kernel {
+        assert_eq!(through_allowed, refused_by_kernel);
+        eprintln!(
+            "this kernel refuses IP_OPTIONS to unprivileged sockets: nothing to route around"
+        );
+        return;
+    }
+    assert_eq!(
+        through_allowed, 0,
+        "a route through the allowed destination itself"
+    );
+    assert_eq!(
+        through_forbidden,
+        libc::EPERM,
+        "a datagram routed through a forbidden first hop was sent"
+    );
+    let counts = sandbox.layer().blocked_counts(CONFINED).unwrap();
+    let key = CounterKey {
+        uid: CONFINED,
+        family: FAMILY_V4,
+        protocol: PROTO_UDP,
+        hook: HOOK_EGRESS,
+        _pad: 0,
+    };
+    assert_eq!(counts[&key], 1, "{counts:?}");
+}
+
+/// A link's pin is its only reference besides the process that attached it: the layer holds
+/// its links, so a pin someone removes does not silently detach a program while it runs (and
+/// `is_attached` says the attachment is no longer whole).
+fn removed_pin() {
+    let mut sandbox = Sandbox::new();
+    let (_listener, addr) = listen("127.0.0.1:0");
+    apply(&mut sandbox, &[], &[]);
+    assert_refused(&sandbox, Mode::Tcp, addr);
+    let pin = sandbox
+        .pins
+        .link(isolate_ebpf_common::program_names::CONNECT4);
+    std::fs::remove_file(&pin).unwrap();
+    assert_refused(&sandbox, Mode::Tcp, addr);
+    assert!(!sandbox.layer().is_attached(), "the missing pin is noticed");
 }
 
 /// Another user who could plant isolate's pin directory could replace or delete its pins
@@ -405,9 +482,9 @@ fn detach_removes_everything() {
         .difference(&before)
         .copied()
         .collect();
-    // Plus the two unix-socket (BPF LSM) programs where the kernel runs them.
+    // Plus the three BPF LSM programs (unix sockets, socket families) where the kernel runs them.
     let unix_programs = match sandbox.layer().unix_support() {
-        isolate_enforcer::bpf::UnixSupport::Enforced => 2,
+        isolate_enforcer::bpf::UnixSupport::Enforced => 3,
         isolate_enforcer::bpf::UnixSupport::Unavailable(_) => 0,
     };
     assert_eq!(

@@ -55,6 +55,10 @@ fn main() -> ExitCode {
             without_bpf_lsm,
         ),
         (
+            "other_socket_families_are_refused_counted_and_recorded",
+            socket_families,
+        ),
+        (
             "detach_removes_the_unix_programs",
             detach_removes_everything,
         ),
@@ -82,6 +86,7 @@ fn unix_probe() -> Option<ExitCode> {
             .and_then(|addr| UnixStream::connect_addr(&addr))
             .map(drop),
         "own" => own_sockets(Path::new(target)),
+        "family" => create_socket(target.parse().expect("a family number")),
         other => panic!("unix-probe: unknown mode {other}"),
     };
     Some(match result {
@@ -94,6 +99,18 @@ fn unix_probe() -> Option<ExitCode> {
             )
         }
     })
+}
+
+/// `socket(family, SOCK_STREAM, 0)`.
+fn create_socket(family: libc::c_int) -> std::io::Result<()> {
+    // SAFETY: a plain system call; the descriptor is closed at once.
+    let fd = unsafe { libc::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the descriptor opened above.
+    unsafe { libc::close(fd) };
+    Ok(())
 }
 
 /// The instance's own sockets: a listener it binds (pathname and abstract), datagrams to a
@@ -458,6 +475,51 @@ fn outside_cgroup() {
     assert!(accepted(&listener));
 }
 
+/// A socket family no other hook judges (`AF_VSOCK` reaches a VM's host) cannot be created by
+/// a confined UID, in daemon mode too, where no seccomp filter is installed: refused with
+/// EPERM by the BPF LSM, counted and recorded with the family's number.
+fn socket_families() {
+    let Some(mut sandbox) = sandbox() else { return };
+    apply(&mut sandbox, &[]);
+    let exe = std::env::current_exe().unwrap();
+    let create = |uid: u32, family: libc::c_int| {
+        sandbox
+            .command_as(uid, &exe)
+            .args(["unix-probe", "family", &family.to_string()])
+            .status()
+            .unwrap()
+            .code()
+            .unwrap()
+    };
+    assert_eq!(create(CONFINED, libc::AF_VSOCK), libc::EPERM, "AF_VSOCK");
+    assert_eq!(create(CONFINED, libc::AF_INET), 0, "AF_INET");
+    assert_eq!(create(CONFINED, libc::AF_UNIX), 0, "AF_UNIX");
+    assert_ne!(
+        create(OTHER, libc::AF_VSOCK),
+        libc::EPERM,
+        "another UID is untouched"
+    );
+    let counts = sandbox.layer().blocked_counts(CONFINED).unwrap();
+    let key = CounterKey {
+        uid: CONFINED,
+        family: isolate_ebpf_common::FAMILY_OTHER,
+        protocol: isolate_ebpf_common::PROTO_OTHER,
+        hook: isolate_ebpf_common::HOOK_SOCKET,
+        _pad: 0,
+    };
+    assert_eq!(counts[&key], 1, "{counts:?}");
+    let events = sandbox.layer().events().unwrap().read();
+    let event = events
+        .iter()
+        .find(|e| e.hook == "socket")
+        .unwrap_or_else(|| panic!("no socket event: {events:?}"));
+    assert_eq!(event.port, 40, "the family's number");
+    assert!(
+        event.to_string().contains("socket family 40 (AF_VSOCK)"),
+        "{event}"
+    );
+}
+
 fn counters_and_events() {
     let Some(mut sandbox) = sandbox() else { return };
     let dir = shared_dir();
@@ -643,8 +705,8 @@ fn detach_removes_everything() {
         .collect();
     assert_eq!(
         ours.len(),
-        10,
-        "six sock_addr programs, the egress and ingress programs and two LSM programs loaded"
+        11,
+        "six sock_addr programs, the egress and ingress programs and three LSM programs loaded"
     );
     let dir = shared_dir();
     let b = dir.path().join("b.sock");

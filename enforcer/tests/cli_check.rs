@@ -200,7 +200,7 @@ fn the_kernel_report_tries_loading_each_kind_of_program() {
     for what in [
         "eBPF socket hooks",
         "eBPF packet hooks (cgroup_skb egress backstop, ingress)",
-        "eBPF unix-socket programs (BPF LSM)",
+        "BPF LSM programs (unix sockets, socket families)",
     ] {
         let line = text
             .lines()

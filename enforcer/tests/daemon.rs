@@ -41,7 +41,120 @@ fn main() -> ExitCode {
             exec_with_another_network,
         ),
         ("the_daemon_confines_what_an_instance_serves", inbound),
+        (
+            "every_exec_run_says_what_the_daemon_does_not_enforce",
+            exec_names_what_is_not_enforced,
+        ),
+        (
+            "cleanup_refuses_while_an_instance_still_runs",
+            cleanup_while_running,
+        ),
     ])
+}
+
+/// `--cleanup` while an instance's processes run in its cgroup would leave them unconfined:
+/// it refuses, naming them, and changes nothing; `--force` does it anyway.
+fn cleanup_while_running() {
+    let user = TestUser::new();
+    let (_blocked, blocked_addr) = listen();
+    let name = format!("cleanup{}", std::process::id());
+    let mut daemon = Daemon::new();
+    daemon.write_policy(&name, &user, "");
+    daemon.start();
+    daemon.signal(nix::sys::signal::Signal::SIGTERM);
+    // Where `isolate exec --instance NAME` runs it (the subtree made, and removed, if absent).
+    let mount = cgroup2_mount().unwrap();
+    let subtree = isolate_enforcer::paths::CGROUP_SUBTREE;
+    let _subtree =
+        (!mount.join(subtree).exists()).then(|| Cgroup::create(&mount, subtree).unwrap());
+    let instance_cgroup = Cgroup::create(&mount.join(subtree), &name).unwrap();
+    let mut running =
+        common::sandbox::command_in(instance_cgroup.path(), user.uid, Path::new("/bin/sleep"))
+            .arg("30")
+            .spawn()
+            .unwrap();
+    let cleanup = |extra: &[&str]| {
+        Command::new(common::isolate_binary())
+            .arg("daemon")
+            .args(daemon.args())
+            .arg("--cleanup")
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let refused = cleanup(&[]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "instance {name} still runs {} (sleep) (UID {})",
+            running.id(),
+            user.uid
+        )),
+        "{stderr}"
+    );
+    assert!(daemon.pins.exists(), "nothing was taken away");
+    assert_eq!(
+        probe::run_in(daemon.cgroup(), user.uid, Mode::Tcp, blocked_addr).code,
+        libc::EPERM,
+        "still enforced"
+    );
+    let forced = cleanup(&["--force"]);
+    let _ = running.kill();
+    let _ = running.wait();
+    drop(instance_cgroup);
+    assert!(
+        forced.status.success(),
+        "{}",
+        String::from_utf8_lossy(&forced.stderr)
+    );
+    assert!(!daemon.pins.exists(), "--force took it away");
+}
+
+/// A layer the daemon cannot (or was told not to) put in force is said on each `exec` run
+/// that hands its network layers to the daemon, not only once in the daemon's log.
+fn exec_names_what_is_not_enforced() {
+    let user = TestUser::new();
+    let mut daemon = Daemon::new();
+    std::fs::write(
+        daemon.policy_dir().join("echo.toml"),
+        format!(
+            "user = \"{}\"\ndirectory = \"/tmp\"\n[network]\ndns = \"none\"\n[filesystem]\nexec = [\"/usr/bin\", \"/bin\"]\n",
+            user.name
+        ),
+    )
+    .unwrap();
+    daemon.start_with(&["--layers", "ebpf"]);
+    let out = Command::new(common::isolate_binary())
+        .args(["exec", "--instance", "echo", "--policy-dir"])
+        .arg(daemon.policy_dir())
+        .arg("--control-socket")
+        .arg(daemon.socket())
+        .args(["--", "/bin/true"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("network layers enforced by the daemon"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("NOT ENFORCED by the daemon: nftables (turned off (--layers))"),
+        "{stderr}"
+    );
+    let unix = daemon.status_json()["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["layer"] == "unix")
+        .cloned()
+        .unwrap();
+    assert_eq!(
+        stderr.contains("NOT ENFORCED by the daemon: unix"),
+        unix["available"] == false,
+        "the unix-socket programs are named when the kernel refuses them: {stderr}"
+    );
 }
 
 /// `network.listen` in daemon mode: the instance's user may serve the listed port only; any
@@ -169,9 +282,15 @@ impl Daemon {
 
     /// Starts the daemon and waits until its control socket answers.
     fn start(&mut self) {
+        self.start_with(&[]);
+    }
+
+    /// As `start`, with more daemon options.
+    fn start_with(&mut self, options: &[&str]) {
         let child = Command::new(common::isolate_binary())
             .arg("daemon")
             .args(self.args())
+            .args(options)
             .stdin(Stdio::null())
             .spawn()
             .unwrap();
@@ -247,7 +366,12 @@ impl Drop for Daemon {
             let _ = child.wait();
         }
         let mut cleanup = Command::new(common::isolate_binary());
-        cleanup.arg("daemon").args(self.args()).arg("--cleanup");
+        // --force: a test that failed may have left a process of its user behind; the test's
+        // pins must go all the same.
+        cleanup
+            .arg("daemon")
+            .args(self.args())
+            .args(["--cleanup", "--force"]);
         if !cleanup.status().is_ok_and(|s| s.success()) {
             eprintln!("isolate daemon --cleanup failed");
         }

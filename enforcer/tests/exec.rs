@@ -55,7 +55,116 @@ fn main() -> ExitCode {
             "systemd_socket_activation_passes_on_to_the_command",
             socket_activation,
         ),
+        (
+            "a_dynamic_instance_keeps_its_uid_outside_systemds_range",
+            dynamic_uid_is_kept,
+        ),
+        (
+            "a_link_the_instance_could_have_planted_redirects_no_rule",
+            planted_link,
+        ),
+        (
+            "the_instance_cgroup_gets_the_policys_limits_or_says_why_not",
+            resource_limits,
+        ),
     ])
+}
+
+/// `[resources]` becomes the instance cgroup's `pids.max` and `memory.max` where the kernel
+/// offers the controllers (the VM suite's guests do); elsewhere every run says it is not applied.
+fn resource_limits() {
+    let instance = Instance::new("", "");
+    let mut policy = std::fs::read_to_string(&instance.policy).unwrap();
+    policy.push_str("\n[resources]\npids_max = 32\nmemory_max = \"256M\"\n");
+    std::fs::write(&instance.policy, policy).unwrap();
+    let out = instance.run(&["/bin/true"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let mut sleeper = instance.start_sleeper();
+    let cgroup = cgroup_of(&instance.name);
+    let offered = std::fs::read_to_string(cgroup.parent().unwrap().join("cgroup.controllers"))
+        .unwrap_or_default();
+    let read = |file: &str| std::fs::read_to_string(cgroup.join(file)).map(|v| v.trim().to_owned());
+    let (pids, memory) = (read("pids.max"), read("memory.max"));
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(sleeper.id()).unwrap()),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let _ = sleeper.wait();
+    for (controller, field, value, want) in [
+        ("pids", "pids_max", pids, "32"),
+        ("memory", "memory_max", memory, "268435456"),
+    ] {
+        if offered.split_whitespace().any(|c| c == controller) {
+            assert_eq!(value.ok().as_deref(), Some(want), "{controller}");
+        } else {
+            assert!(
+                stderr(&out).contains(&format!("resources.{field} is NOT applied")),
+                "{}",
+                stderr(&out)
+            );
+        }
+    }
+}
+
+/// Root opens the policy's paths for Landlock before the instance runs: a link in the
+/// instance's own home (where it could have put one on an earlier run) must not turn
+/// `read_write = ["~/data"]` into write access to wherever the link points.
+fn planted_link() {
+    let instance = Instance::new("", "read_write = [\"~/data\"]");
+    let first = instance.run(&["/bin/true"]);
+    assert!(first.status.success(), "{}", stderr(&first));
+    let home = Path::new("/var/lib/isolate").join(&instance.name);
+    let elsewhere = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(elsewhere.path(), home.join("data")).unwrap();
+    let out = instance.run(&["/bin/true"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!(
+            "goes through the link {}",
+            home.join("data").display()
+        )) && stderr(&out).contains("writable by the instance"),
+        "{}",
+        stderr(&out)
+    );
+    assert_clean(&instance.name);
+}
+
+/// A dynamic instance's home is kept across runs, so its UID must be too (or the home changes
+/// hands each run), whatever other instances hold meanwhile; and it never comes from the
+/// range systemd hands its own dynamic users.
+fn dynamic_uid_is_kept() {
+    let uid_of = |instance: &Instance| -> u32 {
+        let out = instance.run(&["/usr/bin/id", "-u"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        stdout(&out).trim().parse().unwrap()
+    };
+    let (a, b) = (Instance::new("", ""), Instance::new("", ""));
+    let first = uid_of(&a);
+    assert!(
+        isolate_enforcer::user::DYNAMIC_UIDS.contains(&first),
+        "{first}"
+    );
+    assert!(
+        !(61_184..=65_519).contains(&first),
+        "{first} is in systemd's DynamicUser= range"
+    );
+    // Another instance never gets the UID that owns this one's kept home.
+    assert_ne!(
+        uid_of(&b),
+        first,
+        "a second instance got the first one's UID"
+    );
+    // Another instance runs meanwhile and holds a UID of its own.
+    let mut sleeper = b.start_sleeper();
+    let again = uid_of(&a);
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(sleeper.id()).unwrap()),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let _ = sleeper.wait();
+    assert_eq!(first, again, "the second run got another UID");
+    let lease = Path::new("/run/isolate/dynamic-uids").join(first.to_string());
+    assert!(!lease.exists(), "the lease is released when the run ends");
 }
 
 /// An instance with its own directory (world-readable, so the instance user can enter it) and
@@ -731,6 +840,29 @@ fn named_user() {
     std::fs::write(&instance.policy, policy).unwrap();
     let out = instance.run(&["/usr/bin/id", "-un"]);
     assert_eq!(stdout(&out).trim(), name.as_str(), "{}", stderr(&out));
+    assert!(
+        !stderr(&out).contains("outside the instance"),
+        "{}",
+        stderr(&out)
+    );
+
+    // The same user runs something else meanwhile: every start says so, naming it.
+    let mut outside =
+        std::os::unix::process::CommandExt::uid(Command::new("/bin/sleep").arg("30"), user.uid)
+            .spawn()
+            .unwrap();
+    let out = instance.run(&["/bin/true"]);
+    let _ = outside.kill();
+    let _ = outside.wait();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!(
+            "runs 1 process(es) outside the instance: {} (sleep)",
+            outside.id()
+        )),
+        "{}",
+        stderr(&out)
+    );
 
     // A named user without a home is refused before anything is applied.
     let homeless = TestUser::without_home();

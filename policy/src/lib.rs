@@ -37,7 +37,7 @@ pub use error::{Errors, PolicyError};
 pub use load::{DirLoad, load_dir, load_dir_partly, load_file, load_paths};
 pub use model::{
     DnsSetting, Filesystem, HostRule, LandlockSettings, LogSettings, NetRule, Network, Policy,
-    PortRange, Protocol, Rate, RateUnit, UserSpec, expand_home,
+    PortRange, Protocol, Rate, RateUnit, Resources, UserSpec, expand_home,
 };
 pub use normalise::{normalise_v4, normalise_v6};
 pub use validate::is_variable_name;

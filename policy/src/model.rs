@@ -33,6 +33,8 @@ pub struct Policy {
     pub filesystem: Filesystem,
     /// Landlock requirements.
     pub landlock: LandlockSettings,
+    /// Limits of the instance's cgroup.
+    pub resources: Resources,
     /// The file this policy was read from (not part of the file's content).
     pub source: PathBuf,
 }
@@ -168,6 +170,30 @@ pub struct Filesystem {
     pub read_write: Vec<PathBuf>,
     /// Trees whose files may be executed (and read).
     pub exec: Vec<PathBuf>,
+}
+
+/// Limits of the instance's cgroup (`pids.max`, `memory.max`); `None` is no limit (`"max"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Resources {
+    /// Tasks (processes and threads) the instance may have at once: a fork bomb stops there.
+    pub pids_max: Option<u64>,
+    /// Memory the instance may use, in bytes.
+    pub memory_max: Option<u64>,
+}
+
+impl Resources {
+    /// `pids_max` unless the policy says otherwise: generous for an agent and the tools it runs,
+    /// finite so that one instance cannot exhaust the host's PIDs.
+    pub const DEFAULT_PIDS_MAX: u64 = 4096;
+}
+
+impl Default for Resources {
+    fn default() -> Self {
+        Self {
+            pids_max: Some(Self::DEFAULT_PIDS_MAX),
+            memory_max: None,
+        }
+    }
 }
 
 /// Landlock requirements.

@@ -72,6 +72,11 @@ impl Policy {
             "minimum_abi",
             &self.landlock.minimum_abi.to_string(),
         );
+
+        let limit = |value: Option<u64>| value.map_or_else(|| quote("max"), |n| n.to_string());
+        out.push_str("\n[resources]\n");
+        line(&mut out, "pids_max", &limit(self.resources.pids_max));
+        line(&mut out, "memory_max", &limit(self.resources.memory_max));
         out
     }
 }

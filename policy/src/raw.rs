@@ -27,6 +27,8 @@ pub(crate) struct RawPolicy {
     pub filesystem: RawFilesystem,
     #[serde(default)]
     pub landlock: RawLandlock,
+    #[serde(default)]
+    pub resources: RawResources,
 }
 
 /// `[network]`.
@@ -96,6 +98,21 @@ pub(crate) struct RawFilesystem {
     pub exec: Vec<Spanned<String>>,
 }
 
+/// `[resources]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawResources {
+    pub pids_max: Option<Spanned<RawLimit>>,
+    pub memory_max: Option<Spanned<RawLimit>>,
+}
+
+/// A cgroup limit: `4096`, `"512M"` or `"max"`.
+#[derive(Debug)]
+pub(crate) enum RawLimit {
+    Number(i64),
+    Text(String),
+}
+
 /// `[landlock]`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -146,6 +163,28 @@ impl<'de> Deserialize<'de> for RawPorts {
             }
         }
         deserializer.deserialize_any(PortsVisitor)
+    }
+}
+
+impl<'de> Deserialize<'de> for RawLimit {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct LimitVisitor;
+        impl Visitor<'_> for LimitVisitor {
+            type Value = RawLimit;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a number such as 4096, a size such as \"4G\", or \"max\"")
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<RawLimit, E> {
+                Ok(RawLimit::Number(v))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<RawLimit, E> {
+                Ok(RawLimit::Number(i64::try_from(v).unwrap_or(i64::MAX)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawLimit, E> {
+                Ok(RawLimit::Text(v.to_owned()))
+            }
+        }
+        deserializer.deserialize_any(LimitVisitor)
     }
 }
 

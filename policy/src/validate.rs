@@ -13,10 +13,11 @@ use crate::error::{Doc, PolicyError, Pos};
 use crate::locate;
 use crate::model::{
     DnsSetting, Filesystem, HostRule, LandlockSettings, LogSettings, NetRule, Network, Policy,
-    Rate, RateUnit, UserSpec,
+    Rate, RateUnit, Resources, UserSpec,
 };
 use crate::raw::{
-    RawAllow, RawAllowTable, RawDns, RawFilesystem, RawLandlock, RawNetwork, RawPolicy, RawPorts,
+    RawAllow, RawAllowTable, RawDns, RawFilesystem, RawLandlock, RawLimit, RawNetwork, RawPolicy,
+    RawPorts, RawResources,
 };
 
 /// A valid policy and where its `name` and `user` were written, for the
@@ -56,6 +57,7 @@ pub(crate) fn parse(
     let network = v.network(&raw.network);
     let filesystem = v.filesystem(&raw.filesystem);
     let landlock = v.landlock(&raw.landlock);
+    let resources = v.resources(&raw.resources);
     if !v.errors.is_empty() {
         // Checks run field by field; report in the order of the file.
         v.errors.sort_by_key(|e| (e.line, e.col));
@@ -70,6 +72,7 @@ pub(crate) fn parse(
         network,
         filesystem,
         landlock,
+        resources,
         source: source.to_path_buf(),
     };
     policy.normalise();
@@ -542,6 +545,41 @@ impl Validator<'_> {
         }
     }
 
+    fn resources(&mut self, raw: &RawResources) -> Resources {
+        let mut resources = Resources::default();
+        if let Some(pids) = &raw.pids_max {
+            let parsed = match pids.get_ref() {
+                RawLimit::Text(word) if word == "max" => Ok(None),
+                RawLimit::Number(n @ 1..=4_194_304) => Ok(Some(n.cast_unsigned())),
+                RawLimit::Number(n) => Err(format!("pids_max {n} is out of range")),
+                RawLimit::Text(text) => Err(format!("`{text}` is not a number of tasks")),
+            };
+            match parsed {
+                Ok(limit) => resources.pids_max = limit,
+                Err(message) => {
+                    let help = format!(
+                        "give the most tasks the instance may run at once, 1 to 4194304 (default \
+                         {}), or \"max\" for no limit",
+                        Resources::DEFAULT_PIDS_MAX
+                    );
+                    self.error(&pids.span(), "resources.pids_max", message, Some(help));
+                }
+            }
+        }
+        if let Some(memory) = &raw.memory_max {
+            match memory_bytes(memory.get_ref()) {
+                Ok(limit) => resources.memory_max = limit,
+                Err(message) => {
+                    let help = "give bytes (at least 1M) with an optional K, M, G or T suffix, \
+                                e.g. \"4G\", or \"max\" for no limit"
+                        .to_owned();
+                    self.error(&memory.span(), "resources.memory_max", message, Some(help));
+                }
+            }
+        }
+        resources
+    }
+
     fn landlock(&mut self, raw: &RawLandlock) -> LandlockSettings {
         let Some(abi) = &raw.minimum_abi else {
             return LandlockSettings::default();
@@ -554,4 +592,38 @@ impl Validator<'_> {
         self.error(&abi.span(), "landlock.minimum_abi", message, Some(help));
         LandlockSettings::default()
     }
+}
+
+/// `memory_max` in bytes (`None`: `"max"`), or what is wrong with it.
+fn memory_bytes(raw: &RawLimit) -> Result<Option<u64>, String> {
+    const MINIMUM: u64 = 1 << 20;
+    let bytes = match raw {
+        RawLimit::Text(word) if word == "max" => return Ok(None),
+        RawLimit::Number(n) => {
+            u64::try_from(*n).map_err(|_| format!("memory_max {n} is negative"))?
+        }
+        RawLimit::Text(text) => {
+            let (digits, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+                Some(at) => text.split_at(at),
+                None => (text.as_str(), ""),
+            };
+            let shift = match unit {
+                "" => 0,
+                "K" | "k" => 10,
+                "M" | "m" => 20,
+                "G" | "g" => 30,
+                "T" | "t" => 40,
+                _ => return Err(format!("`{text}` is not a size")),
+            };
+            digits
+                .parse::<u64>()
+                .ok()
+                .and_then(|n| n.checked_mul(1 << shift))
+                .ok_or_else(|| format!("`{text}` is not a size"))?
+        }
+    };
+    if bytes < MINIMUM {
+        return Err(format!("memory_max {bytes} bytes is below 1M"));
+    }
+    Ok(Some(bytes))
 }

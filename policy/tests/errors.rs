@@ -527,3 +527,22 @@ fn listen_entries_are_addresses_not_names() {
     let error = one("user = \"a\"\n[network]\nlisten = [\"127.0.0.1:99999/tcp\"]\n");
     assert_error(&error, 3, 11, "network.listen[0]", "99999");
 }
+
+#[test]
+fn resource_limits_are_checked() {
+    for (value, field, needle) in [
+        ("pids_max = 0", "resources.pids_max", "out of range"),
+        (
+            "pids_max = \"lots\"",
+            "resources.pids_max",
+            "not a number of tasks",
+        ),
+        ("memory_max = \"4X\"", "resources.memory_max", "not a size"),
+        ("memory_max = 1000", "resources.memory_max", "below 1M"),
+    ] {
+        let error = one(&format!("user = \"a\"\n[resources]\n{value}\n"));
+        let col = value.find('=').unwrap() + 3;
+        assert_error(&error, 3, col, field, needle);
+        assert!(error.help.is_some(), "{error:?}");
+    }
+}

@@ -297,6 +297,10 @@ exec = [
 
 [landlock]
 minimum_abi = 1
+
+[resources]
+pids_max = 4096
+memory_max = "max"
 "#;
     assert_eq!(p.to_toml(), want);
 }
@@ -393,4 +397,19 @@ fn without_listen_nothing_is_served() {
     let p = parse("user = \"a\"\n[network]\nallow = [\"10.0.0.0/8\"]\n");
     assert!(p.network.listen_v4.is_empty() && p.network.listen_v6.is_empty());
     assert!(p.to_toml().contains("\nlisten = []\n"), "{}", p.to_toml());
+}
+
+#[test]
+fn resources_have_a_finite_pids_default_and_take_sizes() {
+    let p = parse("user = \"a\"\n");
+    assert_eq!(p.resources.pids_max, Some(4096), "finite by default");
+    assert_eq!(p.resources.memory_max, None);
+    let p = parse("user = \"a\"\n[resources]\npids_max = 64\nmemory_max = \"2G\"\n");
+    assert_eq!(p.resources.pids_max, Some(64));
+    assert_eq!(p.resources.memory_max, Some(2 << 30));
+    assert_round_trips(&p);
+    let p = parse("user = \"a\"\n[resources]\npids_max = \"max\"\nmemory_max = 67108864\n");
+    assert_eq!(p.resources.pids_max, None);
+    assert_eq!(p.resources.memory_max, Some(64 << 20));
+    assert_round_trips(&p);
 }

@@ -21,7 +21,7 @@ pids=()
 cleanup() {
     for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
     wait 2>/dev/null || true
-    "$isolate" daemon "${daemon_args[@]}" --cleanup 2>/dev/null || true
+    "$isolate" daemon "${daemon_args[@]}" --cleanup --force 2>/dev/null || true
     rmdir "$cgroup" 2>/dev/null || true
     userdel "$user" 2>/dev/null || true
     rm -rf "$work"

@@ -46,10 +46,14 @@ pub mod program_names {
     pub const UNIX_STREAM_CONNECT: &str = "isolate_unix_stream_connect";
     /// BPF LSM program on `unix_may_send` (datagrams, connected or not).
     pub const UNIX_MAY_SEND: &str = "isolate_unix_may_send";
-    /// Every unix-socket program and the LSM hook it attaches to.
-    pub const UNIX: [(&str, &str); 2] = [
+    /// BPF LSM program on `socket_create`: socket families no other hook judges.
+    pub const SOCKET_CREATE: &str = "isolate_socket_create";
+    /// Every BPF LSM program and the hook it attaches to: the unix-socket allowlist and the
+    /// socket-family check. They load (or are refused by the kernel) together.
+    pub const LSM: [(&str, &str); 3] = [
         (UNIX_STREAM_CONNECT, "unix_stream_connect"),
         (UNIX_MAY_SEND, "unix_may_send"),
+        (SOCKET_CREATE, "socket_create"),
     ];
 }
 
@@ -63,8 +67,8 @@ pub const MAX_LISTEN_ENTRIES: u32 = 1 << 14;
 /// Confined UIDs.
 pub const MAX_INSTANCES: u32 = 4096;
 /// Counters each confined UID has: (IPv4, IPv6) × (TCP, UDP, other) × (connect, sendmsg,
-/// egress, bind, ingress), and unix (stream, datagram).
-pub const COUNTERS_PER_INSTANCE: u32 = 2 * 3 * 5 + 2;
+/// egress, bind, ingress), unix (stream, datagram), and other socket families.
+pub const COUNTERS_PER_INSTANCE: u32 = 2 * 3 * 5 + 2 + 1;
 /// Port rules one destination prefix can carry.
 pub const MAX_PORT_RULES: usize = 8;
 
@@ -165,6 +169,9 @@ pub const FAMILY_V4: u8 = 4;
 pub const FAMILY_V6: u8 = 6;
 /// Unix sockets (`AF_UNIX`).
 pub const FAMILY_UNIX: u8 = 1;
+/// Any socket family but IPv4, IPv6, unix and netlink: refused when a socket is created (the
+/// family's number is in `BlockEvent::port`).
+pub const FAMILY_OTHER: u8 = 0;
 
 /// Which hook refused, as in `BlockEvent::hook` and `CounterKey::hook`.
 pub const HOOK_CONNECT: u8 = 1;
@@ -179,6 +186,8 @@ pub const HOOK_BIND: u8 = 5;
 /// `network.listen` does not list. Its events carry the sender's address in `addr` and the
 /// instance's local port in `port`.
 pub const HOOK_INGRESS: u8 = 6;
+/// The BPF LSM `socket_create` hook: a socket of a family no other hook judges.
+pub const HOOK_SOCKET: u8 = 7;
 /// Every hook of the address families (not unix), in counter order.
 pub const INET_HOOKS: [u8; 5] = [
     HOOK_CONNECT,

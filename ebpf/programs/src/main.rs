@@ -5,6 +5,7 @@
 #![no_std]
 #![no_main]
 
+mod families;
 mod unix;
 
 use aya_ebpf::{
@@ -95,7 +96,10 @@ const ETH_P_IPV6: u32 = 0x86DD;
 /// The backstop: packets of protocols the socket hooks do not judge (ICMP from ping sockets,
 /// anything a socket type without a sock_addr hook sends). TCP and UDP were judged at connect
 /// or sendmsg time, and their replies (an instance serving on a port answers anyone who
-/// reached it) must flow, so they pass here.
+/// reached it) must flow, so they pass here — unless the packet carries a source route (IPv4
+/// options, an IPv6 routing header, set with `setsockopt` or per datagram): it then goes to
+/// its first hop, not to the destination that was judged, so it is judged again by the
+/// header's destination.
 #[cgroup_skb(egress)]
 pub fn isolate_egress(ctx: SkBuffContext) -> i32 {
     let uid = ctx.get_socket_uid();
@@ -108,22 +112,58 @@ pub fn isolate_egress(ctx: SkBuffContext) -> i32 {
     // `protocol` holds the skb's big-endian 16-bit EtherType, zero-extended.
     match u32::from(u16::from_be(ctx.skb.protocol() as u16)) {
         ETH_P_IP => {
-            let (Ok(protocol), Ok(daddr)) = (ctx.load::<u8>(9), ctx.load::<[u8; 4]>(16)) else {
+            let (Ok(version_ihl), Ok(protocol), Ok(daddr)) = (
+                ctx.load::<u8>(0),
+                ctx.load::<u8>(9),
+                ctx.load::<[u8; 4]>(16),
+            ) else {
                 return VERDICT_DENY;
             };
-            if u32::from(protocol) == IPPROTO_TCP || u32::from(protocol) == IPPROTO_UDP {
+            let header_len = usize::from(version_ihl & 0x0f) * 4;
+            let proto = protocol_bit(u32::from(protocol));
+            if proto == PROTO_OTHER {
+                return judge_v4_addr::<false>(uid, generation, daddr, 0, proto, HOOK_EGRESS);
+            }
+            if header_len == 20 {
+                // No options: the destination is the one judged.
                 return VERDICT_ALLOW;
             }
-            judge_v4_addr::<false>(uid, generation, daddr, 0, PROTO_OTHER, HOOK_EGRESS)
+            let Ok(port) = ctx.load::<u16>(header_len + 2) else {
+                return VERDICT_DENY;
+            };
+            judge_v4_addr::<false>(
+                uid,
+                generation,
+                daddr,
+                u16::from_be(port),
+                proto,
+                HOOK_EGRESS,
+            )
         }
         ETH_P_IPV6 => {
-            let (Ok(next_header), Ok(daddr)) = (ctx.load::<u8>(6), ctx.load::<[u8; 16]>(24)) else {
+            let (Some(transport), Ok(daddr)) =
+                (Ipv6Transport::read(&ctx), ctx.load::<[u8; 16]>(24))
+            else {
                 return VERDICT_DENY;
             };
-            if u32::from(next_header) == IPPROTO_TCP || u32::from(next_header) == IPPROTO_UDP {
+            let proto = protocol_bit(u32::from(transport.protocol));
+            if proto == PROTO_OTHER {
+                return judge_v6_addr::<false>(uid, generation, daddr, 0, proto, HOOK_EGRESS);
+            }
+            if !transport.routed {
                 return VERDICT_ALLOW;
             }
-            judge_v6_addr::<false>(uid, generation, daddr, 0, PROTO_OTHER, HOOK_EGRESS)
+            let Ok(port) = ctx.load::<u16>(transport.offset + 2) else {
+                return VERDICT_DENY;
+            };
+            judge_v6_addr::<false>(
+                uid,
+                generation,
+                daddr,
+                u16::from_be(port),
+                proto,
+                HOOK_EGRESS,
+            )
         }
         // Neither IPv4 nor IPv6: nothing a policy speaks of; fail closed.
         _ => VERDICT_DENY,
@@ -132,8 +172,8 @@ pub fn isolate_egress(ctx: SkBuffContext) -> i32 {
 
 const TCP_FLAG_SYN: u8 = 0x02;
 const TCP_FLAG_ACK: u8 = 0x10;
-/// IPv6 extension headers a packet may carry before its transport header, that the ingress
-/// program steps over: hop-by-hop options, routing, destination options.
+/// IPv6 extension headers a packet may carry before its transport header, that the packet
+/// programs step over: hop-by-hop options, routing, destination options.
 const IPV6_HOP_BY_HOP: u8 = 0;
 const IPV6_ROUTING: u8 = 43;
 const IPV6_DEST_OPTIONS: u8 = 60;
@@ -199,39 +239,14 @@ fn ingress_v4(ctx: &SkBuffContext, uid: u32, generation: u32) -> i32 {
 
 #[inline(always)]
 fn ingress_v6(ctx: &SkBuffContext, uid: u32, generation: u32) -> i32 {
-    let (Ok(mut next_header), Ok(saddr), Ok(daddr)) = (
-        ctx.load::<u8>(6),
+    let (Some(transport), Ok(saddr), Ok(daddr)) = (
+        Ipv6Transport::read(ctx),
         ctx.load::<[u8; 16]>(8),
         ctx.load::<[u8; 16]>(24),
     ) else {
         return VERDICT_DENY;
     };
-    let mut transport = 40usize;
-    let mut i = 0;
-    while i < IPV6_MAX_EXTENSION_HEADERS {
-        if next_header != IPV6_HOP_BY_HOP
-            && next_header != IPV6_ROUTING
-            && next_header != IPV6_DEST_OPTIONS
-        {
-            break;
-        }
-        // Each of these starts with (next header, length in 8-octet units beyond the first 8).
-        let (Ok(next), Ok(length)) = (ctx.load::<u8>(transport), ctx.load::<u8>(transport + 1))
-        else {
-            return VERDICT_DENY;
-        };
-        next_header = next;
-        transport += (usize::from(length) + 1) * 8;
-        i += 1;
-    }
-    if next_header == IPV6_HOP_BY_HOP
-        || next_header == IPV6_ROUTING
-        || next_header == IPV6_DEST_OPTIONS
-    {
-        // More than it steps over: it cannot find the port, so it cannot judge.
-        return VERDICT_DENY;
-    }
-    let Some(arrival) = Arrival::read(ctx, next_header, transport) else {
+    let Some(arrival) = Arrival::read(ctx, transport.protocol, transport.offset) else {
         return VERDICT_DENY;
     };
     match arrival {
@@ -252,6 +267,52 @@ fn ingress_v6(ctx: &SkBuffContext, uid: u32, generation: u32) -> i32 {
             VERDICT_DENY
         }
     }
+}
+
+/// Where an IPv6 packet's transport header starts, past the extension headers the programs
+/// step over (hop-by-hop, routing, destination options).
+struct Ipv6Transport {
+    /// The transport protocol (the last `next header`).
+    protocol: u8,
+    /// Offset of its header from the network header.
+    offset: usize,
+    /// Whether a routing header was among them (the packet goes to its first segment).
+    routed: bool,
+}
+
+impl Ipv6Transport {
+    /// `None` when the header cannot be read, or there are more extension headers than the
+    /// programs step over (then they cannot find the ports, so they cannot judge).
+    #[inline(always)]
+    fn read(ctx: &SkBuffContext) -> Option<Self> {
+        let mut transport = Ipv6Transport {
+            protocol: ctx.load::<u8>(6).ok()?,
+            offset: 40,
+            routed: false,
+        };
+        let mut i = 0;
+        while i < IPV6_MAX_EXTENSION_HEADERS {
+            if !is_stepped_over(transport.protocol) {
+                return Some(transport);
+            }
+            transport.routed |= transport.protocol == IPV6_ROUTING;
+            // Each of these starts with (next header, length in 8-octet units beyond the
+            // first 8).
+            let next = ctx.load::<u8>(transport.offset).ok()?;
+            let length = ctx.load::<u8>(transport.offset + 1).ok()?;
+            transport.protocol = next;
+            transport.offset += (usize::from(length) + 1) * 8;
+            i += 1;
+        }
+        (!is_stepped_over(transport.protocol)).then_some(transport)
+    }
+}
+
+#[inline(always)]
+fn is_stepped_over(next_header: u8) -> bool {
+    next_header == IPV6_HOP_BY_HOP
+        || next_header == IPV6_ROUTING
+        || next_header == IPV6_DEST_OPTIONS
 }
 
 /// What the ingress program makes of an arriving packet's transport header.

@@ -44,8 +44,8 @@ use isolate_ebpf_common::{
 use crate::{confined_caller, record_block};
 
 /// LSM verdicts: 0 lets the operation go on, a negative errno refuses it.
-const LSM_ALLOW: i32 = 0;
-const LSM_DENY: i32 = -1; // -EPERM
+pub(crate) const LSM_ALLOW: i32 = 0;
+pub(crate) const LSM_DENY: i32 = -1; // -EPERM
 
 /// Filled in by user space at load time (`aya::EbpfLoader::override_global`).
 #[unsafe(no_mangle)]
@@ -90,7 +90,7 @@ pub fn isolate_unix_may_send(ctx: LsmContext) -> i32 {
 }
 
 #[inline(always)]
-fn config() -> UnixConfig {
+pub(crate) fn config() -> UnixConfig {
     // SAFETY: a plain read of a global; volatile so the compiler does not fold the value
     // the object was built with (user space patches it before loading).
     unsafe { core::ptr::read_volatile(&raw const ISOLATE_UNIX_CONFIG) }
@@ -156,7 +156,7 @@ const MAX_CGROUP_LEVEL: i32 = 32;
 /// the cgroup programs. The cgroup's level is not taken from user space (its view of the
 /// hierarchy may be a cgroup namespace's): the caller's ancestors are compared one by one.
 #[inline(always)]
-fn in_scope(cgroup_id: u64) -> bool {
+pub(crate) fn in_scope(cgroup_id: u64) -> bool {
     let mut level = 0;
     while level <= MAX_CGROUP_LEVEL {
         // SAFETY: a helper call without pointers.

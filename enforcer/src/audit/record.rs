@@ -30,10 +30,12 @@ pub(super) fn blocked(instance: &str, attempt: &BlockedAttempt) -> Entry {
         Some(peer) => peer.to_string(),
         None => attempt.destination.to_string(),
     };
-    let (address_field, direction) = match attempt.hook {
-        "ingress" => ("ISOLATE_PEER", "inbound"),
-        "bind" => ("ISOLATE_LOCAL", "inbound"),
-        _ => ("ISOLATE_DEST", "outbound"),
+    let (address_field, address, direction) = match attempt.hook {
+        "ingress" => ("ISOLATE_PEER", address, "inbound"),
+        "bind" => ("ISOLATE_LOCAL", address, "inbound"),
+        // A refused socket family has no address: its number is the record's point.
+        "socket" => ("ISOLATE_FAMILY", attempt.port.to_string(), "outbound"),
+        _ => ("ISOLATE_DEST", address, "outbound"),
     };
     let head = format!(
         "isolate-{instance}-blocked {} {}",

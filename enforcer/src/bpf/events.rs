@@ -8,9 +8,9 @@ use isolate_ebpf_common::map_names;
 
 use super::{BpfError, PinDir, open_map};
 use isolate_ebpf_common::{
-    BlockEvent, FAMILY_UNIX, FAMILY_V4, FAMILY_V6, HOOK_BIND, HOOK_CONNECT, HOOK_EGRESS,
-    HOOK_INGRESS, HOOK_SENDMSG, HOOK_UNIX, PROTO_DGRAM, PROTO_OTHER, PROTO_STREAM, PROTO_TCP,
-    PROTO_UDP, UNIX_PEER_ABSTRACT, UNIX_PEER_PATH,
+    BlockEvent, FAMILY_OTHER, FAMILY_UNIX, FAMILY_V4, FAMILY_V6, HOOK_BIND, HOOK_CONNECT,
+    HOOK_EGRESS, HOOK_INGRESS, HOOK_SENDMSG, HOOK_SOCKET, HOOK_UNIX, PROTO_DGRAM, PROTO_OTHER,
+    PROTO_STREAM, PROTO_TCP, PROTO_UDP, UNIX_PEER_ABSTRACT, UNIX_PEER_PATH,
 };
 
 use super::unix::split_kernel_dev;
@@ -114,6 +114,7 @@ impl From<&BlockEvent> for BlockedAttempt {
                 IpAddr::V4(Ipv4Addr::UNSPECIFIED),
                 Some(UnixPeer::from_addr(&event.addr)),
             ),
+            FAMILY_OTHER => (IpAddr::V4(Ipv4Addr::UNSPECIFIED), None),
             _ => (IpAddr::V6(Ipv6Addr::from(event.addr)), None),
         };
         let comm_len = event
@@ -145,6 +146,11 @@ impl BlockedAttempt {
         };
         match (self.unix, self.hook) {
             (Some(peer), _) => peer.to_string(),
+            (None, "socket") => format!(
+                "socket family {} ({})",
+                self.port,
+                socket_family_name(self.port)
+            ),
             (None, "bind") => format!("bind {address}:{}", self.port),
             (None, "ingress") => format!("inbound from {address} to port {}", self.port),
             (None, _) => format!("{address}:{}", self.port),
@@ -189,6 +195,7 @@ pub fn family_name(family: u8) -> &'static str {
         FAMILY_V4 => "ipv4",
         FAMILY_V6 => "ipv6",
         FAMILY_UNIX => "unix",
+        FAMILY_OTHER => "other",
         _ => "unknown",
     }
 }
@@ -201,6 +208,27 @@ pub fn hook_name(hook: u8) -> &'static str {
         HOOK_UNIX => "unix",
         HOOK_BIND => "bind",
         HOOK_INGRESS => "ingress",
+        HOOK_SOCKET => "socket",
         _ => "unknown",
+    }
+}
+
+/// The name of a socket family (`AF_*`) a confined process may not create.
+pub fn socket_family_name(family: u16) -> &'static str {
+    match family {
+        3 => "AF_AX25",
+        4 => "AF_IPX",
+        5 => "AF_APPLETALK",
+        9 => "AF_X25",
+        17 => "AF_PACKET",
+        21 => "AF_RDS",
+        29 => "AF_CAN",
+        30 => "AF_TIPC",
+        31 => "AF_BLUETOOTH",
+        38 => "AF_ALG",
+        40 => "AF_VSOCK",
+        43 => "AF_SMC",
+        44 => "AF_XDP",
+        _ => "another family",
     }
 }

@@ -25,14 +25,14 @@ use std::path::{Path, PathBuf};
 
 use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{HashMap, Map, MapData, PerCpuHashMap, PerCpuValues};
-use aya::programs::links::FdLink;
+use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, Lsm};
 use aya::{Btf, Ebpf, EbpfLoader};
 use ipnet::{Ipv4Net, Ipv6Net};
 use isolate_ebpf_common::{
-    AllowValue, CounterKey, FAMILY_UNIX, FAMILY_V4, FAMILY_V6, HOOK_UNIX, INET_HOOKS,
-    InstanceState, KEY_HEADER_BITS, PROTO_DGRAM, PROTO_OTHER, PROTO_STREAM, PROTO_TCP, PROTO_UDP,
-    UNIX_CONFIG_GLOBAL, UnixKey, V4Key, V6Key, map_names, program_names,
+    AllowValue, CounterKey, FAMILY_OTHER, FAMILY_UNIX, FAMILY_V4, FAMILY_V6, HOOK_SOCKET,
+    HOOK_UNIX, INET_HOOKS, InstanceState, KEY_HEADER_BITS, PROTO_DGRAM, PROTO_OTHER, PROTO_STREAM,
+    PROTO_TCP, PROTO_UDP, UNIX_CONFIG_GLOBAL, UnixKey, V4Key, V6Key, map_names, program_names,
 };
 use thiserror::Error;
 
@@ -100,7 +100,7 @@ pub enum BpfError {
     /// What is pinned was attached by an isolate without inbound confinement.
     #[error(
         "the eBPF layer pinned at {} has no {missing} (it was attached by an older isolate): \
-         stop what uses it and run `isolate cleanup`, then start again", .path.display()
+         stop the daemon, run `isolate daemon --cleanup` and start it again", .path.display()
     )]
     Outdated {
         path: PathBuf,
@@ -140,6 +140,10 @@ pub struct BpfLayer {
     unix_allow: Option<HashMap<MapData, UnixKey, u32>>,
     unix: UnixSupport,
     counters: PerCpuHashMap<MapData, CounterKey, u64>,
+    /// The attachment's links, held open by the process that attached (or adopted) it: a pin
+    /// is a link's only other reference, so one removed behind this process's back would
+    /// otherwise detach its program at once. Empty for layers only opened (status, readers).
+    held_links: Vec<PinnedLink>,
 }
 
 impl BpfLayer {
@@ -158,7 +162,7 @@ impl BpfLayer {
             return Err(BpfError::UntrustedPins { path, why });
         }
         if pins.exists() {
-            return Self::open(pins);
+            return Self::open(pins)?.holding_links();
         }
         pins.create().map_err(pin_error("create", pins.path()))?;
         match Self::load_and_pin(cgroup, &pins) {
@@ -168,7 +172,7 @@ impl BpfLayer {
                     // The precise reason, rather than open()'s guess from the pins.
                     layer.unix = support;
                 }
-                Ok(layer)
+                layer.holding_links()
             }
             Err(e) => {
                 // Leave nothing half-applied.
@@ -197,7 +201,7 @@ impl BpfLayer {
         } else {
             None
         };
-        let programs_pinned = program_names::UNIX
+        let programs_pinned = program_names::LSM
             .iter()
             .all(|(name, _)| pins.link(name).exists());
         let unix = if unix_allow.is_some() && programs_pinned {
@@ -222,8 +226,36 @@ impl BpfLayer {
             unix_allow,
             unix,
             counters: open_map(&pins, map_names::BLOCKED)?,
+            held_links: Vec::new(),
             pins,
         })
+    }
+
+    /// This layer, holding every link of its attachment open (see `held_links`).
+    fn holding_links(mut self) -> Result<Self, BpfError> {
+        for name in self.program_names() {
+            let path = self.pins.link(name);
+            let link = PinnedLink::from_pin(&path).map_err(|source| BpfError::Link {
+                name,
+                source: Box::new(source),
+            })?;
+            self.held_links.push(link);
+        }
+        Ok(self)
+    }
+
+    /// The programs of this attachment (the unix-socket ones where they run).
+    fn program_names(&self) -> Vec<&'static str> {
+        let unix = matches!(self.unix, UnixSupport::Enforced)
+            .then_some(program_names::LSM.iter().map(|(name, _)| *name))
+            .into_iter()
+            .flatten();
+        program_names::SOCK_ADDR
+            .iter()
+            .copied()
+            .chain(program_names::SKB)
+            .chain(unix)
+            .collect()
     }
 
     /// Whether this attachment enforces unix-socket allowlists, and if not, why.
@@ -275,7 +307,7 @@ impl BpfLayer {
     pub fn probe(cgroup: &Path) -> Vec<(&'static str, Result<(), String>)> {
         const SOCKET: &str = "eBPF socket hooks (connect4/6, sendmsg4/6, bind4/6)";
         const EGRESS: &str = "eBPF packet hooks (cgroup_skb egress backstop, ingress)";
-        const UNIX: &str = "eBPF unix-socket programs (BPF LSM)";
+        const UNIX: &str = "BPF LSM programs (unix sockets, socket families)";
         let reason = |e: BpfError| {
             let e = e.to_string();
             // aya ends the message with the verifier's log, often empty.
@@ -301,7 +333,7 @@ impl BpfLayer {
         });
         let unix = unix_config.and_then(|()| {
             let btf = btf.as_ref().ok_or("the kernel has no BTF".to_owned())?;
-            program_names::UNIX
+            program_names::LSM
                 .iter()
                 .try_for_each(|&(name, hook)| {
                     let program: &mut Lsm = program(&mut ebpf, name)?;
@@ -349,14 +381,14 @@ impl BpfLayer {
             Ok(()) => match Self::load_unix_programs(&mut ebpf, btf.as_ref(), pins) {
                 Ok(()) => UnixSupport::Enforced,
                 Err(e) => {
-                    for (name, _) in program_names::UNIX {
+                    for (name, _) in program_names::LSM {
                         let _ = std::fs::remove_file(pins.link(name));
                     }
                     let e = e.to_string();
                     // aya ends the message with the verifier's log, often empty.
                     let e = e.trim_end_matches(" Verifier output: ");
                     UnixSupport::Unavailable(format!(
-                        "the kernel refused isolate's unix-socket programs: {e}"
+                        "the kernel refused isolate's BPF LSM programs: {e}"
                     ))
                 }
             },
@@ -364,8 +396,9 @@ impl BpfLayer {
         };
         if let UnixSupport::Unavailable(reason) = &support {
             tracing::warn!(
-                "unix-socket allowlists are not enforced by this attachment ({reason}); \
-                 policies with network.unix_sockets will be refused"
+                "unix-socket allowlists and socket-family refusals are not enforced by this \
+                 attachment ({reason}); policies with network.unix_sockets will be refused, and \
+                 only `isolate exec`'s seccomp filter refuses other socket families"
             );
         }
 
@@ -398,7 +431,7 @@ impl BpfLayer {
             kind: "kernel BTF",
             name: crate::paths::KERNEL_BTF,
         })?;
-        for (name, hook) in program_names::UNIX {
+        for (name, hook) in program_names::LSM {
             let program: &mut Lsm = program(ebpf, name)?;
             let program_error = program_error(name);
             program.load(hook, btf).map_err(program_error)?;
@@ -497,15 +530,8 @@ impl BpfLayer {
     /// Whether every program of the attachment is still pinned, hence attached: a pin is
     /// what keeps a link, and so its program, attached after the loader exits.
     pub fn is_attached(&self) -> bool {
-        let unix = matches!(self.unix, UnixSupport::Enforced)
-            .then_some(program_names::UNIX.iter().map(|(name, _)| *name))
+        self.program_names()
             .into_iter()
-            .flatten();
-        program_names::SOCK_ADDR
-            .iter()
-            .copied()
-            .chain(program_names::SKB)
-            .chain(unix)
             .all(|name| self.pins.link(name).exists())
     }
 
@@ -780,7 +806,14 @@ fn counter_keys(uid: u32) -> impl Iterator<Item = CounterKey> {
             hook: HOOK_UNIX,
             _pad: 0,
         });
-    inet.chain(unix)
+    let families = std::iter::once(CounterKey {
+        uid,
+        family: FAMILY_OTHER,
+        protocol: PROTO_OTHER,
+        hook: HOOK_SOCKET,
+        _pad: 0,
+    });
+    inet.chain(unix).chain(families)
 }
 
 #[cfg(test)]

@@ -33,6 +33,9 @@ pub struct DaemonArgs {
     /// Remove everything the daemon enforces (every instance, programs, pins) and exit.
     #[arg(long)]
     cleanup: bool,
+    /// With --cleanup: also while instances' processes still run (they are left unconfined).
+    #[arg(long, requires = "cleanup")]
+    force: bool,
     /// Attach to this cgroup instead of the cgroup2 root (tests).
     #[arg(long, hide = true)]
     cgroup: Option<PathBuf>,
@@ -88,7 +91,7 @@ fn config(args: &DaemonArgs) -> anyhow::Result<DaemonConfig> {
 pub fn run_daemon(args: &DaemonArgs) -> anyhow::Result<ExitCode> {
     let config = config(args)?;
     if args.cleanup {
-        let removed = daemon::cleanup(&config)?;
+        let removed = daemon::cleanup(&config, args.force)?;
         eprintln!(
             "isolate: removed the daemon's enforcement ({} instance(s))",
             removed.len()

@@ -46,6 +46,9 @@ pub enum Response {
         /// [`network_digest`] of the network section the daemon enforces.
         #[serde(default)]
         network: String,
+        /// The layers (or parts) the daemon cannot put in force on this kernel, and why.
+        #[serde(default)]
+        not_enforced: Vec<LayerAvailability>,
     },
     Error {
         message: String,

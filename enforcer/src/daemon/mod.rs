@@ -84,6 +84,16 @@ pub enum DaemonError {
     Bpf(#[from] bpf::BpfError),
     #[error(transparent)]
     Layer(#[from] LayerError),
+    #[error(
+        "instance {instance} still runs {} (UID {uid}); taking enforcement away now would leave \
+         them unconfined: stop them first (e.g. `systemctl stop opencode@{instance}`), or pass \
+         --force", crate::procs::list(.processes, 5)
+    )]
+    StillRunning {
+        instance: String,
+        uid: u32,
+        processes: Vec<crate::procs::Process>,
+    },
     #[error("instance {instance}: {source}")]
     Remove {
         instance: String,
@@ -371,7 +381,7 @@ fn run_worker(
             }
             Some(Work::Ensure { instance, answer }) => {
                 let report = registry.reload();
-                let _ = answer.send(ensured(&registry, &report, &instance));
+                let _ = answer.send(ensured(&registry, &report, &instance, &shared.availability));
             }
             None => {
                 registry.refresh();
@@ -387,13 +397,23 @@ fn run_worker(
 }
 
 /// The answer to `ensure`: the instance's UID, or why the daemon does not enforce it.
-fn ensured(registry: &Registry, report: &ReloadReport, instance: &str) -> Response {
+fn ensured(
+    registry: &Registry,
+    report: &ReloadReport,
+    instance: &str,
+    availability: &[LayerAvailability],
+) -> Response {
     match registry.instance(instance) {
         Some(i) => Response::Ensured {
             instance: instance.to_owned(),
             uid: i.id.uid,
             source: i.policy.source.clone(),
             network: crate::control::network_digest(&i.policy.network),
+            not_enforced: availability
+                .iter()
+                .filter(|layer| !layer.available)
+                .cloned()
+                .collect(),
         },
         None => Response::Error {
             message: report.failure_of(instance).map_or_else(
@@ -497,14 +517,37 @@ async fn serve(
 }
 
 /// Takes away everything the daemon enforces: every instance, the programs, the pins, the state.
-pub fn cleanup(config: &DaemonConfig) -> Result<Vec<String>, DaemonError> {
+/// Refuses, changing nothing, while processes of an instance run in its cgroup (`isolate exec
+/// --instance`), unless `force`.
+pub fn cleanup(config: &DaemonConfig, force: bool) -> Result<Vec<String>, DaemonError> {
     if !nix::unistd::geteuid().is_root() {
         return Err(DaemonError::NotRoot);
     }
     let previous = Enforced::load(&config.state_dir).map_err(io_error("state file"))?;
+    if !force {
+        for (name, record) in &previous.instances {
+            let processes: Vec<_> = crate::procs::of_uid(record.uid)
+                .into_iter()
+                .filter(|p| p.in_instance(name))
+                .collect();
+            if !processes.is_empty() {
+                return Err(DaemonError::StillRunning {
+                    instance: name.clone(),
+                    uid: record.uid,
+                    processes,
+                });
+            }
+        }
+    }
     let mut layers: Vec<Box<dyn NetworkLayer>> = Vec::new();
+    let mut outdated = false;
     if config.layers.ebpf && config.pins.exists() {
-        layers.push(Box::new(BpfLayer::open(config.pins.clone())?));
+        match BpfLayer::open(config.pins.clone()) {
+            Ok(bpf) => layers.push(Box::new(bpf)),
+            // Attached by an older isolate: its pins go whole below (that detaches it).
+            Err(bpf::BpfError::Outdated { .. }) => outdated = true,
+            Err(e) => return Err(e.into()),
+        }
     }
     if config.layers.nftables {
         layers.push(Box::new(NftLayer));
@@ -529,7 +572,12 @@ pub fn cleanup(config: &DaemonConfig) -> Result<Vec<String>, DaemonError> {
         removed.push(name);
     }
     drop(layers);
-    if config.pins.exists() {
+    if outdated {
+        config
+            .pins
+            .remove()
+            .map_err(io_error("remove the outdated eBPF pins"))?;
+    } else if config.pins.exists() {
         BpfLayer::open(config.pins.clone())?.detach()?;
     }
     Enforced::remove(&config.state_dir).map_err(io_error("state file"))?;

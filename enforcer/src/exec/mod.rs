@@ -162,6 +162,11 @@ impl ExecPlan {
                 source: Box::new(source),
             }
         })?;
+        // Root opens the rule paths; a link the instance planted must not redirect them.
+        landlock.writer = Some(crate::trusted_path::Writer {
+            uid: user.uid,
+            gid: user.gid,
+        });
         if (layers.ebpf || layers.nftables) && landlock.tcp_connect_ports.take().is_some() {
             // Landlock refuses inside connect(), before the eBPF hooks run and before any packet
             // reaches nftables, so the refusal would go uncounted and unrecorded; the network
@@ -292,8 +297,16 @@ impl fmt::Display for ExecPlan {
         let families: Vec<&str> = seccomp::ALLOWED_FAMILIES.iter().map(|(_, n)| *n).collect();
         writeln!(
             f,
-            "sockets   {} only; no io_uring (seccomp)",
+            "sockets   {} only (BPF LSM, each refusal recorded, where the kernel runs it; \
+             seccomp otherwise); no io_uring (seccomp)",
             families.join(", ")
+        )?;
+        let limit = |value: Option<u64>| value.map_or_else(|| "max".to_owned(), |n| n.to_string());
+        writeln!(
+            f,
+            "resources  pids.max {}, memory.max {} (where the cgroup controllers are offered)",
+            limit(self.policy.resources.pids_max),
+            limit(self.policy.resources.memory_max)
         )?;
         writeln!(f, "network layers  {}", self.layers.names().join(", "))?;
         if self.layers.ebpf {
@@ -333,6 +346,9 @@ struct Applied {
     /// The eBPF attachment this run made for itself, detached at the end.
     pins: Option<PinDir>,
     events: Option<EventReader>,
+    /// The eBPF layer's BPF LSM programs judge the socket families the child creates, and
+    /// record each refusal; otherwise the child's seccomp filter refuses them, unrecorded.
+    families_judged: bool,
 }
 
 impl Applied {
@@ -344,6 +360,7 @@ impl Applied {
             enforced: None,
             pins: None,
             events: None,
+            families_judged: false,
         }
     }
 }
@@ -385,8 +402,9 @@ pub fn run(plan: ExecPlan, command: &[OsString]) -> Result<i32, ExecError> {
     let instance = plan.policy.name.clone();
     // Before anything is touched: another run's TMPDIR and layers are not ours to replace.
     refuse_if_running(&instance, &plan.cgroup)?;
+    warn_of_shared_uid(&plan);
     // Also before anything is touched: a daemon that enforces the instance otherwise refuses.
-    let daemon_enforces = daemon_enforces(&plan)?;
+    let daemon = daemon_enforces(&plan)?;
     let secrets = match &plan.policy.environment_file {
         Some(path) => environment::read_file(path).map_err(|source| ExecError::Environment {
             instance: instance.clone(),
@@ -411,17 +429,25 @@ pub fn run(plan: ExecPlan, command: &[OsString]) -> Result<i32, ExecError> {
             source: Box::new(source),
         })?;
     tracing::info!(instance, "Landlock: {}", landlock.report());
-    let mut applied = if daemon_enforces {
+    let mut applied = if let Some(daemon) = daemon {
         // The daemon confines the instance's UID host-wide and records its block events.
         let mut applied = Applied::new(&instance);
-        applied.cgroup = Some(create_cgroup(&instance, &plan.cgroup)?);
+        applied.cgroup = Some(create_cgroup(&plan.policy, &plan.cgroup)?);
+        applied.families_judged = daemon.families_judged;
         applied
     } else {
         apply_layers(&plan)?
     };
     let cgroup = applied.cgroup.as_ref().expect("created by apply_layers");
     let mut signals = supervise::block_signals().map_err(ExecError::Supervise)?;
-    let child = spawn(&plan, cgroup, landlock, &secrets, command)?;
+    let child = spawn(
+        &plan,
+        cgroup,
+        landlock,
+        &secrets,
+        command,
+        applied.families_judged,
+    )?;
     tracing::info!(instance, pid = child.id(), uid = plan.user.uid, "started");
     let rate = plan.policy.network.log.rate;
     let mut audit = AuditSink::new();
@@ -442,9 +468,40 @@ pub fn run(plan: ExecPlan, command: &[OsString]) -> Result<i32, ExecError> {
     Ok(code)
 }
 
-/// Asks a running daemon to make sure it enforces this instance. True when it does; false when
-/// no daemon runs or it does not know the instance (a policy file of its own: embedded mode).
-fn daemon_enforces(plan: &ExecPlan) -> Result<bool, ExecError> {
+/// A named user's other processes share the instance's UID: its files and unix sockets are
+/// theirs, and a daemon confines them with the instance. Said loudly, at every start.
+fn warn_of_shared_uid(plan: &ExecPlan) {
+    if plan.user.is_dynamic() {
+        return;
+    }
+    let instance = &plan.policy.name;
+    let outside: Vec<_> = crate::procs::of_uid(plan.user.uid)
+        .into_iter()
+        .filter(|p| !p.in_instance(instance))
+        .collect();
+    if !outside.is_empty() {
+        tracing::warn!(
+            instance,
+            "user {} (UID {}) runs {} process(es) outside the instance: {}. They share its UID: \
+             the instance can reach their files and unix sockets, and a daemon confines them \
+             with it. Give the instance a user of its own, or user = \"dynamic\"",
+            plan.user.name,
+            plan.user.uid,
+            outside.len(),
+            crate::procs::list(&outside, 5)
+        );
+    }
+}
+
+/// What a running daemon enforces for this run.
+struct DaemonEnforcement {
+    /// Its BPF LSM programs judge (and record) the socket families of the instance's UID.
+    families_judged: bool,
+}
+
+/// Asks a running daemon to make sure it enforces this instance. `None` when no daemon runs or
+/// it does not know the instance (a policy file of its own: embedded mode).
+fn daemon_enforces(plan: &ExecPlan) -> Result<Option<DaemonEnforcement>, ExecError> {
     let instance = plan.policy.name.clone();
     let request = Request::Ensure {
         instance: instance.clone(),
@@ -454,6 +511,7 @@ fn daemon_enforces(plan: &ExecPlan) -> Result<bool, ExecError> {
             uid,
             source,
             network,
+            not_enforced,
             ..
         })) if uid == plan.user.uid => {
             if network != control::network_digest(&plan.policy.network) {
@@ -466,7 +524,18 @@ fn daemon_enforces(plan: &ExecPlan) -> Result<bool, ExecError> {
                 });
             }
             tracing::info!(instance, "network layers enforced by the daemon");
-            Ok(true)
+            // Said on every run, not only in the daemon's log at its start.
+            for layer in &not_enforced {
+                let reason = layer.reason.as_deref().unwrap_or("unavailable");
+                tracing::warn!(
+                    instance,
+                    "NOT ENFORCED by the daemon: {} ({reason})",
+                    layer.layer
+                );
+            }
+            Ok(Some(DaemonEnforcement {
+                families_judged: !not_enforced.iter().any(|l| l.layer == "unix"),
+            }))
         }
         Ok(Some(Response::Ensured { uid, .. })) => Err(ExecError::DaemonUser {
             instance,
@@ -477,12 +546,12 @@ fn daemon_enforces(plan: &ExecPlan) -> Result<bool, ExecError> {
         // it itself, as when no daemon runs.
         Ok(Some(Response::Error { message })) => {
             tracing::info!(instance, "the daemon does not enforce it ({message})");
-            Ok(false)
+            Ok(None)
         }
-        Ok(Some(_) | None) => Ok(false),
+        Ok(Some(_) | None) => Ok(None),
         Err(e) => {
             tracing::warn!(instance, "{e}");
-            Ok(false)
+            Ok(None)
         }
     }
 }
@@ -490,7 +559,7 @@ fn daemon_enforces(plan: &ExecPlan) -> Result<bool, ExecError> {
 fn apply_layers(plan: &ExecPlan) -> Result<Applied, ExecError> {
     let instance = plan.policy.name.clone();
     let mut applied = Applied::new(&instance);
-    applied.cgroup = Some(create_cgroup(&instance, &plan.cgroup)?);
+    applied.cgroup = Some(create_cgroup(&plan.policy, &plan.cgroup)?);
     let mut layers: Vec<Box<dyn NetworkLayer>> = Vec::new();
     if plan.layers.ebpf {
         let bpf_error = |source| ExecError::Bpf {
@@ -508,6 +577,7 @@ fn apply_layers(plan: &ExecPlan) -> Result<Applied, ExecError> {
             })?;
         }
         let bpf = BpfLayer::attach(&plan.cgroup, plan.pins.clone()).map_err(bpf_error)?;
+        applied.families_judged = matches!(bpf.unix_support(), bpf::UnixSupport::Enforced);
         applied.pins = Some(plan.pins.clone());
         applied.events = Some(bpf.events().map_err(bpf_error)?);
         layers.push(Box::new(bpf));
@@ -550,7 +620,10 @@ fn refuse_if_running(instance: &str, cgroup: &Path) -> Result<(), ExecError> {
 }
 
 /// Creates the instance cgroup; a leftover empty one (from a crash) is replaced.
-fn create_cgroup(instance: &str, path: &Path) -> Result<Cgroup, ExecError> {
+/// The instance's cgroup, with the policy's `[resources]` limits where the kernel offers the
+/// controllers (said plainly where it does not).
+fn create_cgroup(policy: &Policy, path: &Path) -> Result<Cgroup, ExecError> {
+    let instance = policy.name.as_str();
     let cgroup_error = |source| ExecError::Cgroup {
         instance: instance.to_owned(),
         source,
@@ -572,7 +645,26 @@ fn create_cgroup(instance: &str, path: &Path) -> Result<Cgroup, ExecError> {
         .expect("named")
         .to_string_lossy()
         .into_owned();
-    Cgroup::create(parent, &name).map_err(cgroup_error)
+    let cgroup = Cgroup::create(parent, &name).map_err(cgroup_error)?;
+    for (field, controller, file, value) in [
+        ("pids_max", "pids", "pids.max", policy.resources.pids_max),
+        (
+            "memory_max",
+            "memory",
+            "memory.max",
+            policy.resources.memory_max,
+        ),
+    ] {
+        // No limit asked for: nothing to write (a new cgroup has none).
+        let Some(value) = value else { continue };
+        if let Some(why) = cgroup
+            .set_limit(controller, file, &value.to_string())
+            .map_err(cgroup_error)?
+        {
+            tracing::warn!(instance, "resources.{field} is NOT applied: {why}");
+        }
+    }
+    Ok(cgroup)
 }
 
 fn spawn(
@@ -581,6 +673,7 @@ fn spawn(
     landlock: PreparedRuleset,
     secrets: &[(String, String)],
     command: &[OsString],
+    families_judged: bool,
 ) -> Result<std::process::Child, ExecError> {
     let spawn_error = |source| ExecError::Spawn {
         command: command
@@ -612,7 +705,7 @@ fn spawn(
         landlock: Some(landlock),
         supervisor_pid: nix::unistd::getpid().as_raw(),
         keep_fds,
-        seccomp: Some(seccomp::socket_family_filter().map_err(ExecError::Seccomp)?),
+        seccomp: Some(seccomp::filter(!families_judged).map_err(ExecError::Seccomp)?),
         environment: child_environment(plan, secrets, activation.is_some()),
     };
     let mut cmd = Command::new(&command[0]);

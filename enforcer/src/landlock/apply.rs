@@ -182,12 +182,23 @@ impl LandlockPlan {
     }
 
     /// Opens the path of `rule` (`O_PATH`), or records it as skipped when it does not exist.
+    /// With a `writer`, a link it could have planted on the way is an error.
     fn open(
         &self,
         rule: &PathRule,
         skipped: &mut Vec<PathRule>,
     ) -> Result<Option<PathFd>, LandlockError> {
-        let error = match PathFd::new(&rule.path) {
+        let path = match self.writer {
+            Some(writer) => crate::trusted_path::resolve(&rule.path, writer).map_err(|source| {
+                LandlockError::UntrustedPath {
+                    instance: self.instance.clone(),
+                    file: self.policy_file.clone(),
+                    source,
+                }
+            })?,
+            None => rule.path.clone(),
+        };
+        let error = match PathFd::new(&path) {
             Ok(fd) => return Ok(Some(fd)),
             Err(PathFdError::OpenCall { source, .. }) => source,
             Err(other) => io::Error::other(other),

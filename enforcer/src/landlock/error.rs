@@ -9,6 +9,14 @@ use super::abi::{Feature, Unavailable, linux_release_of};
 
 #[derive(Debug, Error)]
 pub enum LandlockError {
+    #[error("instance {instance} ({}): {source}", file.display())]
+    UntrustedPath {
+        instance: String,
+        file: PathBuf,
+        #[source]
+        source: crate::trusted_path::UntrustedPath,
+    },
+
     #[error(
         "instance {instance} ({}): the instance directory {} does not exist: create it, or change `directory`",
         file.display(),

@@ -51,6 +51,9 @@ pub struct LandlockPlan {
     pub read_only: Vec<PathRule>,
     pub read_write: Vec<PathRule>,
     pub exec: Vec<PathRule>,
+    /// The instance's user. When set, rule paths are resolved following only links it could
+    /// not have planted (see `trusted_path`); `None` follows them as they are.
+    pub writer: Option<crate::trusted_path::Writer>,
     /// The only TCP ports `connect` may reach (sorted, merged); `None`: not restricted.
     pub tcp_connect_ports: Option<Vec<PortRange>>,
     /// The only TCP ports `bind` may use; `None` (the default): not restricted, since a
@@ -103,6 +106,7 @@ impl LandlockPlan {
             read_only: listed(&policy.filesystem.read_only),
             read_write: listed(&policy.filesystem.read_write),
             exec: listed(&policy.filesystem.exec),
+            writer: None,
             tcp_connect_ports: None,
             tcp_bind_ports: None,
             scope_abstract_unix_sockets: true,

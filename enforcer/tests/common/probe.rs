@@ -104,6 +104,12 @@ pub fn main_if_probe() -> Option<ExitCode> {
         Some("icmp-sendto") => icmp_echo(addr(2)),
         Some("loop") => return Some(connect_loop(addr(2), addr(3), args[4].parse().unwrap())),
         Some("serve") => serve(&args[2], &args[3]),
+        Some("udp-source-routed") => {
+            return Some(udp_source_routed(
+                addr(2),
+                args[3].parse().expect("first hop"),
+            ));
+        }
         _ => panic!(
             "usage: probe tcp|udp-connect|udp-sendto ADDR | probe loop OK BAD N | \
              probe serve tcp|udp|tcp-autobind ADDR"
@@ -119,6 +125,41 @@ pub fn main_if_probe() -> Option<ExitCode> {
             )
         }
     })
+}
+
+/// What `udp-source-routed` exits with when the kernel refuses the source route itself.
+pub const SOURCE_ROUTE_REFUSED: u8 = 200;
+
+/// One datagram to `target` on a socket whose IPv4 options carry a loose source route through
+/// `first_hop` (`IP_OPTIONS`, LSRR): the kernel sends it to the first hop, not to `target`.
+/// Exits 0 when sent, the errno of `sendto` when refused, or [`SOURCE_ROUTE_REFUSED`].
+fn udp_source_routed(target: SocketAddr, first_hop: std::net::Ipv4Addr) -> ExitCode {
+    use std::os::fd::AsRawFd as _;
+    let socket = UdpSocket::bind("0.0.0.0:0").expect("a UDP socket");
+    // NOP, then LSRR: type 0x83, length 7, pointer 4, one address.
+    let mut options = [1u8, 0x83, 7, 4, 0, 0, 0, 0];
+    options[4..].copy_from_slice(&first_hop.octets());
+    // SAFETY: a plain setsockopt with a buffer of the stated length.
+    let set = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_OPTIONS,
+            options.as_ptr().cast(),
+            options.len() as libc::socklen_t,
+        )
+    };
+    if set != 0 {
+        eprintln!("probe: IP_OPTIONS: {}", std::io::Error::last_os_error());
+        return ExitCode::from(SOURCE_ROUTE_REFUSED);
+    }
+    match socket.send_to(b"probe", target) {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => ExitCode::from(
+            e.raw_os_error()
+                .map_or(101, |c| u8::try_from(c).unwrap_or(102)),
+        ),
+    }
 }
 
 /// How a confined server waits for what the test sends it.

@@ -392,7 +392,7 @@ fn the_enforcement_hash_is_stable_and_covers_rules_and_uid() {
     // Fixed: a different value means every running instance is rewritten after an upgrade.
     assert_eq!(
         hash,
-        "sha256:4e93fa9b4a4f2c41d4a28cedab93e168fab0bb6c32b3ffe56def830a4af39d25"
+        "sha256:e441fe25b9966d4b7fc7966c37c3313141eae35671c38d44137afbd7e281d08f"
     );
     assert_ne!(enforcement_hash(&policy, &rules, 1002), hash);
     assert_ne!(

@@ -25,6 +25,18 @@ pub struct Writer {
     pub gid: u32,
 }
 
+impl Writer {
+    /// The user with UID `uid`, with its primary group (its UID as group when it has no
+    /// account, as a dynamic user has none).
+    pub fn of_uid(uid: u32) -> Self {
+        let gid = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+            .ok()
+            .flatten()
+            .map_or(uid, |user| user.gid.as_raw());
+        Self { uid, gid }
+    }
+}
+
 #[derive(Debug, Error)]
 pub enum UntrustedPath {
     #[error(

@@ -67,7 +67,55 @@ fn main() -> ExitCode {
             "the_instance_cgroup_gets_the_policys_limits_or_says_why_not",
             resource_limits,
         ),
+        (
+            "a_shared_users_sockets_outside_the_instance_are_not_its_own",
+            shared_user_sockets,
+        ),
     ])
+}
+
+/// The unix-socket programs let an instance reach its own sockets; a socket the same (named)
+/// user made outside the instance is not its own, and is refused unless listed. Where the
+/// kernel refuses the BPF LSM programs (this host), nothing judges unix sockets at all.
+fn shared_user_sockets() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let user = TestUser::new();
+    let instance = Instance::new("", "");
+    let policy = std::fs::read_to_string(&instance.policy)
+        .unwrap()
+        .replace("user = \"dynamic\"", &format!("user = \"{}\"", user.name));
+    std::fs::write(&instance.policy, policy).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let path = dir.path().join("outside.sock");
+    let serve = "import socket, sys, time\ns = socket.socket(socket.AF_UNIX)\ns.bind(sys.argv[1])\ns.listen()\ntime.sleep(30)\n";
+    let mut server = std::os::unix::process::CommandExt::uid(
+        Command::new("/usr/bin/python3")
+            .args(["-c", serve])
+            .arg(&path),
+        user.uid,
+    )
+    .spawn()
+    .unwrap();
+    let started = Instant::now();
+    while !path.exists() && started.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let connect = "import socket, sys\ns = socket.socket(socket.AF_UNIX)\ntry:\n    s.connect(sys.argv[1])\n    print('connected')\nexcept OSError as e:\n    print('errno', e.errno)\n";
+    let out = instance.run(&["/usr/bin/python3", "-c", connect, &path.to_string_lossy()]);
+    let _ = server.kill();
+    let _ = server.wait();
+    assert!(out.status.success(), "{}", stderr(&out));
+    if stderr(&out).contains("unix-socket allowlists and socket-family refusals are not enforced") {
+        eprintln!("skipped: this kernel runs no BPF LSM programs");
+        return;
+    }
+    assert_eq!(
+        stdout(&out).trim(),
+        format!("errno {}", libc::EPERM),
+        "the same user's socket outside the instance was reached: {}",
+        stderr(&out)
+    );
 }
 
 /// `[resources]` becomes the instance cgroup's `pids.max` and `memory.max` where the kernel
@@ -123,6 +171,29 @@ fn planted_link() {
             "goes through the link {}",
             home.join("data").display()
         )) && stderr(&out).contains("writable by the instance"),
+        "{}",
+        stderr(&out)
+    );
+    assert_clean(&instance.name);
+
+    // The same for an allowed unix socket: root locates it for the eBPF layer.
+    let socket = home.join("data").join("agent.sock");
+    let policy = std::fs::read_to_string(&instance.policy)
+        .unwrap()
+        .replace("read_write = [\"~/data\"]", "")
+        .replace(
+            "dns = \"none\"",
+            &format!("dns = \"none\"\nunix_sockets = [\"{}\"]", socket.display()),
+        );
+    std::fs::write(&instance.policy, policy).unwrap();
+    let out = instance.run(&["/bin/true"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("network.unix_sockets")
+            && stderr(&out).contains(&format!(
+                "goes through the link {}",
+                home.join("data").display()
+            )),
         "{}",
         stderr(&out)
     );

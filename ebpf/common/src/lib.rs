@@ -276,6 +276,12 @@ pub struct UnixConfig {
     pub sock_uid: u32,
     /// `struct socket`: `sk`.
     pub socket_sk: u32,
+    /// `struct sock`: `sk_cgrp_data.cgroup` (the cgroup of the task that made the socket).
+    pub sock_cgroup: u32,
+    /// `struct cgroup`: `kn`; `struct kernfs_node`: `id` (the cgroup ID), `parent`.
+    pub cgroup_kn: u32,
+    pub kernfs_id: u32,
+    pub kernfs_parent: u32,
 }
 
 impl UnixConfig {
@@ -295,6 +301,10 @@ impl UnixConfig {
         sb_dev: 0,
         sock_uid: 0,
         socket_sk: 0,
+        sock_cgroup: 0,
+        cgroup_kn: 0,
+        kernfs_id: 0,
+        kernfs_parent: 0,
     };
 }
 

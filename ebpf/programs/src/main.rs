@@ -102,12 +102,9 @@ const ETH_P_IPV6: u32 = 0x86DD;
 /// header's destination.
 #[cgroup_skb(egress)]
 pub fn isolate_egress(ctx: SkBuffContext) -> i32 {
-    let uid = ctx.get_socket_uid();
-    // SAFETY: the value is copied out at once; user space only replaces whole entries.
-    let Some(state) = (unsafe { INSTANCES.get(&uid) }) else {
+    let Some((uid, generation)) = confined_socket(&ctx) else {
         return VERDICT_ALLOW;
     };
-    let generation = state.generation;
     // Packet data starts at the network header in cgroup_skb programs.
     // `protocol` holds the skb's big-endian 16-bit EtherType, zero-extended.
     match u32::from(u16::from_be(ctx.skb.protocol() as u16)) {
@@ -189,12 +186,9 @@ const IPV6_MAX_EXTENSION_HEADERS: usize = 4;
 /// can only exist once its first packet passed.
 #[cgroup_skb(ingress)]
 pub fn isolate_ingress(ctx: SkBuffContext) -> i32 {
-    let uid = ctx.get_socket_uid();
-    // SAFETY: the value is copied out at once; user space only replaces whole entries.
-    let Some(state) = (unsafe { INSTANCES.get(&uid) }) else {
+    let Some((uid, generation)) = confined_socket(&ctx) else {
         return VERDICT_ALLOW;
     };
-    let generation = state.generation;
     match u32::from(u16::from_be(ctx.skb.protocol() as u16)) {
         ETH_P_IP => ingress_v4(&ctx, uid, generation),
         ETH_P_IPV6 => ingress_v6(&ctx, uid, generation),
@@ -356,6 +350,15 @@ impl Arrival {
             Some(Arrival::Pass)
         }
     }
+}
+
+/// The UID owning a packet's socket, and its policy generation when the UID is confined.
+#[inline(always)]
+fn confined_socket(ctx: &SkBuffContext) -> Option<(u32, u32)> {
+    let uid = ctx.get_socket_uid();
+    // SAFETY: the value is copied out at once; user space only replaces whole entries.
+    let state = unsafe { INSTANCES.get(&uid) }?;
+    Some((uid, state.generation))
 }
 
 /// The UID of the calling task, and its policy generation when the UID is confined.

@@ -14,8 +14,9 @@
 //!
 //! For a confined UID (in `INSTANCES`, and inside the cgroup the layer was attached at — LSM
 //! programs attach globally, so the programs check the cgroup themselves):
-//! - a peer socket created by the same UID is allowed (the instance talking to itself, as
-//!   Landlock's abstract-socket scoping allows);
+//! - a peer socket created by the same UID inside that cgroup subtree is allowed (the
+//!   instance talking to itself, as Landlock's abstract-socket scoping allows); the same UID's
+//!   sockets elsewhere (another program of a shared user) are judged like anyone's;
 //! - an unnamed peer is allowed: it cannot be reached by name, only through a descriptor the
 //!   process already holds (`socketpair`, a connected datagram socket, `SCM_RIGHTS`);
 //! - a pathname peer is allowed when its (directory, name) is in `UNIX_ALLOW` under the UID's
@@ -122,7 +123,7 @@ fn judge(uid: u32, generation: u32, sk: u64, protocol: u8) -> i32 {
     let Some(owner) = read::<u32>(sk, config.sock_uid) else {
         return refuse(uid, protocol, UNIX_PEER_UNKNOWN, 0, 0);
     };
-    if owner == uid {
+    if owner == uid && made_in_scope(&config, sk) {
         return LSM_ALLOW;
     }
     let Some(address) = read::<u64>(sk, config.unix_sock_addr) else {
@@ -167,6 +168,33 @@ pub(crate) fn in_scope(cgroup_id: u64) -> bool {
         if ancestor == 0 {
             // Deeper than the caller's own cgroup.
             return false;
+        }
+        level += 1;
+    }
+    false
+}
+
+/// Whether the socket `sk` was made by a task in the layer's cgroup or below it: its cgroup
+/// (`sk_cgrp_data.cgroup`) or one of that cgroup's ancestors is the layer's.
+#[inline(always)]
+fn made_in_scope(config: &UnixConfig, sk: u64) -> bool {
+    let Some(cgroup) = read::<u64>(sk, config.sock_cgroup) else {
+        return false;
+    };
+    let Some(mut node) = read::<u64>(cgroup, config.cgroup_kn) else {
+        return false;
+    };
+    let mut level = 0;
+    while level <= MAX_CGROUP_LEVEL {
+        let Some(id) = read::<u64>(node, config.kernfs_id) else {
+            return false;
+        };
+        if id == config.cgroup_id {
+            return true;
+        }
+        match read::<u64>(node, config.kernfs_parent) {
+            Some(parent) if parent != 0 => node = parent,
+            _ => return false,
         }
         level += 1;
     }

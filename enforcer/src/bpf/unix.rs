@@ -105,6 +105,13 @@ pub fn kernel_offsets(btf: &Btf) -> Result<UnixConfig, BtfError> {
         sb_dev: btf.offset_of("super_block", &["s_dev"], 4)?,
         sock_uid: btf.offset_of("sock", &["sk_uid"], 4)?,
         socket_sk: btf.offset_of("socket", &["sk"], POINTER)?,
+        sock_cgroup: btf.offset_of("sock", &["sk_cgrp_data", "cgroup"], POINTER)?,
+        cgroup_kn: btf.offset_of("cgroup", &["kn"], POINTER)?,
+        kernfs_id: btf.offset_of("kernfs_node", &["id"], 8)?,
+        // Renamed `__parent` in Linux 6.15.
+        kernfs_parent: btf
+            .offset_of("kernfs_node", &["parent"], POINTER)
+            .or_else(|_| btf.offset_of("kernfs_node", &["__parent"], POINTER))?,
     })
 }
 

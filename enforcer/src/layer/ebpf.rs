@@ -2,6 +2,7 @@
 
 use super::{BlockedCount, InstanceId, InstanceRules, LayerError, LayerKind, NetworkLayer};
 use crate::bpf::{BpfLayer, compile_rules, family_name, hook_name, protocol_name};
+use crate::trusted_path;
 
 impl NetworkLayer for BpfLayer {
     fn kind(&self) -> LayerKind {
@@ -14,13 +15,24 @@ impl NetworkLayer for BpfLayer {
         replacing: Option<&InstanceId>,
     ) -> Result<(), LayerError> {
         let network = &instance.policy.network;
+        // Root resolves the socket paths: a link the instance planted must not redirect them.
+        let writer = trusted_path::Writer::of_uid(instance.id.uid);
+        let sockets = network
+            .unix_sockets
+            .iter()
+            .map(|path| trusted_path::resolve(path, writer))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|source| LayerError::UntrustedSocketPath {
+                file: instance.policy.source.clone(),
+                source: Box::new(source),
+            })?;
         let compiled = compile_rules(&instance.rules.v4, &instance.rules.v6)
             .and_then(|rules| rules.with_listen(&network.listen_v4, &network.listen_v6))
             .map_err(|source| LayerError::Rules {
                 file: instance.policy.source.clone(),
                 source,
             })?
-            .with_unix_sockets(network.unix_sockets.iter().cloned());
+            .with_unix_sockets(sockets);
         self.apply_instance(instance.id.uid, &compiled)?;
         if let Some(old) = replacing.filter(|old| old.uid != instance.id.uid) {
             // The instance changed users: its old UID is no longer confined by it.

@@ -125,6 +125,12 @@ pub enum LayerError {
         #[source]
         source: RulesError,
     },
+    #[error("{file}: network.unix_sockets: {source}")]
+    UntrustedSocketPath {
+        file: PathBuf,
+        #[source]
+        source: Box<crate::trusted_path::UntrustedPath>,
+    },
     #[error("nftables layer: {0}")]
     Nft(#[from] NftError),
     /// Only the test layer fails this way.

@@ -619,9 +619,9 @@ fn refuse_if_running(instance: &str, cgroup: &Path) -> Result<(), ExecError> {
     }
 }
 
-/// Creates the instance cgroup; a leftover empty one (from a crash) is replaced.
-/// The instance's cgroup, with the policy's `[resources]` limits where the kernel offers the
-/// controllers (said plainly where it does not).
+/// Creates the instance cgroup (a leftover empty one, from a crash, is replaced), with the
+/// policy's `[resources]` limits where the kernel offers the controllers (said plainly where
+/// it does not).
 fn create_cgroup(policy: &Policy, path: &Path) -> Result<Cgroup, ExecError> {
     let instance = policy.name.as_str();
     let cgroup_error = |source| ExecError::Cgroup {

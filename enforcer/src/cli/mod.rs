@@ -6,7 +6,7 @@ mod exec;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, Parser, Subcommand};
 
 /// Where instance policies live unless a command is told otherwise.
 pub const DEFAULT_POLICY_DIR: &str = "/etc/isolate/instances";
@@ -51,6 +51,15 @@ enum Command {
     Status(daemon::StatusArgs),
     /// Ask the running daemon to re-read the policy directory (as SIGHUP does).
     Reload(daemon::ReloadArgs),
+    /// Print the shell completion script for SHELL.
+    ///
+    /// For example `isolate completions bash > /etc/bash_completion.d/isolate`, or
+    /// `isolate completions zsh > "${fpath[1]}/_isolate"`, or
+    /// `isolate completions fish > ~/.config/fish/completions/isolate.fish`.
+    Completions {
+        /// The shell to complete for.
+        shell: clap_complete::Shell,
+    },
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -60,5 +69,14 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Daemon(args) => daemon::run_daemon(&args),
         Command::Status(args) => daemon::run_status(&args),
         Command::Reload(args) => daemon::run_reload(&args),
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "isolate",
+                &mut std::io::stdout(),
+            );
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }

@@ -156,11 +156,6 @@ impl BlockedAttempt {
             (None, _) => format!("{address}:{}", self.port),
         }
     }
-
-    /// Whether the refusal kept something out rather than in.
-    pub fn is_inbound(&self) -> bool {
-        matches!(self.hook, "bind" | "ingress")
-    }
 }
 
 impl fmt::Display for BlockedAttempt {

@@ -4,7 +4,7 @@
 //! repeat the port part of the policy: the union of the ports of every rule that allows TCP.
 //! The address part stays with the network layers (eBPF, nftables).
 
-use isolate_policy::{DnsSetting, Network, PortRange, Protocol};
+use isolate_policy::{DnsSetting, NetRule, Network, PortRange, Protocol};
 
 /// Landlock has no port ranges: each allowed port is one rule. Above this many ports the
 /// ruleset would grow for little gain, so TCP connect is then left to the network layers.
@@ -35,42 +35,17 @@ impl std::fmt::Display for Unrestricted {
 /// The union of the TCP ports `network` allows, as sorted, merged ranges (empty when no rule
 /// allows TCP); or why Landlock cannot restrict TCP connect.
 pub fn tcp_connect_ports(network: &Network) -> Result<Vec<PortRange>, Unrestricted> {
-    let entries = network
-        .allow_v4
-        .iter()
-        .map(|r| (r.ports, r.protocol, r.to_string()))
-        .chain(
-            network
-                .allow_v6
-                .iter()
-                .map(|r| (r.ports, r.protocol, r.to_string())),
-        )
+    let entries = (network.allow_v4.iter().map(entry))
+        .chain(network.allow_v6.iter().map(entry))
         .chain(
             network
                 .hosts
                 .iter()
                 .map(|r| (r.ports, r.protocol, r.to_string())),
         );
-    let mut ranges = Vec::new();
-    for (ports, protocol, entry) in entries {
-        if protocol == Protocol::Udp {
-            continue;
-        }
-        match ports {
-            Some(range) => ranges.push(range),
-            None => return Err(Unrestricted::AllPorts(entry)),
-        }
-    }
     // The resolvers the network layers keep reachable: DNS falls back to TCP for long answers.
-    if network.dns != DnsSetting::None {
-        ranges.push(PortRange::single(53));
-    }
-    let ranges = merge(ranges);
-    let count = port_count(&ranges);
-    if count > MAX_PORT_RULES {
-        return Err(Unrestricted::TooManyPorts(count));
-    }
-    Ok(ranges)
+    let resolvers = (network.dns != DnsSetting::None).then(|| PortRange::single(53));
+    tcp_port_union(entries, resolvers)
 }
 
 /// The TCP ports `network.listen` lets the instance bind, as sorted, merged ranges, with port
@@ -78,17 +53,22 @@ pub fn tcp_connect_ports(network: &Network) -> Result<Vec<PortRange>, Unrestrict
 /// restrict TCP bind. Landlock judges the port only; the address of each entry stays with
 /// the eBPF layer.
 pub fn tcp_bind_ports(network: &Network) -> Result<Vec<PortRange>, Unrestricted> {
-    let entries = network
-        .listen_v4
-        .iter()
-        .map(|r| (r.ports, r.protocol, r.to_string()))
-        .chain(
-            network
-                .listen_v6
-                .iter()
-                .map(|r| (r.ports, r.protocol, r.to_string())),
-        );
-    let mut ranges = vec![PortRange::single(0)];
+    let entries = (network.listen_v4.iter().map(entry)).chain(network.listen_v6.iter().map(entry));
+    tcp_port_union(entries, Some(PortRange::single(0)))
+}
+
+/// A rule's (ports, protocol, spelling), as [`tcp_port_union`] takes it.
+fn entry<N: std::fmt::Display>(rule: &NetRule<N>) -> (Option<PortRange>, Protocol, String) {
+    (rule.ports, rule.protocol, rule.to_string())
+}
+
+/// The TCP ports of `entries` and `extra`, merged; an entry allowing every TCP port, or more
+/// than [`MAX_PORT_RULES`] ports in all, leaves TCP unrestricted.
+fn tcp_port_union(
+    entries: impl Iterator<Item = (Option<PortRange>, Protocol, String)>,
+    extra: Option<PortRange>,
+) -> Result<Vec<PortRange>, Unrestricted> {
+    let mut ranges: Vec<PortRange> = extra.into_iter().collect();
     for (ports, protocol, entry) in entries {
         if protocol == Protocol::Udp {
             continue;

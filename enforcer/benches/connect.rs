@@ -220,6 +220,7 @@ fn measure(options: &Options) -> anyhow::Result<()> {
                 uid: UID,
                 v4: rules,
                 v6: &[],
+                hosts: &[],
                 log: &LOG,
             };
             // A rotated order in every repetition: no configuration always runs first.

@@ -9,6 +9,7 @@ pub mod cgroup;
 pub mod control;
 pub mod daemon;
 pub mod digest;
+pub mod dns;
 pub mod exec;
 pub mod kernel;
 pub mod landlock;

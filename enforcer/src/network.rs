@@ -1,7 +1,7 @@
 //! The network rules an instance's layers enforce: the policy's address rules, plus the
 //! resolvers its `dns` setting keeps reachable, plus the current addresses of its host names.
 
-use std::net::{IpAddr, ToSocketAddrs};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, ToSocketAddrs};
 
 use ipnet::{Ipv4Net, Ipv6Net};
 use isolate_policy::{DnsSetting, HostRule, NetRule, Network, PortRange, Protocol};
@@ -15,6 +15,42 @@ pub struct EffectiveRules {
     pub unresolved: Vec<String>,
     /// Answers that were not admitted, as `name → address (why)`: see [`never_admitted`].
     pub refused: Vec<String>,
+    /// Host names are followed through isolate's resolver (see [`followed_rules`]) rather
+    /// than resolved here.
+    pub followed: bool,
+}
+
+/// Where isolate's resolver for one instance listens: loopback, one port for UDP and TCP in
+/// both families. The eBPF layer sends the instance's DNS queries there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResolverEndpoint {
+    pub v4: Ipv4Addr,
+    pub v6: Ipv6Addr,
+    pub port: u16,
+}
+
+/// The rules when the instance's DNS answers are followed: the policy's address rules, and
+/// its resolver (once it listens) instead of the upstream resolvers, which only isolate asks.
+/// Host names open nothing here: each address is admitted as an answer to the instance's own
+/// lookup gives it.
+pub fn followed_rules(network: &Network, resolver: Option<ResolverEndpoint>) -> EffectiveRules {
+    let mut rules = EffectiveRules {
+        v4: network.allow_v4.clone(),
+        v6: network.allow_v6.clone(),
+        followed: true,
+        ..EffectiveRules::default()
+    };
+    if let Some(resolver) = resolver {
+        let port = Some(PortRange {
+            first: resolver.port,
+            last: resolver.port,
+        });
+        push(&mut rules, IpAddr::V4(resolver.v4), port, Protocol::Any);
+        push(&mut rules, IpAddr::V6(resolver.v6), port, Protocol::Any);
+    }
+    rules.v4 = isolate_policy::normalise_v4(&rules.v4);
+    rules.v6 = isolate_policy::normalise_v6(&rules.v6);
+    rules
 }
 
 /// Computes the rules in force now. `resolv_conf` is the text of `/etc/resolv.conf` (for

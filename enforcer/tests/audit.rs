@@ -30,6 +30,8 @@ fn attempt(destination: &str, comm: &str) -> BlockedAttempt {
         protocol: "tcp",
         hook: "connect",
         unix: None,
+        host: None,
+        record_type: None,
     }
 }
 

@@ -489,9 +489,9 @@ fn detach_removes_everything() {
     };
     assert_eq!(
         ours.len(),
-        8 + unix_programs,
-        "six sock_addr programs (connect, sendmsg, bind), the egress backstop, the ingress \
-         program and the unix-socket programs loaded"
+        10 + unix_programs,
+        "eight sock_addr programs (connect, sendmsg, bind, recvmsg), the egress backstop, the \
+         ingress program and the unix-socket programs loaded"
     );
     let (_listener, addr) = listen("127.0.0.1:0");
     apply(&mut sandbox, &[], &[]);

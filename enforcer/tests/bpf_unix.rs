@@ -705,8 +705,8 @@ fn detach_removes_everything() {
         .collect();
     assert_eq!(
         ours.len(),
-        11,
-        "six sock_addr programs, the egress and ingress programs and three LSM programs loaded"
+        13,
+        "eight sock_addr programs, the egress and ingress programs and three LSM programs loaded"
     );
     let dir = shared_dir();
     let b = dir.path().join("b.sock");

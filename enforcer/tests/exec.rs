@@ -71,7 +71,216 @@ fn main() -> ExitCode {
             "a_shared_users_sockets_outside_the_instance_are_not_its_own",
             shared_user_sockets,
         ),
+        (
+            "host_names_follow_the_instances_own_dns_answers",
+            dns_following,
+        ),
     ])
+}
+
+/// What the instance does in `dns_following`: look names up through whatever resolver
+/// /etc/resolv.conf names, connect to every address found, and report one line per step.
+const DNS_SCRIPT: &str = r"
+import socket, sys, time
+port, other = int(sys.argv[1]), int(sys.argv[2])
+def look(name, family=socket.AF_INET):
+    started = time.monotonic()
+    try:
+        found = sorted({a[4][0] for a in socket.getaddrinfo(name, port, family, socket.SOCK_STREAM)})
+    except socket.gaierror:
+        found = []
+    return found, time.monotonic() - started
+def connect(addr, to=port):
+    s = socket.socket(socket.AF_INET6 if ':' in addr else socket.AF_INET)
+    s.settimeout(5)
+    try:
+        s.connect((addr, to))
+        return 'ok'
+    except OSError as e:
+        return 'errno %d' % e.errno
+    finally:
+        s.close()
+def report(label, name, family=socket.AF_INET):
+    found, took = look(name, family)
+    verdicts = sorted({connect(a) for a in found})
+    print(label, len(found), ','.join(found[:2]), '+'.join(verdicts), 'slow' if took > 2 else 'fast', flush=True)
+report('refused', 'evil.test')
+report('exact', 'api.example.test')
+print('unanswered', connect('192.0.2.99'), flush=True)
+print('other-port', connect('192.0.2.10', other), flush=True)
+report('wildcard', 'x.wild.test')
+report('cname', 'alias.example.test')
+report('v6', 'api6.example.test', socket.AF_INET6)
+# Last: glibc sorts several addresses by connecting a UDP socket to each, and the policy's
+# TCP-only rule refuses (and records) those connects.
+report('many', 'many.example.test')
+report('before', 'changing.example.test')
+time.sleep(3)
+report('after', 'changing.example.test')
+";
+
+/// Inside the test's own network namespace: every address of `192.0.2.0/24`, and `2001:db8::10`,
+/// is local (the answers of `dns_zone` reach the test's listener).
+fn make_answers_local() {
+    for args in [
+        &["route", "add", "local", "192.0.2.0/24", "dev", "lo"][..],
+        &[
+            "-6",
+            "addr",
+            "add",
+            "2001:db8::10/128",
+            "dev",
+            "lo",
+            "nodad",
+        ][..],
+    ] {
+        let status = Command::new("ip")
+            .args(args)
+            .status()
+            .expect("ip (iproute2)");
+        assert!(status.success(), "ip {args:?}");
+    }
+}
+
+/// The test upstream's zone in `dns_following`; `changing.example.test` answers
+/// 192.0.2.`changing`.
+fn dns_zone(changing: u8) -> common::dns_upstream::Zone {
+    use std::net::{Ipv4Addr, Ipv6Addr};
+    let many: Vec<Ipv4Addr> = (100..130).map(|i| Ipv4Addr::new(192, 0, 2, i)).collect();
+    common::dns_upstream::Zone::default()
+        .a("api.example.test", &[Ipv4Addr::new(192, 0, 2, 10)], 60)
+        .a("x.wild.test", &[Ipv4Addr::new(192, 0, 2, 11)], 60)
+        .cname("alias.example.test", "edge.cdn.test", 60)
+        .cname("edge.cdn.test", "cdn-1.provider.test", 60)
+        .a("cdn-1.provider.test", &[Ipv4Addr::new(192, 0, 2, 13)], 5)
+        .a("many.example.test", &many, 60)
+        .aaaa(
+            "api6.example.test",
+            &["2001:db8::10".parse::<Ipv6Addr>().unwrap()],
+            60,
+        )
+        .a(
+            "changing.example.test",
+            &[Ipv4Addr::new(192, 0, 2, changing)],
+            60,
+        )
+        .a("evil.test", &[Ipv4Addr::new(192, 0, 2, 66)], 60)
+}
+
+/// The instance's lookups go to isolate's resolver whatever resolver it asks: a listed name
+/// (exact, wildcard, behind a CNAME chain, 30 addresses retried over TCP, IPv6) resolves
+/// through the test's upstream and connects at once; a changed answer is followed on the next
+/// lookup; an unlisted name is refused without reaching the upstream and recorded by name; an
+/// address nobody answered, or an admitted one on another port, is refused.
+fn dns_following() {
+    use common::dns_upstream::Upstream;
+    make_answers_local();
+    let listener = TcpListener::bind("[::]:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let other_port = TcpListener::bind("[::]:0").unwrap();
+    let other = other_port.local_addr().unwrap().port();
+    let upstream = Upstream::start("127.0.0.2:53".parse().unwrap(), dns_zone(20)).unwrap();
+    let hosts = [
+        "api.example.test",
+        "*.wild.test",
+        "alias.example.test",
+        "many.example.test",
+        "api6.example.test",
+        "changing.example.test",
+    ];
+    let allow: Vec<String> = hosts
+        .iter()
+        .map(|h| format!("\"{h}:{port}/tcp\""))
+        .collect();
+    let instance = Instance::new(&format!("allow = [{}]", allow.join(", ")), "");
+    let policy = std::fs::read_to_string(&instance.policy)
+        .unwrap()
+        // Records of glibc's UDP connects (below) must not crowd out the ones looked for.
+        .replace(
+            "dns = \"none\"",
+            "dns = [\"127.0.0.2\"]\nlog = { rate = \"1000/second\" }",
+        );
+    std::fs::write(&instance.policy, policy).unwrap();
+    let (out, changed) = std::thread::scope(|scope| {
+        let changer = scope.spawn(|| {
+            // Once the instance has the first answer, the name moves.
+            let started = Instant::now();
+            while !upstream
+                .asked()
+                .iter()
+                .any(|(n, _, _)| n == "changing.example.test")
+            {
+                if started.elapsed() > Duration::from_mins(2) {
+                    return false;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            upstream.set_zone(dns_zone(21));
+            true
+        });
+        let out = instance.run(&[
+            "/usr/bin/python3",
+            "-c",
+            DNS_SCRIPT,
+            &port.to_string(),
+            &other.to_string(),
+        ]);
+        (out, changer.join().unwrap())
+    });
+    let text = stdout(&out);
+    let err = stderr(&out);
+    assert!(out.status.success(), "{text}\n{err}");
+    assert!(
+        changed,
+        "the instance never asked for changing.example.test:\n{text}\n{err}"
+    );
+    let eperm = format!("errno {}", libc::EPERM);
+    for wanted in [
+        "exact 1 192.0.2.10 ok fast".to_owned(),
+        "wildcard 1 192.0.2.11 ok fast".to_owned(),
+        "cname 1 192.0.2.13 ok fast".to_owned(),
+        "many 30 192.0.2.100,192.0.2.101 ok fast".to_owned(),
+        "v6 1 2001:db8::10 ok fast".to_owned(),
+        "refused 0   fast".to_owned(),
+        format!("unanswered {eperm}"),
+        format!("other-port {eperm}"),
+        "before 1 192.0.2.20 ok fast".to_owned(),
+        "after 1 192.0.2.21 ok fast".to_owned(),
+    ] {
+        assert!(
+            text.lines().any(|line| line == wanted),
+            "wanted {wanted:?} in:\n{text}\n{err}"
+        );
+    }
+    let asked = upstream.asked();
+    assert!(
+        !asked.iter().any(|(name, _, _)| name == "evil.test"),
+        "an unlisted name reached the upstream: {asked:?}"
+    );
+    assert!(
+        asked
+            .iter()
+            .any(|(name, _, transport)| name == "many.example.test" && *transport == "tcp"),
+        "the truncated answer was retried over TCP: {asked:?}"
+    );
+    assert_dns_records(&instance.name, &err, port, other);
+}
+
+/// The records of `dns_following`: the refused name, by name; the unanswered address; the
+/// admitted address on another port, with the name that admitted it.
+fn assert_dns_records(instance: &str, err: &str, port: u16, other: u16) {
+    let records = record_messages(instance, err, 3);
+    let prefix = format!("isolate-{instance}-blocked");
+    for wanted in [
+        format!("{prefix} udp dns evil.test A"),
+        format!("{prefix} tcp 192.0.2.99:{port} "),
+        format!("{prefix} tcp 192.0.2.10:{other} (api.example.test) "),
+    ] {
+        assert!(
+            records.iter().any(|r| r.starts_with(&wanted)),
+            "no record {wanted:?} in {records:#?}\n{err}"
+        );
+    }
 }
 
 /// The unix-socket programs let an instance reach its own sockets; a socket the same (named)
@@ -495,16 +704,28 @@ fn network() {
     );
 }
 
-/// The audit records of `instance`: journald's MESSAGE fields when journald runs (after
-/// checking each record's structured fields), else the matching stderr lines.
-fn audit_records(instance: &str, stderr: &str, at_least: usize) -> Vec<String> {
-    if !Path::new("/run/systemd/journal/socket").exists() {
-        let prefix = format!("isolate-{instance}-blocked");
-        return stderr
-            .lines()
-            .filter(|l| l.starts_with(&prefix))
-            .map(str::to_owned)
+/// The audit records of `instance`: journald's MESSAGE fields when journald runs, else the
+/// matching stderr lines.
+fn record_messages(instance: &str, stderr: &str, at_least: usize) -> Vec<String> {
+    if let Some(entries) = journal_entries(instance, at_least) {
+        return entries
+            .iter()
+            .map(|e| e["MESSAGE"].as_str().unwrap_or_default().to_owned())
             .collect();
+    }
+    let prefix = format!("isolate-{instance}-blocked");
+    stderr
+        .lines()
+        .filter(|l| l.starts_with(&prefix))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// journald's records of `instance` (once there are `at_least`, or after 5 s), or `None`
+/// where journald does not run.
+fn journal_entries(instance: &str, at_least: usize) -> Option<Vec<serde_json::Value>> {
+    if !Path::new("/run/systemd/journal/socket").exists() {
+        return None;
     }
     let started = Instant::now();
     loop {
@@ -522,32 +743,37 @@ fn audit_records(instance: &str, stderr: &str, at_least: usize) -> Vec<String> {
             .map(|l| serde_json::from_str(l).expect("journalctl -o json line"))
             .collect();
         if entries.len() >= at_least || started.elapsed() > Duration::from_secs(5) {
-            for entry in &entries {
-                for field in [
-                    "ISOLATE_LAYER",
-                    "ISOLATE_DEST",
-                    "ISOLATE_PORT",
-                    "ISOLATE_PROTO",
-                    "ISOLATE_PID",
-                    "ISOLATE_COMM",
-                    "ISOLATE_UID",
-                ] {
-                    assert!(
-                        entry.get(field).is_some(),
-                        "journal record without {field}: {entry}"
-                    );
-                }
-                assert_eq!(entry["ISOLATE_DEST"], "127.0.0.1", "{entry}");
-                assert_eq!(entry["ISOLATE_PROTO"], "tcp", "{entry}");
-                assert_eq!(entry["ISOLATE_LAYER"], "ebpf-connect", "{entry}");
-            }
-            return entries
-                .iter()
-                .map(|e| e["MESSAGE"].as_str().unwrap_or_default().to_owned())
-                .collect();
+            return Some(entries);
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// The audit records of `instance` (see [`record_messages`]), each journald record checked
+/// for the structured fields of a refused TCP connect to 127.0.0.1.
+fn audit_records(instance: &str, stderr: &str, at_least: usize) -> Vec<String> {
+    if let Some(entries) = journal_entries(instance, at_least) {
+        for entry in &entries {
+            for field in [
+                "ISOLATE_LAYER",
+                "ISOLATE_DEST",
+                "ISOLATE_PORT",
+                "ISOLATE_PROTO",
+                "ISOLATE_PID",
+                "ISOLATE_COMM",
+                "ISOLATE_UID",
+            ] {
+                assert!(
+                    entry.get(field).is_some(),
+                    "journal record without {field}: {entry}"
+                );
+            }
+            assert_eq!(entry["ISOLATE_DEST"], "127.0.0.1", "{entry}");
+            assert_eq!(entry["ISOLATE_PROTO"], "tcp", "{entry}");
+            assert_eq!(entry["ISOLATE_LAYER"], "ebpf-connect", "{entry}");
+        }
+    }
+    record_messages(instance, stderr, at_least)
 }
 
 fn private_tmpdir() {

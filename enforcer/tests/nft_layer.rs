@@ -74,6 +74,7 @@ fn policy<'a>(v4: &'a [NetRule<Ipv4Net>], v6: &'a [NetRule<Ipv6Net>]) -> NftPoli
         uid: CONFINED,
         v4,
         v6,
+        hosts: &[],
         log: &LOG,
     }
 }

@@ -61,8 +61,9 @@ fn startup_timeout() -> Duration {
 }
 
 /// The example as served, with a fake resolver answering every name with an address of
-/// 203.0.113.0/24: opencode's calls to models.opencode.ai and registry.npmjs.org on 443 are
-/// refused at once and recorded, and it keeps serving.
+/// 203.0.113.0/24: opencode's lookups of models.opencode.ai and registry.npmjs.org are refused
+/// by isolate's resolver and recorded by name, without ever reaching the fake resolver, and
+/// opencode keeps serving.
 fn serves_and_is_confined() {
     let resolver = first_nameserver().expect(
         "this test needs a `nameserver` line in /etc/resolv.conf (dns = \"system\" allows it)",
@@ -87,21 +88,15 @@ fn serves_and_is_confined() {
         "opencode lists the project: {files}"
     );
 
-    // Both names opencode looks up at start, refused on 443 and recorded.
+    // Both names opencode looks up at start, refused by name and recorded.
     let wanted = ["models.opencode.ai", "registry.npmjs.org"];
     let deadline = Instant::now() + startup_timeout();
     let mut missing: Vec<String>;
     loop {
-        let answered = dns.answered();
         let records = run.records();
         missing = wanted
             .iter()
-            .filter(|name| {
-                !answered.get(**name).is_some_and(|addr| {
-                    let prefix = format!("isolate-{}-blocked tcp {addr}:443 ", run.name);
-                    records.iter().any(|r| r.message.starts_with(&prefix))
-                })
-            })
+            .filter(|name| !records.iter().any(|r| r.refuses_lookup_of(&run.name, name)))
             .map(|name| (*name).to_owned())
             .collect();
         run.sample_rss();
@@ -119,11 +114,18 @@ fn serves_and_is_confined() {
     let records = run.records();
     let blocked = records.len();
     for record in &records {
-        assert_eq!(
-            record.layer, "ebpf-connect",
-            "refused by the eBPF layer at connect: {record:?}"
+        assert!(
+            record.layer == "resolver" || record.layer == "ebpf-connect",
+            "refused by isolate's resolver or the eBPF layer at connect: {record:?}"
         );
     }
+    assert!(
+        dns.answered()
+            .keys()
+            .all(|name| !wanted.contains(&name.as_str())),
+        "a refused name reached the resolver: {:?}",
+        dns.answered()
+    );
     run.assert_healthy();
     // Its state landed in the instance's home, TMPDIR included.
     for dir in [".local/share/opencode", ".config/opencode", "tmp/opencode"] {
@@ -177,10 +179,10 @@ fn dns_off() {
     run.assert_clean();
 }
 
-/// The README's way to let a provider in: a host name added to `network.allow`. isolate
-/// resolves it when the instance starts (here: through the fake resolver, to 192.0.2.2, where the
-/// test listens on 443); opencode's connection to it goes through, unrecorded, while the other
-/// host stays blocked.
+/// The README's way to let a provider in: a host name added to `network.allow`. opencode's own
+/// lookup of it goes through isolate's resolver to the fake resolver, which answers 192.0.2.2
+/// (where the test listens on 443); the answer is admitted before opencode gets it, so its
+/// connection goes through at once, unrecorded, while the other name is refused by name.
 fn allowed_host() {
     let resolver = first_nameserver().expect(
         "this test needs a `nameserver` line in /etc/resolv.conf (dns = \"system\" allows it)",
@@ -205,11 +207,10 @@ fn allowed_host() {
             run.diagnostics()
         );
         reached |= provider.accept().is_ok();
-        let npm = dns.answered().get("registry.npmjs.org").copied();
-        npm_blocked = npm.is_some_and(|addr| {
-            let prefix = format!("isolate-{}-blocked tcp {addr}:443 ", run.name);
-            run.records().iter().any(|r| r.message.starts_with(&prefix))
-        });
+        npm_blocked = run
+            .records()
+            .iter()
+            .any(|r| r.refuses_lookup_of(&run.name, "registry.npmjs.org"));
         std::thread::sleep(Duration::from_millis(100));
     }
     let allowed = format!("isolate-{}-blocked tcp {LOCAL_ANSWER}:", run.name);
@@ -230,6 +231,18 @@ fn allowed_host() {
 struct Record {
     message: String,
     layer: String,
+}
+
+impl Record {
+    /// Whether this is isolate's resolver refusing `instance`'s lookup of `name` (any record
+    /// type, over UDP or TCP).
+    fn refuses_lookup_of(&self, instance: &str, name: &str) -> bool {
+        ["udp", "tcp"].iter().any(|protocol| {
+            self.message.starts_with(&format!(
+                "isolate-{instance}-blocked {protocol} dns {name} "
+            ))
+        })
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]

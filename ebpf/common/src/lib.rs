@@ -26,6 +26,17 @@ pub mod map_names {
     pub const LISTEN_V4: &str = "LISTEN_V4";
     /// `LpmTrie<V6Key, AllowValue>`: as `LISTEN_V4`, for IPv6.
     pub const LISTEN_V6: &str = "LISTEN_V6";
+    /// `HashMap<u32 uid, DnsRedirect>`: where a confined UID's DNS queries go instead (the
+    /// resolver of isolate that follows its answers). A UID without an entry keeps its
+    /// destinations.
+    pub const DNS_REDIRECT: &str = "DNS_REDIRECT";
+    /// `LruHashMap<u64 socket cookie, DnsOrigin>`: the resolver a redirected socket asked, so
+    /// that its answers seem to come from there.
+    pub const DNS_ORIGINS: &str = "DNS_ORIGINS";
+    /// `HashMap<HostV4Key, HostValue>`: IPv4 addresses a DNS answer admitted for a UID.
+    pub const HOSTS_V4: &str = "HOSTS_V4";
+    /// `HashMap<HostV6Key, HostValue>`: as `HOSTS_V4`, for IPv6.
+    pub const HOSTS_V6: &str = "HOSTS_V6";
 }
 
 /// Names of the programs in the eBPF object.
@@ -38,8 +49,13 @@ pub mod program_names {
     pub const BIND6: &str = "isolate_bind6";
     pub const EGRESS: &str = "isolate_egress";
     pub const INGRESS: &str = "isolate_ingress";
+    /// Answers to redirected DNS queries: their source becomes the resolver asked.
+    pub const RECVMSG4: &str = "isolate_recvmsg4";
+    pub const RECVMSG6: &str = "isolate_recvmsg6";
     /// Every cgroup `sock_addr` program, in attach order.
-    pub const SOCK_ADDR: [&str; 6] = [CONNECT4, CONNECT6, SENDMSG4, SENDMSG6, BIND4, BIND6];
+    pub const SOCK_ADDR: [&str; 8] = [
+        CONNECT4, CONNECT6, SENDMSG4, SENDMSG6, BIND4, BIND6, RECVMSG4, RECVMSG6,
+    ];
     /// Every `cgroup_skb` program (packet hooks).
     pub const SKB: [&str; 2] = [EGRESS, INGRESS];
     /// BPF LSM program on `unix_stream_connect` (stream and seqpacket connects).
@@ -67,10 +83,17 @@ pub const MAX_LISTEN_ENTRIES: u32 = 1 << 14;
 /// Confined UIDs.
 pub const MAX_INSTANCES: u32 = 4096;
 /// Counters each confined UID has: (IPv4, IPv6) × (TCP, UDP, other) × (connect, sendmsg,
-/// egress, bind, ingress), unix (stream, datagram), and other socket families.
-pub const COUNTERS_PER_INSTANCE: u32 = 2 * 3 * 5 + 2 + 1;
+/// egress, bind, ingress, dns), unix (stream, datagram), and other socket families.
+pub const COUNTERS_PER_INSTANCE: u32 = 2 * 3 * 6 + 2 + 1;
 /// Port rules one destination prefix can carry.
 pub const MAX_PORT_RULES: usize = 8;
+
+/// Addresses DNS answers admitted (all instances together, per family).
+pub const MAX_HOST_ENTRIES: u32 = 1 << 16;
+/// Port rules one admitted address can carry (host rules of the policy that answered it).
+pub const MAX_HOST_RULES: usize = 4;
+/// Redirected sockets remembered at once (least recently used are forgotten first).
+pub const MAX_DNS_ORIGINS: u32 = 1 << 14;
 
 /// Allowed unix-socket locations (all instances together).
 pub const MAX_UNIX_ENTRIES: u32 = 1 << 16;
@@ -164,6 +187,87 @@ impl AllowValue {
     }
 }
 
+/// Where a UID's DNS queries (TCP and UDP port 53, to any address) are sent instead:
+/// isolate's resolver for it, on loopback. Addresses in network byte order, port in host order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DnsRedirect {
+    pub addr_v4: [u8; 4],
+    pub addr_v6: [u8; 16],
+    pub port: u16,
+    pub _pad: u16,
+}
+
+/// The resolver a redirected socket addressed: its answers are made to come from there.
+/// `addr` as in `BlockEvent::addr`; `port` in host order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DnsOrigin {
+    pub addr: [u8; 16],
+    pub port: u16,
+    pub family: u8,
+    pub _pad: [u8; 5],
+}
+
+/// Key of an address a DNS answer admitted for `uid` (network byte order).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct HostV4Key {
+    pub uid: u32,
+    pub addr: [u8; 4],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct HostV6Key {
+    pub uid: u32,
+    pub addr: [u8; 16],
+}
+
+/// One way an admitted address may be reached, until `expires_ns` (`bpf_ktime_get_boot_ns`,
+/// `CLOCK_BOOTTIME`): the answer's TTL plus a grace period. A rule whose time has passed
+/// permits nothing, whether or not user space has removed it yet.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HostRule {
+    pub expires_ns: u64,
+    pub first: u16,
+    pub last: u16,
+    pub protocols: u8,
+    pub _pad: [u8; 3],
+}
+
+/// What an admitted address permits: the port rules of the host rules whose names answered it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HostValue {
+    pub rules: [HostRule; MAX_HOST_RULES],
+}
+
+impl HostValue {
+    /// Whether `port` over `protocol` is permitted at boot-clock time `now_ns`.
+    #[inline(always)]
+    #[allow(
+        clippy::inline_always,
+        reason = "eBPF programs must not call out for this"
+    )]
+    pub fn permits(&self, port: u16, protocol: u8, now_ns: u64) -> bool {
+        let mut i = 0;
+        while i < MAX_HOST_RULES {
+            let rule = &self.rules[i];
+            if now_ns < rule.expires_ns
+                && rule.protocols & protocol != 0
+                && rule.first <= port
+                && port <= rule.last
+            {
+                return true;
+            }
+            i += 1;
+        }
+        false
+    }
+}
+
 /// Address families, as in `BlockEvent::family` and `CounterKey::family`.
 pub const FAMILY_V4: u8 = 4;
 pub const FAMILY_V6: u8 = 6;
@@ -188,13 +292,17 @@ pub const HOOK_BIND: u8 = 5;
 pub const HOOK_INGRESS: u8 = 6;
 /// The BPF LSM `socket_create` hook: a socket of a family no other hook judges.
 pub const HOOK_SOCKET: u8 = 7;
+/// A DNS question isolate's resolver refused (the name is not in the policy). Counted by
+/// user space, in the same counters, under the family and protocol the question came over.
+pub const HOOK_DNS: u8 = 8;
 /// Every hook of the address families (not unix), in counter order.
-pub const INET_HOOKS: [u8; 5] = [
+pub const INET_HOOKS: [u8; 6] = [
     HOOK_CONNECT,
     HOOK_SENDMSG,
     HOOK_EGRESS,
     HOOK_BIND,
     HOOK_INGRESS,
+    HOOK_DNS,
 ];
 
 /// Key of the blocked-attempt counters.
@@ -351,4 +459,10 @@ mod pod {
     unsafe impl aya::Pod for super::BlockEvent {}
     unsafe impl aya::Pod for super::UnixKey {}
     unsafe impl aya::Pod for super::UnixConfig {}
+    unsafe impl aya::Pod for super::DnsRedirect {}
+    unsafe impl aya::Pod for super::DnsOrigin {}
+    unsafe impl aya::Pod for super::HostV4Key {}
+    unsafe impl aya::Pod for super::HostV6Key {}
+    unsafe impl aya::Pod for super::HostRule {}
+    unsafe impl aya::Pod for super::HostValue {}
 }

@@ -10,16 +10,18 @@ mod unix;
 
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_ktime_get_ns,
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
+        bpf_get_socket_cookie, bpf_ktime_get_boot_ns, bpf_ktime_get_ns,
     },
     macros::{cgroup_skb, cgroup_sock_addr, map},
-    maps::{HashMap, LpmTrie, PerCpuHashMap, RingBuf, lpm_trie::Key},
+    maps::{HashMap, LpmTrie, LruHashMap, PerCpuHashMap, RingBuf, lpm_trie::Key},
     programs::{SkBuffContext, SockAddrContext},
 };
 use isolate_ebpf_common::{
-    AllowValue, BlockEvent, COUNTERS_PER_INSTANCE, CounterKey, FAMILY_V4, FAMILY_V6, HOOK_BIND,
-    HOOK_CONNECT, HOOK_EGRESS, HOOK_INGRESS, HOOK_SENDMSG, InstanceState, KEY_HEADER_BITS,
-    MAX_ALLOW_ENTRIES, MAX_INSTANCES, MAX_LISTEN_ENTRIES, PROTO_OTHER, PROTO_TCP, PROTO_UDP, V4Key,
+    AllowValue, BlockEvent, COUNTERS_PER_INSTANCE, CounterKey, DnsOrigin, DnsRedirect, FAMILY_V4,
+    FAMILY_V6, HOOK_BIND, HOOK_CONNECT, HOOK_EGRESS, HOOK_INGRESS, HOOK_SENDMSG, HostV4Key,
+    HostV6Key, HostValue, InstanceState, KEY_HEADER_BITS, MAX_ALLOW_ENTRIES, MAX_DNS_ORIGINS,
+    MAX_HOST_ENTRIES, MAX_INSTANCES, MAX_LISTEN_ENTRIES, PROTO_OTHER, PROTO_TCP, PROTO_UDP, V4Key,
     V6Key,
 };
 
@@ -56,6 +58,22 @@ static BLOCKED: PerCpuHashMap<CounterKey, u64> =
 #[map(name = "EVENTS")]
 static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 
+#[map(name = "DNS_REDIRECT")]
+static DNS_REDIRECT: HashMap<u32, DnsRedirect> = HashMap::with_max_entries(MAX_INSTANCES, 0);
+
+#[map(name = "DNS_ORIGINS")]
+static DNS_ORIGINS: LruHashMap<u64, DnsOrigin> = LruHashMap::with_max_entries(MAX_DNS_ORIGINS, 0);
+
+/// Addresses that DNS answers admitted, each with the port rules of the names that answered
+/// it and when they expire. Judged alongside the allow tries.
+#[map(name = "HOSTS_V4")]
+static HOSTS_V4: HashMap<HostV4Key, HostValue> = HashMap::with_max_entries(MAX_HOST_ENTRIES, 0);
+
+#[map(name = "HOSTS_V6")]
+static HOSTS_V6: HashMap<HostV6Key, HostValue> = HashMap::with_max_entries(MAX_HOST_ENTRIES, 0);
+
+const DNS_PORT: u16 = 53;
+
 #[cgroup_sock_addr(connect4)]
 pub fn isolate_connect4(ctx: SockAddrContext) -> i32 {
     judge_v4(&ctx, HOOK_CONNECT)
@@ -88,6 +106,202 @@ pub fn isolate_bind4(ctx: SockAddrContext) -> i32 {
 #[cgroup_sock_addr(bind6)]
 pub fn isolate_bind6(ctx: SockAddrContext) -> i32 {
     judge_v6(&ctx, HOOK_BIND)
+}
+
+/// A redirected socket's answers arrive from isolate's resolver: they are made to come from the
+/// resolver the socket addressed (resolver libraries drop answers from anyone else). Always
+/// lets the datagram through (recvmsg programs cannot refuse).
+#[cgroup_sock_addr(recvmsg4)]
+pub fn isolate_recvmsg4(ctx: SockAddrContext) -> i32 {
+    let Some(redirect) = dns_redirect_of_caller() else {
+        return VERDICT_ALLOW;
+    };
+    // SAFETY: as in port_and_protocol.
+    let (ip, port) = unsafe {
+        let sa = ctx.sock_addr;
+        (
+            core::ptr::read_volatile(&raw const (*sa).user_ip4),
+            core::ptr::read_volatile(&raw const (*sa).user_port),
+        )
+    };
+    if ip.to_ne_bytes() != redirect.addr_v4 || u16::from_be(port as u16) != redirect.port {
+        return VERDICT_ALLOW;
+    }
+    // SAFETY: the context is the sock_addr the helper expects.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
+    // SAFETY: the value is copied out at once.
+    if let Some(origin) = unsafe { DNS_ORIGINS.get(&cookie) }
+        && origin.family == FAMILY_V4
+    {
+        let [a, b, c, d, ..] = origin.addr;
+        // SAFETY: recvmsg4 programs may write the source address and port.
+        unsafe {
+            let sa = ctx.sock_addr;
+            core::ptr::write_volatile(&raw mut (*sa).user_ip4, u32::from_ne_bytes([a, b, c, d]));
+            core::ptr::write_volatile(&raw mut (*sa).user_port, u32::from(origin.port.to_be()));
+        }
+    }
+    VERDICT_ALLOW
+}
+
+#[cgroup_sock_addr(recvmsg6)]
+pub fn isolate_recvmsg6(ctx: SockAddrContext) -> i32 {
+    let Some(redirect) = dns_redirect_of_caller() else {
+        return VERDICT_ALLOW;
+    };
+    let (addr, port) = sock_addr_v6(&ctx);
+    // A v6 socket that asked a v4-mapped resolver was sent to the mapped v4 resolver.
+    let from_resolver = addr == redirect.addr_v6 || addr == v4_mapped(redirect.addr_v4);
+    if !from_resolver || port != redirect.port {
+        return VERDICT_ALLOW;
+    }
+    // SAFETY: the context is the sock_addr the helper expects.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
+    // SAFETY: the value is copied out at once.
+    if let Some(origin) = unsafe { DNS_ORIGINS.get(&cookie) }
+        && origin.family == FAMILY_V6
+    {
+        write_sock_addr_v6(&ctx, origin.addr, origin.port);
+    }
+    VERDICT_ALLOW
+}
+
+/// The resolver the calling UID's DNS queries go to, when it is confined and has one.
+#[inline(always)]
+fn dns_redirect_of_caller() -> Option<DnsRedirect> {
+    let uid = bpf_get_current_uid_gid() as u32;
+    // SAFETY: the value is copied out at once; user space only replaces whole entries.
+    unsafe { DNS_REDIRECT.get(&uid) }.copied()
+}
+
+/// Sends a DNS query (TCP or UDP to port 53, whatever the address) of a UID that has a
+/// resolver to that resolver instead, and remembers where it was going. `false` when the
+/// query stays as it is (the UID has no resolver, or this is not DNS).
+#[inline(always)]
+fn redirect_dns_v4(ctx: &SockAddrContext, uid: u32, addr: [u8; 4], port: u16, proto: u8) -> bool {
+    if port != DNS_PORT || proto == PROTO_OTHER {
+        return false;
+    }
+    // SAFETY: the value is copied out at once.
+    let Some(redirect) = (unsafe { DNS_REDIRECT.get(&uid) }).copied() else {
+        return false;
+    };
+    let mut origin = [0u8; 16];
+    origin[..4].copy_from_slice(&addr);
+    remember_origin(ctx, origin, FAMILY_V4);
+    // SAFETY: connect4 and sendmsg4 programs may write the destination address and port.
+    unsafe {
+        let sa = ctx.sock_addr;
+        core::ptr::write_volatile(
+            &raw mut (*sa).user_ip4,
+            u32::from_ne_bytes(redirect.addr_v4),
+        );
+        core::ptr::write_volatile(&raw mut (*sa).user_port, u32::from(redirect.port.to_be()));
+    }
+    true
+}
+
+/// As `redirect_dns_v4`, for IPv6 sockets (a v4-mapped resolver goes to the mapped v4 one).
+#[inline(always)]
+fn redirect_dns_v6(ctx: &SockAddrContext, uid: u32, addr: [u8; 16], port: u16, proto: u8) -> bool {
+    if port != DNS_PORT || proto == PROTO_OTHER {
+        return false;
+    }
+    // SAFETY: the value is copied out at once.
+    let Some(redirect) = (unsafe { DNS_REDIRECT.get(&uid) }).copied() else {
+        return false;
+    };
+    remember_origin(ctx, addr, FAMILY_V6);
+    let to = if is_v4_mapped(&addr) {
+        v4_mapped(redirect.addr_v4)
+    } else {
+        redirect.addr_v6
+    };
+    write_sock_addr_v6(ctx, to, redirect.port);
+    true
+}
+
+#[inline(always)]
+fn remember_origin(ctx: &SockAddrContext, addr: [u8; 16], family: u8) {
+    // SAFETY: the context is the sock_addr the helper expects.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
+    let origin = DnsOrigin {
+        addr,
+        port: DNS_PORT,
+        family,
+        _pad: [0; 5],
+    };
+    // A full map forgets its least recently used socket: that socket's answers then come
+    // from the resolver's own address, which resolver libraries drop (no answer, no leak).
+    let _ = DNS_ORIGINS.insert(&cookie, &origin, 0);
+}
+
+#[inline(always)]
+fn is_v4_mapped(addr: &[u8; 16]) -> bool {
+    addr[..10] == [0; 10] && addr[10] == 0xff && addr[11] == 0xff
+}
+
+#[inline(always)]
+fn v4_mapped(v4: [u8; 4]) -> [u8; 16] {
+    let mut addr = [0u8; 16];
+    addr[10] = 0xff;
+    addr[11] = 0xff;
+    addr[12..].copy_from_slice(&v4);
+    addr
+}
+
+/// The IPv6 address (network order bytes) and port (host order) of a sock_addr context.
+#[inline(always)]
+fn sock_addr_v6(ctx: &SockAddrContext) -> ([u8; 16], u16) {
+    // SAFETY: as in port_and_protocol.
+    let (words, port) = unsafe {
+        let sa = ctx.sock_addr;
+        (
+            [
+                core::ptr::read_volatile(&raw const (*sa).user_ip6[0]),
+                core::ptr::read_volatile(&raw const (*sa).user_ip6[1]),
+                core::ptr::read_volatile(&raw const (*sa).user_ip6[2]),
+                core::ptr::read_volatile(&raw const (*sa).user_ip6[3]),
+            ],
+            core::ptr::read_volatile(&raw const (*sa).user_port),
+        )
+    };
+    let mut addr = [0u8; 16];
+    addr[0..4].copy_from_slice(&words[0].to_ne_bytes());
+    addr[4..8].copy_from_slice(&words[1].to_ne_bytes());
+    addr[8..12].copy_from_slice(&words[2].to_ne_bytes());
+    addr[12..16].copy_from_slice(&words[3].to_ne_bytes());
+    (addr, u16::from_be(port as u16))
+}
+
+#[inline(always)]
+fn write_sock_addr_v6(ctx: &SockAddrContext, addr: [u8; 16], port: u16) {
+    let word = |i: usize| u32::from_ne_bytes([addr[i], addr[i + 1], addr[i + 2], addr[i + 3]]);
+    // SAFETY: connect6, sendmsg6 and recvmsg6 programs may write the address and port, one
+    // u32 at a time.
+    unsafe {
+        let sa = ctx.sock_addr;
+        core::ptr::write_volatile(&raw mut (*sa).user_ip6[0], word(0));
+        core::ptr::write_volatile(&raw mut (*sa).user_ip6[1], word(4));
+        core::ptr::write_volatile(&raw mut (*sa).user_ip6[2], word(8));
+        core::ptr::write_volatile(&raw mut (*sa).user_ip6[3], word(12));
+        core::ptr::write_volatile(&raw mut (*sa).user_port, u32::from(port.to_be()));
+    }
+}
+
+/// Whether a DNS answer admitted (`addr`, `port`, `proto`) for `uid`, and has not expired.
+#[inline(always)]
+fn admitted_v4(uid: u32, addr: [u8; 4], port: u16, proto: u8) -> bool {
+    // SAFETY: the value is only read.
+    unsafe { HOSTS_V4.get(&HostV4Key { uid, addr }) }
+        .is_some_and(|host| host.permits(port, proto, unsafe { bpf_ktime_get_boot_ns() }))
+}
+
+#[inline(always)]
+fn admitted_v6(uid: u32, addr: [u8; 16], port: u16, proto: u8) -> bool {
+    // SAFETY: the value is only read.
+    unsafe { HOSTS_V6.get(&HostV6Key { uid, addr }) }
+        .is_some_and(|host| host.permits(port, proto, unsafe { bpf_ktime_get_boot_ns() }))
 }
 
 const ETH_P_IP: u32 = 0x0800;
@@ -219,7 +433,8 @@ fn ingress_v4(ctx: &SkBuffContext, uid: u32, generation: u32) -> i32 {
         } => {
             if permits_v4(&LISTEN_V4, uid, generation, daddr, local_port, proto)
                 || (proto == PROTO_UDP
-                    && permits_v4(&ALLOW_V4, uid, generation, saddr, source_port, proto))
+                    && (permits_v4(&ALLOW_V4, uid, generation, saddr, source_port, proto)
+                        || admitted_v4(uid, saddr, source_port, proto)))
             {
                 return VERDICT_ALLOW;
             }
@@ -253,7 +468,8 @@ fn ingress_v6(ctx: &SkBuffContext, uid: u32, generation: u32) -> i32 {
             // A v4-mapped local address is never seen here: such packets arrive as IPv4.
             if permits_v6(&LISTEN_V6, uid, generation, daddr, local_port, proto)
                 || (proto == PROTO_UDP
-                    && permits_v6(&ALLOW_V6, uid, generation, saddr, source_port, proto))
+                    && (permits_v6(&ALLOW_V6, uid, generation, saddr, source_port, proto)
+                        || admitted_v6(uid, saddr, source_port, proto)))
             {
                 return VERDICT_ALLOW;
             }
@@ -397,7 +613,11 @@ fn judge_v4(ctx: &SockAddrContext, hook: u8) -> i32 {
         return VERDICT_ALLOW;
     }
     // user_ip4 is in network byte order in memory: its native bytes are the address bytes.
-    judge_v4_addr::<true>(uid, generation, ip.to_ne_bytes(), port, proto, hook)
+    let addr = ip.to_ne_bytes();
+    if hook != HOOK_BIND && redirect_dns_v4(ctx, uid, addr, port, proto) {
+        return VERDICT_ALLOW;
+    }
+    judge_v4_addr::<true>(uid, generation, addr, port, proto, hook)
 }
 
 #[inline(always)]
@@ -414,7 +634,9 @@ fn judge_v4_addr<const IN_TASK: bool>(
     } else {
         &ALLOW_V4
     };
-    if permits_v4(rules, uid, generation, addr, port, proto) {
+    if permits_v4(rules, uid, generation, addr, port, proto)
+        || (hook != HOOK_BIND && admitted_v4(uid, addr, port, proto))
+    {
         return VERDICT_ALLOW;
     }
     let mut dest = [0u8; 16];
@@ -428,30 +650,20 @@ fn judge_v6(ctx: &SockAddrContext, hook: u8) -> i32 {
     let Some((uid, generation)) = confined_caller() else {
         return VERDICT_ALLOW;
     };
-    // SAFETY: as in port_and_protocol.
-    let words = unsafe {
-        let sa = ctx.sock_addr;
-        [
-            core::ptr::read_volatile(&raw const (*sa).user_ip6[0]),
-            core::ptr::read_volatile(&raw const (*sa).user_ip6[1]),
-            core::ptr::read_volatile(&raw const (*sa).user_ip6[2]),
-            core::ptr::read_volatile(&raw const (*sa).user_ip6[3]),
-        ]
-    };
+    let (addr, _) = sock_addr_v6(ctx);
     let (port, proto) = port_and_protocol(ctx);
     if hook == HOOK_BIND && port == 0 {
         return VERDICT_ALLOW;
     }
+    if hook != HOOK_BIND && redirect_dns_v6(ctx, uid, addr, port, proto) {
+        return VERDICT_ALLOW;
+    }
     // ::ffff:a.b.c.d reaches an IPv4 host: judge it by the IPv4 policy, so a v6 socket is no
     // way around it.
-    if words[0] == 0 && words[1] == 0 && words[2] == 0x0000_ffff_u32.to_be() {
-        return judge_v4_addr::<true>(uid, generation, words[3].to_ne_bytes(), port, proto, hook);
+    if is_v4_mapped(&addr) {
+        let [.., a, b, c, d] = addr;
+        return judge_v4_addr::<true>(uid, generation, [a, b, c, d], port, proto, hook);
     }
-    let mut addr = [0u8; 16];
-    addr[0..4].copy_from_slice(&words[0].to_ne_bytes());
-    addr[4..8].copy_from_slice(&words[1].to_ne_bytes());
-    addr[8..12].copy_from_slice(&words[2].to_ne_bytes());
-    addr[12..16].copy_from_slice(&words[3].to_ne_bytes());
     judge_v6_addr::<true>(uid, generation, addr, port, proto, hook)
 }
 
@@ -469,7 +681,9 @@ fn judge_v6_addr<const IN_TASK: bool>(
     } else {
         &ALLOW_V6
     };
-    if permits_v6(rules, uid, generation, addr, port, proto) {
+    if permits_v6(rules, uid, generation, addr, port, proto)
+        || (hook != HOOK_BIND && admitted_v6(uid, addr, port, proto))
+    {
         return VERDICT_ALLOW;
     }
     record_block::<IN_TASK>(uid, FAMILY_V6, proto, hook, addr, port);

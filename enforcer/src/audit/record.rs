@@ -35,6 +35,13 @@ pub(super) fn blocked(instance: &str, attempt: &BlockedAttempt) -> Entry {
         "bind" => ("ISOLATE_LOCAL", address, "inbound"),
         // A refused socket family has no address: its number is the record's point.
         "socket" => ("ISOLATE_FAMILY", attempt.port.to_string(), "outbound"),
+        // A refused DNS question: the name is the point (ISOLATE_HOST), the address is the
+        // resolver's.
+        "dns" => (
+            "ISOLATE_DNS_TYPE",
+            attempt.record_type.clone().unwrap_or_default(),
+            "outbound",
+        ),
         _ => ("ISOLATE_DEST", address, "outbound"),
     };
     let head = format!(
@@ -42,8 +49,9 @@ pub(super) fn blocked(instance: &str, attempt: &BlockedAttempt) -> Entry {
         attempt.protocol,
         attempt.what()
     );
-    // Block events come from the eBPF layer (nft's drops are logged by the kernel itself).
-    let layer = format!("ebpf-{}", attempt.hook);
+    // Block events come from the eBPF layer (nft's drops are logged by the kernel itself),
+    // DNS refusals from isolate's resolver.
+    let layer = attempt.layer();
     let comm = one_line(&attempt.comm);
     let (uid, pid) = (attempt.uid, attempt.pid);
     Entry {
@@ -61,7 +69,10 @@ pub(super) fn blocked(instance: &str, attempt: &BlockedAttempt) -> Entry {
             // The raw name: journal fields are binary-safe.
             ("ISOLATE_COMM", attempt.comm.clone()),
             ("ISOLATE_UID", uid.to_string()),
-        ],
+        ]
+        .into_iter()
+        .chain(attempt.host.clone().map(|host| ("ISOLATE_HOST", host)))
+        .collect(),
         line: format!("{head} uid={uid} pid={pid} comm={comm} layer={layer}"),
     }
 }

@@ -8,7 +8,7 @@ use isolate_ebpf_common::map_names;
 
 use super::{BpfError, PinDir, open_map};
 use isolate_ebpf_common::{
-    BlockEvent, FAMILY_OTHER, FAMILY_UNIX, FAMILY_V4, FAMILY_V6, HOOK_BIND, HOOK_CONNECT,
+    BlockEvent, FAMILY_OTHER, FAMILY_UNIX, FAMILY_V4, FAMILY_V6, HOOK_BIND, HOOK_CONNECT, HOOK_DNS,
     HOOK_EGRESS, HOOK_INGRESS, HOOK_SENDMSG, HOOK_SOCKET, HOOK_UNIX, PROTO_DGRAM, PROTO_OTHER,
     PROTO_STREAM, PROTO_TCP, PROTO_UDP, UNIX_PEER_ABSTRACT, UNIX_PEER_PATH,
 };
@@ -61,6 +61,11 @@ pub struct BlockedAttempt {
     pub hook: &'static str,
     /// The refused unix socket, for unix-socket attempts (hook `unix`).
     pub unix: Option<UnixPeer>,
+    /// The host name: the name asked, for a refused DNS question (hook `dns`); the name whose
+    /// answer admitted the address, for a refused connect to it.
+    pub host: Option<String>,
+    /// The record type of a refused DNS question ("A", "AAAA", ...).
+    pub record_type: Option<String>,
 }
 
 /// The unix socket a refused attempt was aimed at. The kernel side has no room for its path
@@ -132,13 +137,17 @@ impl From<&BlockEvent> for BlockedAttempt {
             protocol: protocol_name(event.protocol),
             hook: hook_name(event.hook),
             unix,
+            host: None,
+            record_type: None,
         }
     }
 }
 
 impl BlockedAttempt {
-    /// What was refused, as records spell it: `203.0.113.7:443` (outbound), `bind
-    /// 0.0.0.0:8080`, `inbound from 203.0.113.7 to port 8080`, or the unix peer.
+    /// What was refused, as records spell it: `203.0.113.7:443` (outbound, with the host name
+    /// that answered it when there is one: `203.0.113.7:443 (api.example.com)`), `bind
+    /// 0.0.0.0:8080`, `inbound from 203.0.113.7 to port 8080`, `dns evil.example A`, or the
+    /// unix peer.
     pub fn what(&self) -> String {
         let address = match self.destination {
             IpAddr::V4(a) => a.to_string(),
@@ -153,7 +162,26 @@ impl BlockedAttempt {
             ),
             (None, "bind") => format!("bind {address}:{}", self.port),
             (None, "ingress") => format!("inbound from {address} to port {}", self.port),
-            (None, _) => format!("{address}:{}", self.port),
+            (None, "dns") => format!(
+                "dns {} {}",
+                self.host.as_deref().unwrap_or("?"),
+                self.record_type.as_deref().unwrap_or("?")
+            ),
+            (None, _) => match &self.host {
+                Some(host) => format!("{address}:{} ({host})", self.port),
+                None => format!("{address}:{}", self.port),
+            },
+        }
+    }
+}
+
+impl BlockedAttempt {
+    /// What refused, as records name it: `ebpf-<hook>`, or `resolver` for a DNS question
+    /// isolate's resolver refused.
+    pub fn layer(&self) -> String {
+        match self.hook {
+            "dns" => "resolver".to_owned(),
+            hook => format!("ebpf-{hook}"),
         }
     }
 }
@@ -162,13 +190,13 @@ impl fmt::Display for BlockedAttempt {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} {} uid={} pid={} comm={} layer=ebpf-{}",
+            "{} {} uid={} pid={} comm={} layer={}",
             self.protocol,
             self.what(),
             self.uid,
             self.pid,
             self.comm,
-            self.hook
+            self.layer()
         )
     }
 }
@@ -204,6 +232,7 @@ pub fn hook_name(hook: u8) -> &'static str {
         HOOK_BIND => "bind",
         HOOK_INGRESS => "ingress",
         HOOK_SOCKET => "socket",
+        HOOK_DNS => "dns",
         _ => "unknown",
     }
 }

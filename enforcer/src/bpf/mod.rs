@@ -15,6 +15,7 @@
 
 mod btf;
 mod events;
+mod hosts;
 mod pin;
 mod rules;
 mod unix;
@@ -37,6 +38,7 @@ use isolate_ebpf_common::{
 use thiserror::Error;
 
 pub use events::{BlockedAttempt, EventReader, UnixPeer, family_name, hook_name, protocol_name};
+pub use hosts::{HostMaps, HostPorts, boot_clock};
 pub use pin::{PinDir, ensure_bpffs};
 pub use rules::{CompiledRules, RulesError, compile_rules};
 pub use unix::{LocateError, UnixLocation, UnixSupport, active_lsms, locate};
@@ -188,6 +190,8 @@ impl BpfLayer {
             ("listen maps", pins.map(map_names::LISTEN_V4)),
             ("bind hooks", pins.link(program_names::BIND4)),
             ("ingress program", pins.link(program_names::INGRESS)),
+            ("DNS redirect", pins.link(program_names::RECVMSG4)),
+            ("host-name maps", pins.map(map_names::HOSTS_V4)),
         ] {
             if !pinned.exists() {
                 return Err(BpfError::Outdated {
@@ -411,6 +415,10 @@ impl BpfLayer {
             map_names::UNIX_ALLOW,
             map_names::BLOCKED,
             map_names::EVENTS,
+            map_names::DNS_REDIRECT,
+            map_names::DNS_ORIGINS,
+            map_names::HOSTS_V4,
+            map_names::HOSTS_V6,
         ] {
             let path = pins.map(name);
             ebpf.map(name)
@@ -490,6 +498,7 @@ impl BpfLayer {
             .remove(&uid)
             .map_err(map_error(map_names::INSTANCES))?;
         self.remove_generation(uid, state.generation)?;
+        self.host_maps()?.forget(uid)?;
         for key in counter_keys(uid) {
             let _ = self.counters.remove(&key);
         }
@@ -533,6 +542,11 @@ impl BpfLayer {
         self.program_names()
             .into_iter()
             .all(|name| self.pins.link(name).exists())
+    }
+
+    /// The host-name maps of this attachment (for isolate's resolver).
+    pub fn host_maps(&self) -> Result<HostMaps, BpfError> {
+        HostMaps::open(&self.pins)
     }
 
     /// A reader of this attachment's block events.

@@ -12,7 +12,7 @@ use ipnet::{Ipv4Net, Ipv6Net};
 #[cfg(test)]
 use isolate_ebpf_common::PROTO_OTHER;
 use isolate_ebpf_common::{AllowValue, MAX_PORT_RULES, PROTO_ANY, PROTO_TCP, PROTO_UDP, PortRule};
-use isolate_policy::{NetRule, Protocol};
+use isolate_policy::{NetRule, PortRange, Protocol};
 use thiserror::Error;
 
 /// Map entries for one instance.
@@ -143,20 +143,26 @@ fn push_down<N: Prefix>(rules: &[NetRule<N>]) -> Result<Vec<(N, AllowValue)>, Ru
 }
 
 fn port_rule<N>(rule: &NetRule<N>) -> PortRule {
-    let (first, last) = rule.ports.map_or((0, u16::MAX), |p| (p.first, p.last));
-    let protocols = match rule.protocol {
-        // Protocols without ports are covered only when the rule does not name ports.
-        Protocol::Any if rule.ports.is_none() => PROTO_ANY,
-        Protocol::Any => PROTO_TCP | PROTO_UDP,
-        Protocol::Tcp => PROTO_TCP,
-        Protocol::Udp => PROTO_UDP,
-    };
+    let (first, last, protocols) = port_bits(rule.ports, rule.protocol);
     PortRule {
         first,
         last,
         protocols,
         _pad: [0; 3],
     }
+}
+
+/// A rule's ports and protocol as the programs read them: (first, last, `PROTO_*` bits).
+pub(crate) fn port_bits(ports: Option<PortRange>, protocol: Protocol) -> (u16, u16, u8) {
+    let (first, last) = ports.map_or((0, u16::MAX), |p| (p.first, p.last));
+    let protocols = match protocol {
+        // Protocols without ports are covered only when the rule does not name ports.
+        Protocol::Any if ports.is_none() => PROTO_ANY,
+        Protocol::Any => PROTO_TCP | PROTO_UDP,
+        Protocol::Tcp => PROTO_TCP,
+        Protocol::Udp => PROTO_UDP,
+    };
+    (first, last, protocols)
 }
 
 fn allow_value(rules: &[PortRule]) -> Option<AllowValue> {

@@ -24,11 +24,14 @@ use crate::audit::AuditSink;
 use crate::bpf::{self, BpfLayer, EventReader, PinDir};
 use crate::cgroup::{Cgroup, CgroupError, cgroup2_mount};
 use crate::control::{self, Request, Response};
+use crate::dns::{self, Resolver};
 use crate::landlock::{LandlockError, LandlockPlan, Origin, PathRule, PreparedRuleset};
 use crate::layer::{
     ApplyError, InstanceId, InstanceRules, LayerSet, Layers, NetworkLayer, NftLayer,
 };
-use crate::network::{EffectiveRules, effective_rules, system_resolve};
+use crate::network::{
+    EffectiveRules, dns_servers, effective_rules, followed_rules, system_resolve,
+};
 use crate::paths;
 use crate::user::{InstanceUser, UserError};
 
@@ -77,6 +80,14 @@ pub enum ExecError {
     },
     #[error("supervising the child: {0}")]
     Supervise(#[source] nix::Error),
+    #[error(
+        "instance {instance}: cannot start isolate's resolver on loopback (127.0.0.1 and ::1, UDP and TCP): {source}"
+    )]
+    Resolver {
+        instance: String,
+        #[source]
+        source: std::io::Error,
+    },
 
     #[error(
         "instance {instance}: the daemon enforces it from {} with another network section than {}; \
@@ -120,6 +131,9 @@ pub struct ExecPlan {
     pub pins: PinDir,
     pub layers: Layers,
     pub rules: EffectiveRules,
+    /// The resolvers of `network.dns`: where isolate's resolver asks the names the policy
+    /// allows, when the instance's lookups are followed (`rules.followed`).
+    pub upstreams: Vec<std::net::IpAddr>,
     pub landlock: LandlockPlan,
     pub workdir: PathBuf,
     /// The run's private temporary directory (`TMPDIR`), made fresh at start and removed at exit.
@@ -155,7 +169,15 @@ impl ExecPlan {
         }
         let user = InstanceUser::resolve_for_run(&policy, dry_run)?;
         let resolv_conf = std::fs::read_to_string(paths::RESOLV_CONF).unwrap_or_default();
-        let rules = effective_rules(&policy.network, &resolv_conf, system_resolve);
+        let upstreams = dns_servers(&policy.network.dns, &resolv_conf);
+        // With the eBPF layer, the instance's own lookups are followed (its DNS queries go to
+        // isolate's resolver); without it, nothing could redirect them, so names are resolved
+        // here as the run starts.
+        let rules = if layers.ebpf && !upstreams.is_empty() {
+            followed_rules(&policy.network, None)
+        } else {
+            effective_rules(&policy.network, &resolv_conf, system_resolve)
+        };
         let mut landlock = LandlockPlan::from_policy(&policy, &user.home).map_err(|source| {
             ExecError::Landlock {
                 instance: instance.clone(),
@@ -203,6 +225,7 @@ impl ExecPlan {
             user,
             layers,
             rules,
+            upstreams,
             landlock,
             workdir,
             tmpdir,
@@ -308,6 +331,14 @@ impl fmt::Display for ExecPlan {
             limit(self.policy.resources.pids_max),
             limit(self.policy.resources.memory_max)
         )?;
+        self.write_network(f)?;
+        write!(f, "landlock\n{}", self.landlock)
+    }
+}
+
+impl ExecPlan {
+    /// The network part of the plan: layers, destinations, host names, DNS.
+    fn write_network(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "network layers  {}", self.layers.names().join(", "))?;
         if self.layers.ebpf {
             writeln!(f, "  ebpf pins  {}", self.pins.path().display())?;
@@ -322,6 +353,24 @@ impl fmt::Display for ExecPlan {
         if self.rules.v4.is_empty() && self.rules.v6.is_empty() {
             writeln!(f, "    (none: every connection is refused)")?;
         }
+        if self.rules.followed && !self.policy.network.hosts.is_empty() {
+            let upstreams: Vec<String> = self.upstreams.iter().map(ToString::to_string).collect();
+            writeln!(
+                f,
+                "  host names (each address admitted as isolate's resolver answers the instance, \
+                 asking {}):",
+                upstreams.join(", ")
+            )?;
+            for host in &self.policy.network.hosts {
+                writeln!(f, "    {host}")?;
+            }
+        }
+        if self.rules.followed {
+            writeln!(
+                f,
+                "  dns: every query goes to isolate's resolver; names not listed are refused there"
+            )?;
+        }
         for host in &self.rules.unresolved {
             writeln!(f, "    {host}: not resolved now, so not reachable")?;
         }
@@ -331,7 +380,7 @@ impl fmt::Display for ExecPlan {
                 "    {answer}: not admitted (list the address itself if it is meant)"
             )?;
         }
-        write!(f, "landlock\n{}", self.landlock)
+        Ok(())
     }
 }
 
@@ -349,6 +398,10 @@ struct Applied {
     /// The eBPF layer's BPF LSM programs judge the socket families the child creates, and
     /// record each refusal; otherwise the child's seccomp filter refuses them, unrecorded.
     families_judged: bool,
+    /// isolate's resolver for the instance, when its lookups are followed, and the DNS
+    /// questions it refused.
+    resolver: Option<Resolver>,
+    refusals: Option<std::sync::mpsc::Receiver<bpf::BlockedAttempt>>,
 }
 
 impl Applied {
@@ -361,6 +414,8 @@ impl Applied {
             pins: None,
             events: None,
             families_judged: false,
+            resolver: None,
+            refusals: None,
         }
     }
 }
@@ -378,6 +433,8 @@ impl Drop for Applied {
                 Err(e) => tracing::warn!(instance = %self.instance, "{e}"),
             }
         }
+        // The child is gone: nothing asks the resolver any more.
+        self.resolver = None;
         if let Some(id) = self.enforced.take()
             && let Err(e) = self.layers.remove(&id)
         {
@@ -453,8 +510,16 @@ pub fn run(plan: ExecPlan, command: &[OsString]) -> Result<i32, ExecError> {
     let mut audit = AuditSink::new();
     let code = supervise::wait(&child, &mut signals, Duration::from_millis(200), || {
         if let Some(events) = applied.events.as_mut() {
-            for event in events.read() {
+            for mut event in events.read() {
+                if let Some(resolver) = &applied.resolver {
+                    event.host = resolver.name_of(event.destination);
+                }
                 audit.record(&instance, &rate, &event);
+            }
+        }
+        if let Some(refusals) = &applied.refusals {
+            for refusal in refusals.try_iter() {
+                audit.record(&instance, &rate, &refusal);
             }
         }
     })
@@ -561,6 +626,7 @@ fn apply_layers(plan: &ExecPlan) -> Result<Applied, ExecError> {
     let mut applied = Applied::new(&instance);
     applied.cgroup = Some(create_cgroup(&plan.policy, &plan.cgroup)?);
     let mut layers: Vec<Box<dyn NetworkLayer>> = Vec::new();
+    let mut host_maps = None;
     if plan.layers.ebpf {
         let bpf_error = |source| ExecError::Bpf {
             instance: instance.clone(),
@@ -580,6 +646,12 @@ fn apply_layers(plan: &ExecPlan) -> Result<Applied, ExecError> {
         applied.families_judged = matches!(bpf.unix_support(), bpf::UnixSupport::Enforced);
         applied.pins = Some(plan.pins.clone());
         applied.events = Some(bpf.events().map_err(bpf_error)?);
+        if plan.rules.followed {
+            host_maps = Some((
+                bpf.host_maps().map_err(bpf_error)?,
+                bpf.host_maps().map_err(bpf_error)?,
+            ));
+        }
         layers.push(Box::new(bpf));
     }
     if plan.layers.nftables {
@@ -590,10 +662,26 @@ fn apply_layers(plan: &ExecPlan) -> Result<Applied, ExecError> {
         name: instance.clone(),
         uid: plan.user.uid,
     };
+    // The resolver's port is in the rules (the instance reaches it, and hears its answers).
+    let listener = match host_maps {
+        Some(_) => Some(dns::Listener::bind().map_err(|source| ExecError::Resolver {
+            instance: instance.clone(),
+            source,
+        })?),
+        None => None,
+    };
+    let followed;
+    let rules = match &listener {
+        Some(listener) => {
+            followed = followed_rules(&plan.policy.network, Some(listener.endpoint()));
+            &followed
+        }
+        None => &plan.rules,
+    };
     let rules = InstanceRules {
         id: &id,
         policy: &plan.policy,
-        rules: &plan.rules,
+        rules,
     };
     applied
         .layers
@@ -603,6 +691,37 @@ fn apply_layers(plan: &ExecPlan) -> Result<Applied, ExecError> {
             source,
         })?;
     applied.enforced = Some(id);
+    if let (Some(listener), Some((resolver_maps, mut redirect_maps))) = (listener, host_maps) {
+        let endpoint = listener.endpoint();
+        let (sender, receiver) = std::sync::mpsc::channel();
+        let service = dns::Service {
+            instance: instance.clone(),
+            uid: plan.user.uid,
+            hosts: plan.policy.network.hosts.clone(),
+            upstreams: plan.upstreams.clone(),
+            layers: dns::Layers {
+                bpf: Some(resolver_maps),
+                nft: plan.layers.nftables,
+            },
+            refusals: sender,
+        };
+        applied.resolver = Some(
+            listener
+                .serve(service)
+                .map_err(|source| ExecError::Resolver {
+                    instance: instance.clone(),
+                    source,
+                })?,
+        );
+        applied.refusals = Some(receiver);
+        // Last: the instance's queries go to a resolver that answers.
+        redirect_maps
+            .redirect(plan.user.uid, dns::redirect_to(endpoint))
+            .map_err(|source| ExecError::Bpf {
+                instance: instance.clone(),
+                source,
+            })?;
+    }
     Ok(applied)
 }
 

@@ -24,6 +24,7 @@ impl NetworkLayer for NftLayer {
             uid: instance.id.uid,
             v4: &instance.rules.v4,
             v6: &instance.rules.v6,
+            hosts: &instance.policy.network.hosts,
             log: &instance.policy.network.log,
         })?;
         Ok(())

@@ -13,13 +13,14 @@ mod render;
 mod table;
 
 use ipnet::{Ipv4Net, Ipv6Net};
-use isolate_policy::{LogSettings, NetRule};
+use isolate_policy::{HostRule, LogSettings, NetRule};
 
 pub use error::NftError;
 pub use render::{
-    CHAIN_CONFINED, CHAIN_OUTPUT, COUNTERS, log_prefix, render, set_name, table_name,
+    CHAIN_CONFINED, CHAIN_OUTPUT, COUNTERS, HostElement, host_set_name, log_prefix, render,
+    set_name, table_name,
 };
-pub use table::{apply, counters, is_applied, remove};
+pub use table::{admit, apply, counters, is_applied, remove};
 
 /// What the nftables layer enforces for one instance. The rules are already normalised and host
 /// names already resolved by the caller (`network::effective_rules`).
@@ -31,6 +32,9 @@ pub struct NftPolicy<'a> {
     pub uid: u32,
     pub v4: &'a [NetRule<Ipv4Net>],
     pub v6: &'a [NetRule<Ipv6Net>],
+    /// The policy's host names: each gets a set per family, empty until isolate's resolver
+    /// adds the addresses the instance's own lookups were answered (see [`admit`]).
+    pub hosts: &'a [HostRule],
     /// Rate limit of the kernel log lines of blocked packets.
     pub log: &'a LogSettings,
 }

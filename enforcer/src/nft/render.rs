@@ -26,7 +26,8 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use ipnet::IpNet;
 use isolate_policy::{PortRange, Protocol};
 use nftables::expr::{
-    CT, Expression, Meta, MetaKey, NamedExpression, Payload, PayloadField, Prefix, Range, SetItem,
+    CT, Elem, Expression, Meta, MetaKey, NamedExpression, Payload, PayloadField, Prefix, Range,
+    SetItem,
 };
 use nftables::schema::{
     self, Chain, NfCmd, NfListObject, NfObject, Nftables, Rule, SetFlag, SetType, SetTypeValue,
@@ -80,6 +81,12 @@ pub fn set_name(family: &str, protocol: Protocol, ports: Option<PortRange>) -> S
     format!("allow_{family}_{protocol}{ports}")
 }
 
+/// The set of addresses DNS answers admitted for the policy's host rule number `index`
+/// (`host_v4_0`, `host_v6_0`, ...). Its elements carry their own timeout.
+pub fn host_set_name(v6: bool, index: usize) -> String {
+    format!("host_{}_{index}", if v6 { "v6" } else { "v4" })
+}
+
 /// Counter values carried over when a policy is re-applied.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(super) struct CounterValue {
@@ -97,6 +104,9 @@ pub(super) struct AllowSet {
     nets: BTreeSet<IpNet>,
     /// The policy entries it was built from, spelled as in the policy file (for errors).
     pub entries: Vec<String>,
+    /// Filled at run time, element by element with a timeout (a host name's set), rather than
+    /// with the networks here.
+    dynamic: bool,
 }
 
 /// Renders the whole table, replacing whatever table of that name exists (see [`replace_table`]).
@@ -156,6 +166,45 @@ pub(super) fn render_with_counters(
     }
 }
 
+/// One address a DNS answer admitted for a host rule, for `timeout_secs`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostElement {
+    pub host_index: usize,
+    pub addr: std::net::IpAddr,
+    pub timeout_secs: u32,
+}
+
+/// Puts `elements` in their host sets with their timeouts. Each element is added, deleted and
+/// added again: `add` alone leaves an element already there with its old timeout.
+pub(super) fn admit_elements(table: &str, elements: &[HostElement]) -> Nftables<'static> {
+    let mut batch = Vec::new();
+    for element in elements {
+        let set = host_set_name(element.addr.is_ipv6(), element.host_index);
+        let plain = text(element.addr.to_string());
+        let timed = Expression::Named(NamedExpression::Elem(Elem {
+            val: Box::new(text(element.addr.to_string())),
+            timeout: Some(element.timeout_secs),
+            expires: None,
+            comment: None,
+            counter: None,
+        }));
+        let object = |value: Expression<'static>| {
+            NfListObject::Element(schema::Element {
+                family: NfFamily::INet,
+                table: table.to_owned().into(),
+                name: set.clone().into(),
+                elem: vec![value].into(),
+            })
+        };
+        batch.push(add(object(plain.clone())));
+        batch.push(NfObject::CmdObject(NfCmd::Delete(object(plain))));
+        batch.push(add(object(timed)));
+    }
+    Nftables {
+        objects: batch.into(),
+    }
+}
+
 /// `add table` + `delete table` + `add table`: the classic idiom that makes one transaction
 /// replace the table whether or not it exists, so re-applying is idempotent and atomic.
 pub(super) fn replace_table(table: &str) -> Vec<NfObject<'static>> {
@@ -184,6 +233,19 @@ pub(super) fn allow_sets(policy: &NftPolicy) -> Vec<AllowSet> {
         .map(|r| (IpNet::V6(r.net), r.protocol, r.ports, r.to_string()));
     let mut sets = group(false, v4);
     sets.extend(group(true, v6));
+    for (index, host) in policy.hosts.iter().enumerate() {
+        for v6 in [false, true] {
+            sets.push(AllowSet {
+                name: host_set_name(v6, index),
+                v6,
+                protocol: host.protocol,
+                ports: host.ports,
+                nets: BTreeSet::new(),
+                entries: vec![host.to_string()],
+                dynamic: true,
+            });
+        }
+    }
     sets
 }
 
@@ -214,6 +276,7 @@ fn group(
             ports,
             nets,
             entries,
+            dynamic: false,
         })
         .collect()
 }
@@ -239,8 +302,12 @@ impl AllowSet {
             } else {
                 SetType::Ipv4Addr
             }),
-            flags: Some(HashSet::from([SetFlag::Interval])),
-            elem: Some(elem.into()),
+            flags: Some(HashSet::from([if self.dynamic {
+                SetFlag::Timeout
+            } else {
+                SetFlag::Interval
+            }])),
+            elem: (!self.dynamic).then(|| elem.into()),
             ..schema::Set::default()
         }
     }

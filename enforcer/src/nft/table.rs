@@ -36,6 +36,17 @@ pub fn apply(policy: &NftPolicy) -> Result<(), NftError> {
     })
 }
 
+/// Admits addresses a DNS answer gave the instance, in one transaction: each goes into its
+/// host rule's set with its timeout (a later one replaces an earlier one).
+pub fn admit(instance: &str, elements: &[render::HostElement]) -> Result<(), NftError> {
+    check_instance(instance)?;
+    if elements.is_empty() {
+        return Ok(());
+    }
+    let batch = render::admit_elements(&table_name(instance), elements);
+    command::apply(&batch).map_err(|e| e.for_instance(instance, "admit a DNS answer"))
+}
+
 /// Deletes the instance's table; no error when it is not there.
 pub fn remove(instance: &str) -> Result<(), NftError> {
     check_instance(instance)?;

@@ -5,6 +5,7 @@
 #![allow(dead_code, reason = "each test binary uses a part")]
 #![allow(clippy::print_stdout, reason = "libtest-style report on stdout")]
 
+pub mod dns_upstream;
 pub mod probe;
 pub mod sandbox;
 pub mod users;

@@ -1,0 +1,534 @@
+//! isolate's own resolver for one instance. The eBPF layer sends every DNS query of the
+//! instance (TCP and UDP port 53, whatever the address) here. A name the policy lists (exactly,
+//! or below a `*.` wildcard) is forwarded to the upstream resolvers of `network.dns`, and the
+//! addresses of the answer are admitted for the instance — in every layer, with the host
+//! rule's ports and protocol — before the answer is released; if that fails, the instance gets
+//! SERVFAIL, never an answer it could not use. Any other name is answered REFUSED without being
+//! forwarded (the question itself would carry data out), counted and recorded by name.
+//!
+//! REFUSED rather than NXDOMAIN: the name may well exist, and a cache between the instance and
+//! here must not remember it as absent once the policy allows it.
+
+pub mod message;
+mod names;
+
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use isolate_ebpf_common::{
+    CounterKey, DnsRedirect, FAMILY_V4, FAMILY_V6, HOOK_DNS, PROTO_TCP, PROTO_UDP,
+};
+use isolate_policy::HostRule;
+
+use crate::bpf::{BlockedAttempt, HostMaps, HostPorts, boot_clock};
+use crate::network::{ResolverEndpoint, never_admitted};
+use crate::nft::{self, HostElement};
+use message::Query;
+pub use names::{matches, matching_rules};
+
+/// An answer's addresses stay admitted for its TTL, at least this long (a TTL of 0 or 1 would
+/// expire before the connect that follows the lookup) ...
+pub const TTL_FLOOR: Duration = Duration::from_secs(30);
+/// ... at most this long (a week-long TTL must not open an address for a week) ...
+pub const TTL_CAP: Duration = Duration::from_hours(1);
+/// ... plus this grace: runtimes reuse addresses past their TTL (and connections in progress
+/// are never cut: only new connects are judged).
+pub const GRACE: Duration = Duration::from_mins(5);
+/// Addresses admitted from one answer; the rest of a larger answer opens nothing.
+pub const MAX_ADDRESSES_PER_ANSWER: usize = 64;
+/// Addresses one instance holds at once; an answer beyond that gets SERVFAIL.
+pub const MAX_ADDRESSES_PER_INSTANCE: usize = 4096;
+/// How long the resolver waits for one upstream before it asks the next.
+const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long an idle TCP connection of the instance is kept.
+const TCP_IDLE: Duration = Duration::from_secs(10);
+/// How often the resolver's threads look up from their sockets (to stop, to sweep).
+const POLL: Duration = Duration::from_millis(200);
+/// How often expired addresses are removed from the maps.
+const SWEEP_EVERY: Duration = Duration::from_secs(30);
+
+/// The resolver's sockets, bound before the instance's rules are made (they name its port).
+pub struct Listener {
+    udp: [UdpSocket; 2],
+    tcp: [TcpListener; 2],
+    endpoint: ResolverEndpoint,
+}
+
+impl Listener {
+    /// Binds UDP and TCP on `127.0.0.1` and `::1`, one port for all four.
+    pub fn bind() -> io::Result<Self> {
+        let mut last = io::Error::other("no port tried");
+        // Another program may hold the port on one of the addresses: try a few.
+        for _ in 0..16 {
+            let udp_v4 = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))?;
+            let port = udp_v4.local_addr()?.port();
+            let rest = (|| {
+                Ok::<_, io::Error>((
+                    UdpSocket::bind((Ipv6Addr::LOCALHOST, port))?,
+                    TcpListener::bind((Ipv4Addr::LOCALHOST, port))?,
+                    TcpListener::bind((Ipv6Addr::LOCALHOST, port))?,
+                ))
+            })();
+            match rest {
+                Ok((udp_v6, tcp_v4, tcp_v6)) => {
+                    return Ok(Self {
+                        udp: [udp_v4, udp_v6],
+                        tcp: [tcp_v4, tcp_v6],
+                        endpoint: ResolverEndpoint {
+                            v4: Ipv4Addr::LOCALHOST,
+                            v6: Ipv6Addr::LOCALHOST,
+                            port,
+                        },
+                    });
+                }
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    pub fn endpoint(&self) -> ResolverEndpoint {
+        self.endpoint
+    }
+
+    /// Starts answering with `service`; the resolver stops when the returned handle drops.
+    pub fn serve(self, mut service: Service) -> io::Result<Resolver> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let bpf = service.layers.bpf.take();
+        let shared = Arc::new(Shared {
+            service,
+            admitted: Mutex::new(Admitted {
+                bpf,
+                ..Admitted::default()
+            }),
+        });
+        let mut threads = Vec::new();
+        for udp in self.udp {
+            udp.set_read_timeout(Some(POLL))?;
+            let (shared, stop) = (Arc::clone(&shared), Arc::clone(&stop));
+            threads.push(spawn(move || serve_udp(&udp, &shared, &stop))?);
+        }
+        for tcp in self.tcp {
+            tcp.set_nonblocking(true)?;
+            let (shared, stop) = (Arc::clone(&shared), Arc::clone(&stop));
+            threads.push(spawn(move || serve_tcp(&tcp, &shared, &stop))?);
+        }
+        Ok(Resolver {
+            endpoint: self.endpoint,
+            shared,
+            stop,
+            threads,
+        })
+    }
+}
+
+/// A running resolver; dropping it stops its threads.
+pub struct Resolver {
+    endpoint: ResolverEndpoint,
+    shared: Arc<Shared>,
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Resolver {
+    pub fn endpoint(&self) -> ResolverEndpoint {
+        self.endpoint
+    }
+
+    /// The name whose answer admitted `addr`, while it is admitted.
+    pub fn name_of(&self, addr: IpAddr) -> Option<String> {
+        let addr = match addr {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(addr, IpAddr::V4),
+            v4 @ IpAddr::V4(_) => v4,
+        };
+        self.shared.admitted.lock().ok()?.names.get(&addr).cloned()
+    }
+}
+
+/// The eBPF layer's redirect entry for a resolver listening at `endpoint`.
+pub fn redirect_to(endpoint: ResolverEndpoint) -> DnsRedirect {
+    DnsRedirect {
+        addr_v4: endpoint.v4.octets(),
+        addr_v6: endpoint.v6.octets(),
+        port: endpoint.port,
+        _pad: 0,
+    }
+}
+
+impl Drop for Resolver {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// What the resolver serves one instance with.
+pub struct Service {
+    pub instance: String,
+    pub uid: u32,
+    /// The policy's host rules (their indices name the nftables sets).
+    pub hosts: Vec<HostRule>,
+    /// Where allowed names are asked (`network.dns`).
+    pub upstreams: Vec<IpAddr>,
+    /// The layers the answers are committed to.
+    pub layers: Layers,
+    /// Refused questions go here, to be recorded with the instance's other refusals.
+    pub refusals: Sender<BlockedAttempt>,
+}
+
+/// The layers an answer's addresses go into before it is released.
+pub struct Layers {
+    /// The eBPF layer's host maps (also where refusals are counted).
+    pub bpf: Option<HostMaps>,
+    /// Whether the instance has an nftables table (its host sets get the addresses too).
+    pub nft: bool,
+}
+
+struct Shared {
+    service: Service,
+    /// Held while an answer is committed: two lookups of one name both wait for the commit.
+    admitted: Mutex<Admitted>,
+}
+
+/// What the resolver admitted, and until when (boot clock), by (host rule, address).
+#[derive(Default)]
+struct Admitted {
+    /// The eBPF layer's maps (taken from `Service::layers`): one writer at a time.
+    bpf: Option<HostMaps>,
+    until: HashMap<(usize, IpAddr), Duration>,
+    last_sweep: Option<Instant>,
+    /// Admitted addresses by the name whose answer gave them, for records and status.
+    names: HashMap<IpAddr, String>,
+}
+
+/// A resolver thread. It blocks every signal: they are the supervisor's (or the daemon's) to
+/// take, and one delivered here would be lost to them.
+fn spawn(work: impl FnOnce() + Send + 'static) -> io::Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("isolate-dns".into())
+        .spawn(move || {
+            let _ = nix::sys::signal::SigSet::all().thread_block();
+            work();
+        })
+}
+
+fn serve_udp(socket: &UdpSocket, shared: &Shared, stop: &AtomicBool) {
+    let mut buf = [0u8; 4096];
+    while !stop.load(Ordering::Relaxed) {
+        let (len, peer) = match socket.recv_from(&mut buf) {
+            Ok(received) => received,
+            Err(e) if is_timeout(&e) => {
+                shared.sweep();
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(instance = %shared.service.instance, "resolver: {e}");
+                std::thread::sleep(POLL);
+                continue;
+            }
+        };
+        if let Some(reply) = shared.answer(&buf[..len], peer, PROTO_UDP) {
+            let _ = socket.send_to(&reply, peer);
+        }
+    }
+}
+
+fn serve_tcp(listener: &TcpListener, shared: &Arc<Shared>, stop: &Arc<AtomicBool>) {
+    while !stop.load(Ordering::Relaxed) {
+        match listener.accept() {
+            Ok((stream, peer)) => {
+                let (shared, stop) = (Arc::clone(shared), Arc::clone(stop));
+                if let Err(e) = spawn(move || serve_connection(stream, peer, &shared, &stop)) {
+                    tracing::warn!("resolver: {e}");
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => std::thread::sleep(POLL / 4),
+            Err(e) => {
+                tracing::warn!(instance = %shared.service.instance, "resolver: {e}");
+                std::thread::sleep(POLL);
+            }
+        }
+    }
+}
+
+/// One TCP connection: length-prefixed questions, answered in turn.
+fn serve_connection(mut stream: TcpStream, peer: SocketAddr, shared: &Shared, stop: &AtomicBool) {
+    let _ = stream.set_nonblocking(false);
+    let _ = stream.set_read_timeout(Some(TCP_IDLE));
+    while !stop.load(Ordering::Relaxed) {
+        let Ok(message) = read_framed(&mut stream) else {
+            return;
+        };
+        if let Some(reply) = shared.answer(&message, peer, PROTO_TCP)
+            && write_framed(&mut stream, &reply).is_err()
+        {
+            return;
+        }
+    }
+}
+
+impl Shared {
+    /// The reply to one message of the instance, if it deserves one.
+    fn answer(&self, bytes: &[u8], peer: SocketAddr, protocol: u8) -> Option<Vec<u8>> {
+        let Ok(query) = message::parse_query(bytes) else {
+            return message::format_error(bytes);
+        };
+        let service = &self.service;
+        let rules = matching_rules(&service.hosts, &query.name);
+        if rules.is_empty() {
+            self.refuse(&query, peer, protocol);
+            return Some(message::refused(&query));
+        }
+        let Some(answer) = self.forward(&query, protocol) else {
+            return Some(message::servfail(&query));
+        };
+        let parsed = match message::parse_answer(&query, &answer) {
+            Ok(parsed) => parsed,
+            Err(e) => {
+                tracing::warn!(instance = %service.instance, name = %query.name, "resolver: upstream answer: {e}");
+                return Some(message::servfail(&query));
+            }
+        };
+        if let Err(e) = self.commit(&query.name, &rules, &parsed.addresses) {
+            tracing::warn!(
+                instance = %service.instance,
+                name = %query.name,
+                "resolver: the answer's addresses could not be admitted ({e}); the instance gets SERVFAIL"
+            );
+            return Some(message::servfail(&query));
+        }
+        Some(message::with_id(&answer, query.id))
+    }
+
+    /// Counts and records a question the policy does not allow.
+    fn refuse(&self, query: &Query, peer: SocketAddr, protocol: u8) {
+        let service = &self.service;
+        let family = if peer.is_ipv6() { FAMILY_V6 } else { FAMILY_V4 };
+        tracing::debug!(instance = %service.instance, name = %query.name, "resolver: refused");
+        if let Ok(mut admitted) = self.admitted.lock()
+            && let Some(bpf) = admitted.bpf.as_mut()
+        {
+            let key = CounterKey {
+                uid: service.uid,
+                family,
+                protocol,
+                hook: HOOK_DNS,
+                _pad: 0,
+            };
+            if let Err(e) = bpf.count(key) {
+                tracing::warn!(instance = %service.instance, "resolver: count a refusal: {e}");
+            }
+        }
+        let attempt = BlockedAttempt {
+            timestamp_ns: u64::try_from(boot_clock().as_nanos()).unwrap_or(0),
+            uid: service.uid,
+            pid: 0,
+            comm: String::new(),
+            destination: peer.ip(),
+            port: 53,
+            protocol: crate::bpf::protocol_name(protocol),
+            hook: "dns",
+            unix: None,
+            host: Some(query.name.clone()),
+            record_type: Some(query.record_type.clone()),
+        };
+        let _ = service.refusals.send(attempt);
+    }
+
+    /// Asks the upstreams in turn; the first answer wins.
+    fn forward(&self, query: &Query, protocol: u8) -> Option<Vec<u8>> {
+        for upstream in &self.service.upstreams {
+            let asked = if protocol == PROTO_TCP {
+                ask_tcp(query, *upstream)
+            } else {
+                ask_udp(query, *upstream)
+            };
+            match asked {
+                Ok(answer) => return Some(answer),
+                Err(e) => tracing::warn!(
+                    instance = %self.service.instance,
+                    name = %query.name,
+                    %upstream,
+                    "resolver: upstream: {e}"
+                ),
+            }
+        }
+        None
+    }
+
+    /// Admits `addresses` (answered for `name`) under each of `rules`, in every layer.
+    fn commit(
+        &self,
+        name: &str,
+        rules: &[usize],
+        addresses: &[(IpAddr, u32)],
+    ) -> Result<(), String> {
+        let service = &self.service;
+        let mut admitted = self
+            .admitted
+            .lock()
+            .map_err(|_| "a resolver thread panicked".to_owned())?;
+        let now = boot_clock();
+        let mut elements = Vec::new();
+        let mut bpf_admissions = Vec::new();
+        for &(addr, ttl) in addresses.iter().take(MAX_ADDRESSES_PER_ANSWER) {
+            // A v4-mapped answer reaches an IPv4 host.
+            let addr = match addr {
+                IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(addr, IpAddr::V4),
+                v4 @ IpAddr::V4(_) => v4,
+            };
+            if let Some(why) = never_admitted(addr) {
+                tracing::warn!(instance = %service.instance, name, %addr, "resolver: not admitted: a name never opens a {why} address");
+                continue;
+            }
+            let lifetime = Duration::from_secs(u64::from(ttl)).clamp(TTL_FLOOR, TTL_CAP) + GRACE;
+            for &rule in rules {
+                let until = now + lifetime;
+                let kept = admitted
+                    .until
+                    .get(&(rule, addr))
+                    .copied()
+                    .unwrap_or_default()
+                    .max(until);
+                let timeout = u32::try_from(kept.saturating_sub(now).as_secs()).unwrap_or(u32::MAX);
+                elements.push(HostElement {
+                    host_index: rule,
+                    addr,
+                    timeout_secs: timeout,
+                });
+                bpf_admissions.push((rule, addr, kept));
+            }
+        }
+        let live = admitted
+            .until
+            .values()
+            .filter(|until| **until > now)
+            .count();
+        if live + bpf_admissions.len() > MAX_ADDRESSES_PER_INSTANCE {
+            return Err(format!(
+                "the instance holds {live} admitted addresses, at most {MAX_ADDRESSES_PER_INSTANCE}"
+            ));
+        }
+        if service.layers.nft {
+            nft::admit(&service.instance, &elements).map_err(|e| e.to_string())?;
+        }
+        if let Some(bpf) = admitted.bpf.as_mut() {
+            for &(rule, addr, kept) in &bpf_admissions {
+                bpf.admit(service.uid, addr, HostPorts::of(&service.hosts[rule]), kept)
+                    .map_err(|e| e.to_string())?;
+            }
+        }
+        for (rule, addr, kept) in bpf_admissions {
+            admitted.until.insert((rule, addr), kept);
+            admitted.names.insert(addr, name.to_owned());
+        }
+        Ok(())
+    }
+
+    /// Forgets what has expired, every `SWEEP_EVERY`.
+    fn sweep(&self) {
+        let Ok(mut admitted) = self.admitted.lock() else {
+            return;
+        };
+        if admitted
+            .last_sweep
+            .is_some_and(|at| at.elapsed() < SWEEP_EVERY)
+        {
+            return;
+        }
+        admitted.last_sweep = Some(Instant::now());
+        let now = boot_clock();
+        admitted.until.retain(|_, until| *until > now);
+        let live: std::collections::HashSet<IpAddr> =
+            admitted.until.keys().map(|(_, addr)| *addr).collect();
+        admitted.names.retain(|addr, _| live.contains(addr));
+        let service = &self.service;
+        if let Some(bpf) = admitted.bpf.as_mut()
+            && let Err(e) = bpf.remove_expired(service.uid, now)
+        {
+            tracing::warn!(instance = %service.instance, "resolver: sweep: {e}");
+        }
+    }
+}
+
+fn is_timeout(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
+}
+
+/// A fresh query id for the upstream: answers with another id are not ours.
+fn fresh_id() -> u16 {
+    let mut id = [0u8; 2];
+    // SAFETY: the buffer is valid for its length.
+    let filled = unsafe { libc::getrandom(id.as_mut_ptr().cast(), id.len(), 0) };
+    if filled != 2 {
+        // Unpredictable enough where getrandom is missing: the clock's nanoseconds.
+        return u16::try_from(boot_clock().subsec_nanos() & 0xffff).unwrap_or(0);
+    }
+    u16::from_ne_bytes(id)
+}
+
+fn ask_udp(query: &Query, upstream: IpAddr) -> io::Result<Vec<u8>> {
+    let id = fresh_id();
+    let bind: SocketAddr = match upstream {
+        IpAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
+        IpAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
+    };
+    let socket = UdpSocket::bind(bind)?;
+    socket.connect((upstream, 53))?;
+    socket.send(&message::upstream_query(query, id))?;
+    let deadline = Instant::now() + UPSTREAM_TIMEOUT;
+    let mut buf = vec![0u8; 65535];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(io::ErrorKind::TimedOut, "no answer"));
+        }
+        socket.set_read_timeout(Some(left))?;
+        let len = socket.recv(&mut buf)?;
+        // A connected socket only hears its peer; the id tells our answer from a stray one.
+        if message::answer_id(&buf[..len]) == Some(id) {
+            buf.truncate(len);
+            return Ok(buf);
+        }
+    }
+}
+
+fn ask_tcp(query: &Query, upstream: IpAddr) -> io::Result<Vec<u8>> {
+    let id = fresh_id();
+    let mut stream = TcpStream::connect_timeout(&SocketAddr::new(upstream, 53), UPSTREAM_TIMEOUT)?;
+    stream.set_read_timeout(Some(UPSTREAM_TIMEOUT))?;
+    write_framed(&mut stream, &message::upstream_query(query, id))?;
+    let answer = read_framed(&mut stream)?;
+    if message::answer_id(&answer) == Some(id) {
+        Ok(answer)
+    } else {
+        Err(io::Error::other("an answer to another question"))
+    }
+}
+
+fn read_framed(stream: &mut TcpStream) -> io::Result<Vec<u8>> {
+    let mut len = [0u8; 2];
+    stream.read_exact(&mut len)?;
+    let mut message = vec![0u8; usize::from(u16::from_be_bytes(len))];
+    stream.read_exact(&mut message)?;
+    Ok(message)
+}
+
+fn write_framed(stream: &mut TcpStream, message: &[u8]) -> io::Result<()> {
+    let len = u16::try_from(message.len()).map_err(|_| io::Error::other("message too long"))?;
+    let mut framed = Vec::with_capacity(message.len() + 2);
+    framed.extend_from_slice(&len.to_be_bytes());
+    framed.extend_from_slice(message);
+    stream.write_all(&framed)
+}

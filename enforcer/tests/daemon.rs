@@ -49,7 +49,102 @@ fn main() -> ExitCode {
             "cleanup_refuses_while_an_instance_still_runs",
             cleanup_while_running,
         ),
+        (
+            "the_daemon_follows_each_instances_own_dns_answers",
+            dns_following,
+        ),
     ])
+}
+
+/// Under the daemon, as under `isolate exec`: the instance's lookups go to the daemon's
+/// resolver for it; a listed name (exact, wildcard) connects at once, an unlisted one is
+/// refused without reaching the upstream, counted and recorded by name. Admitted addresses
+/// stay in force across a SIGKILL and restart, and the restarted daemon answers again.
+fn dns_following() {
+    use common::dns_upstream::{LOOKUP_SCRIPT, Upstream, make_answers_local, test_zone};
+    make_answers_local();
+    let user = TestUser::new();
+    let listener = TcpListener::bind("[::]:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let upstream = Upstream::start("127.0.0.2:53".parse().unwrap(), test_zone(20)).unwrap();
+    let mut daemon = Daemon::new();
+    std::fs::write(
+        daemon.policy_dir().join("alpha.toml"),
+        format!(
+            "user = \"{}\"\n[network]\ndns = [\"127.0.0.2\"]\nallow = [\"api.example.test:{port}/tcp\", \"*.wild.test:{port}/tcp\"]\n",
+            user.name
+        ),
+    )
+    .unwrap();
+    daemon.start();
+    let cgroup = daemon.cgroup().to_path_buf();
+    let lookups = |steps: &[&str]| {
+        let out = common::sandbox::command_in(&cgroup, user.uid, Path::new("/usr/bin/python3"))
+            .args(["-c", LOOKUP_SCRIPT, &port.to_string()])
+            .args(steps)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        text
+    };
+    let text = lookups(&[
+        "look refused evil.test",
+        "look exact api.example.test",
+        "look wildcard x.wild.test",
+        "connect unanswered 192.0.2.99",
+    ]);
+    let eperm = format!("errno {}", libc::EPERM);
+    for wanted in [
+        "refused 0   fast".to_owned(),
+        "exact 1 192.0.2.10 ok fast".to_owned(),
+        "wildcard 1 192.0.2.11 ok fast".to_owned(),
+        format!("unanswered {eperm}"),
+    ] {
+        assert!(
+            text.lines().any(|l| l == wanted),
+            "wanted {wanted:?} in:\n{text}"
+        );
+    }
+    assert!(
+        !upstream
+            .asked()
+            .iter()
+            .any(|(name, _, _)| name == "evil.test"),
+        "an unlisted name reached the upstream: {:?}",
+        upstream.asked()
+    );
+    let text = daemon.metrics();
+    let dns_refusals = metric(
+        &text,
+        "isolate_ebpf_blocked_by_hook_total{hook=\"dns\",instance=\"alpha\"}",
+    );
+    assert!(dns_refusals >= Some(1), "{text}");
+    let status = daemon.status_json();
+    let recent = instance_named(&status, "alpha")["recent"].to_string();
+    assert!(recent.contains("dns evil.test A"), "{status}");
+
+    daemon.signal(nix::sys::signal::Signal::SIGKILL);
+    // No daemon, no resolver: what was admitted stays in force, and no name is answered.
+    let text = lookups(&["connect admitted 192.0.2.10", "look down x.wild.test"]);
+    for wanted in ["admitted ok", "down 0   "] {
+        assert!(
+            text.lines().any(|l| l.starts_with(wanted)),
+            "wanted {wanted:?} in:\n{text}"
+        );
+    }
+    daemon.start();
+    let text = lookups(&["connect kept 192.0.2.10", "look again x.wild.test"]);
+    for wanted in ["kept ok", "again 1 192.0.2.11 ok fast"] {
+        assert!(
+            text.lines().any(|l| l == wanted),
+            "the restarted daemon keeps what was admitted and answers again: {wanted:?} in\n{text}"
+        );
+    }
 }
 
 /// `--cleanup` while an instance's processes run in its cgroup would leave them unconfined:

@@ -78,108 +78,19 @@ fn main() -> ExitCode {
     ])
 }
 
-/// What the instance does in `dns_following`: look names up through whatever resolver
-/// /etc/resolv.conf names, connect to every address found, and report one line per step.
-const DNS_SCRIPT: &str = r"
-import socket, sys, time
-port, other = int(sys.argv[1]), int(sys.argv[2])
-def look(name, family=socket.AF_INET):
-    started = time.monotonic()
-    try:
-        found = sorted({a[4][0] for a in socket.getaddrinfo(name, port, family, socket.SOCK_STREAM)})
-    except socket.gaierror:
-        found = []
-    return found, time.monotonic() - started
-def connect(addr, to=port):
-    s = socket.socket(socket.AF_INET6 if ':' in addr else socket.AF_INET)
-    s.settimeout(5)
-    try:
-        s.connect((addr, to))
-        return 'ok'
-    except OSError as e:
-        return 'errno %d' % e.errno
-    finally:
-        s.close()
-def report(label, name, family=socket.AF_INET):
-    found, took = look(name, family)
-    verdicts = sorted({connect(a) for a in found})
-    print(label, len(found), ','.join(found[:2]), '+'.join(verdicts), 'slow' if took > 2 else 'fast', flush=True)
-report('refused', 'evil.test')
-report('exact', 'api.example.test')
-print('unanswered', connect('192.0.2.99'), flush=True)
-print('other-port', connect('192.0.2.10', other), flush=True)
-report('wildcard', 'x.wild.test')
-report('cname', 'alias.example.test')
-report('v6', 'api6.example.test', socket.AF_INET6)
-# Last: glibc sorts several addresses by connecting a UDP socket to each, and the policy's
-# TCP-only rule refuses (and records) those connects.
-report('many', 'many.example.test')
-report('before', 'changing.example.test')
-time.sleep(3)
-report('after', 'changing.example.test')
-";
-
-/// Inside the test's own network namespace: every address of `192.0.2.0/24`, and `2001:db8::10`,
-/// is local (the answers of `dns_zone` reach the test's listener).
-fn make_answers_local() {
-    for args in [
-        &["route", "add", "local", "192.0.2.0/24", "dev", "lo"][..],
-        &[
-            "-6",
-            "addr",
-            "add",
-            "2001:db8::10/128",
-            "dev",
-            "lo",
-            "nodad",
-        ][..],
-    ] {
-        let status = Command::new("ip")
-            .args(args)
-            .status()
-            .expect("ip (iproute2)");
-        assert!(status.success(), "ip {args:?}");
-    }
-}
-
-/// The test upstream's zone in `dns_following`; `changing.example.test` answers
-/// 192.0.2.`changing`.
-fn dns_zone(changing: u8) -> common::dns_upstream::Zone {
-    use std::net::{Ipv4Addr, Ipv6Addr};
-    let many: Vec<Ipv4Addr> = (100..130).map(|i| Ipv4Addr::new(192, 0, 2, i)).collect();
-    common::dns_upstream::Zone::default()
-        .a("api.example.test", &[Ipv4Addr::new(192, 0, 2, 10)], 60)
-        .a("x.wild.test", &[Ipv4Addr::new(192, 0, 2, 11)], 60)
-        .cname("alias.example.test", "edge.cdn.test", 60)
-        .cname("edge.cdn.test", "cdn-1.provider.test", 60)
-        .a("cdn-1.provider.test", &[Ipv4Addr::new(192, 0, 2, 13)], 5)
-        .a("many.example.test", &many, 60)
-        .aaaa(
-            "api6.example.test",
-            &["2001:db8::10".parse::<Ipv6Addr>().unwrap()],
-            60,
-        )
-        .a(
-            "changing.example.test",
-            &[Ipv4Addr::new(192, 0, 2, changing)],
-            60,
-        )
-        .a("evil.test", &[Ipv4Addr::new(192, 0, 2, 66)], 60)
-}
-
 /// The instance's lookups go to isolate's resolver whatever resolver it asks: a listed name
 /// (exact, wildcard, behind a CNAME chain, 30 addresses retried over TCP, IPv6) resolves
 /// through the test's upstream and connects at once; a changed answer is followed on the next
 /// lookup; an unlisted name is refused without reaching the upstream and recorded by name; an
 /// address nobody answered, or an admitted one on another port, is refused.
 fn dns_following() {
-    use common::dns_upstream::Upstream;
+    use common::dns_upstream::{LOOKUP_SCRIPT, Upstream, make_answers_local, test_zone};
     make_answers_local();
     let listener = TcpListener::bind("[::]:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let other_port = TcpListener::bind("[::]:0").unwrap();
     let other = other_port.local_addr().unwrap().port();
-    let upstream = Upstream::start("127.0.0.2:53".parse().unwrap(), dns_zone(20)).unwrap();
+    let upstream = Upstream::start("127.0.0.2:53".parse().unwrap(), test_zone(20)).unwrap();
     let hosts = [
         "api.example.test",
         "*.wild.test",
@@ -215,15 +126,27 @@ fn dns_following() {
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }
-            upstream.set_zone(dns_zone(21));
+            upstream.set_zone(test_zone(21));
             true
         });
         let out = instance.run(&[
             "/usr/bin/python3",
             "-c",
-            DNS_SCRIPT,
+            LOOKUP_SCRIPT,
             &port.to_string(),
-            &other.to_string(),
+            "look refused evil.test",
+            "look exact api.example.test",
+            "connect unanswered 192.0.2.99",
+            &format!("connect other-port 192.0.2.10 {other}"),
+            "look wildcard x.wild.test",
+            "look cname alias.example.test",
+            "look6 v6 api6.example.test",
+            // Late: glibc sorts several addresses by connecting a UDP socket to each, and the
+            // policy's TCP-only rule refuses (and records) those connects.
+            "look many many.example.test",
+            "look before changing.example.test",
+            "sleep 3",
+            "look after changing.example.test",
         ]);
         (out, changer.join().unwrap())
     });

@@ -2,8 +2,9 @@
 # vmtest-guest: systemd
 # vmtest-timeout: 400
 # `isolate exec` end to end (enforcer/tests/exec.rs): user switch, no privileges, cgroup,
-# network layers and Landlock on the child and its descendants, exit codes and signals, and
-# nothing left behind.
+# network layers and Landlock on the child and its descendants, host names followed through
+# isolate's resolver (exact, wildcard, CNAME chain, 30 addresses over TCP, IPv6, a changed
+# answer, a refused name recorded by name), exit codes and signals, and nothing left behind.
 set -u
 . "$VMTESTS/lib/testbin.sh"
 run_testbin exec

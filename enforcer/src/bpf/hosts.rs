@@ -122,6 +122,68 @@ impl HostMaps {
         Ok(removed)
     }
 
+    /// Makes `admissions` all that `uid` has admitted: each address gets a fresh value of
+    /// its rules (none kept from before), written over the old one so that no connect in
+    /// between finds it missing; addresses not among them are removed.
+    pub fn replace(
+        &mut self,
+        uid: u32,
+        admissions: &[(IpAddr, HostPorts, Duration)],
+    ) -> Result<(), BpfError> {
+        let mut values: std::collections::HashMap<IpAddr, HostValue> =
+            std::collections::HashMap::new();
+        for &(addr, ports, until) in admissions {
+            let expires_ns = u64::try_from(until.as_nanos()).unwrap_or(u64::MAX);
+            let old = values.get(&addr).copied();
+            values.insert(addr, merged(old, ports, expires_ns));
+        }
+        for (&addr, &value) in &values {
+            match addr {
+                IpAddr::V4(a) => self
+                    .hosts_v4
+                    .insert(
+                        HostV4Key {
+                            uid,
+                            addr: a.octets(),
+                        },
+                        value,
+                        0,
+                    )
+                    .map_err(map_error(map_names::HOSTS_V4))?,
+                IpAddr::V6(a) => self
+                    .hosts_v6
+                    .insert(
+                        HostV6Key {
+                            uid,
+                            addr: a.octets(),
+                        },
+                        value,
+                        0,
+                    )
+                    .map_err(map_error(map_names::HOSTS_V6))?,
+            }
+        }
+        let gone_v4: Vec<HostV4Key> = self
+            .hosts_v4
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|key| key.uid == uid && !values.contains_key(&IpAddr::from(key.addr)))
+            .collect();
+        for key in gone_v4 {
+            let _ = self.hosts_v4.remove(&key);
+        }
+        let gone_v6: Vec<HostV6Key> = self
+            .hosts_v6
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|key| key.uid == uid && !values.contains_key(&IpAddr::from(key.addr)))
+            .collect();
+        for key in gone_v6 {
+            let _ = self.hosts_v6.remove(&key);
+        }
+        Ok(())
+    }
+
     /// The addresses admitted for `uid` that have not expired by `now`.
     pub fn admitted(&self, uid: u32, now: Duration) -> Vec<IpAddr> {
         let now_ns = u64::try_from(now.as_nanos()).unwrap_or(u64::MAX);

@@ -14,6 +14,7 @@
 //! - the async side (signals, control socket, `/metrics`) reads the latest view and the
 //!   layers' counters through handles of its own, on the blocking pool.
 
+mod following;
 pub mod registry;
 mod server;
 pub mod state;
@@ -238,7 +239,15 @@ pub fn run(config: &DaemonConfig) -> Result<(), DaemonError> {
     let (layers, availability) = open_layers(config)?;
     let readers = layers.reader()?;
     let layer_names: Vec<String> = layers.kinds().iter().map(ToString::to_string).collect();
+    let (refusals, refused) = mpsc::channel();
     let mut registry = Registry::new(config.policy_dir.clone(), layers, Lookups::system());
+    if config.layers.ebpf {
+        registry.follow_names(Box::new(following::Following::new(
+            config.pins.clone(),
+            config.layers.nftables,
+            refusals,
+        )));
+    }
     let previous = Enforced::load(&config.state_dir).unwrap_or_else(|e| {
         tracing::error!(
             "cannot read {}: {e}; starting from the policy directory alone",
@@ -278,7 +287,7 @@ pub fn run(config: &DaemonConfig) -> Result<(), DaemonError> {
         Some(
             std::thread::Builder::new()
                 .name("events".into())
-                .spawn(move || run_pump(&pins, &drain_queue, &shared))
+                .spawn(move || run_pump(&pins, &drain_queue, &refused, &shared))
                 .map_err(io_error("event thread"))?,
         )
     } else {
@@ -434,6 +443,7 @@ fn ensured(
 fn run_pump(
     pins: &PinDir,
     queue: &mpsc::Receiver<tokio::sync::oneshot::Sender<()>>,
+    refused: &mpsc::Receiver<bpf::BlockedAttempt>,
     shared: &Shared,
 ) {
     let mut reader = match bpf::EventReader::open(pins) {
@@ -449,19 +459,26 @@ fn run_pump(
             Ok(asked) => Some(asked),
             Err(mpsc::RecvTimeoutError::Timeout) => None,
             Err(mpsc::RecvTimeoutError::Disconnected) => {
-                pump_once(&mut reader, &mut audit, shared);
+                pump_once(&mut reader, refused, &mut audit, shared);
                 return;
             }
         };
-        pump_once(&mut reader, &mut audit, shared);
+        pump_once(&mut reader, refused, &mut audit, shared);
         if let Some(asked) = asked {
             let _ = asked.send(());
         }
     }
 }
 
-fn pump_once(reader: &mut bpf::EventReader, audit: &mut AuditSink, shared: &Shared) {
-    let events = reader.read();
+fn pump_once(
+    reader: &mut bpf::EventReader,
+    refused: &mpsc::Receiver<bpf::BlockedAttempt>,
+    audit: &mut AuditSink,
+    shared: &Shared,
+) {
+    // The kernel's refusals, then the resolvers' (DNS questions).
+    let mut events = reader.read();
+    events.extend(refused.try_iter());
     if events.is_empty() {
         return;
     }

@@ -62,6 +62,18 @@ pub struct Lookups {
     pub rules: RulesLookup,
 }
 
+/// What follows instances' DNS answers (the daemon's resolver per instance). The registry asks
+/// it for the rules of a policy whose names it follows, and tells it what is in force.
+pub trait FollowNames: Send {
+    /// The rules of `policy` with its names followed, or `None` when they are resolved
+    /// instead ([`Lookups::rules`]).
+    fn rules(&mut self, policy: &Policy) -> Option<EffectiveRules>;
+    /// `policy` is in force for `id`, applied or found unchanged.
+    fn in_force(&mut self, id: &InstanceId, policy: &Policy);
+    /// `id` is enforced no more.
+    fn removed(&mut self, id: &InstanceId);
+}
+
 impl Lookups {
     /// The system's user database and resolver.
     pub fn system() -> Self {
@@ -125,6 +137,7 @@ pub struct Registry {
     /// What an earlier daemon left enforced and this one has not taken over yet.
     adoptable: BTreeMap<String, InstanceRecord>,
     stats: DaemonStats,
+    follow: Option<Box<dyn FollowNames>>,
 }
 
 impl Registry {
@@ -137,7 +150,21 @@ impl Registry {
             removing: BTreeMap::new(),
             adoptable: BTreeMap::new(),
             stats: DaemonStats::default(),
+            follow: None,
         }
+    }
+
+    /// Has `follow` follow the DNS answers of the instances whose names it takes.
+    pub fn follow_names(&mut self, follow: Box<dyn FollowNames>) {
+        self.follow = Some(follow);
+    }
+
+    /// The rules of `policy`: its names followed where they are, resolved otherwise.
+    fn rules_of(&mut self, policy: &Policy) -> EffectiveRules {
+        self.follow
+            .as_mut()
+            .and_then(|follow| follow.rules(policy))
+            .unwrap_or_else(|| (self.lookups.rules)(policy))
     }
 
     pub fn policy_dir(&self) -> &Path {
@@ -310,7 +337,7 @@ impl Registry {
                 other: other.id.name.clone(),
             });
         }
-        let rules = (self.lookups.rules)(&policy);
+        let rules = self.rules_of(&policy);
         let hash = enforcement_hash(&policy, &rules, uid);
         self.adopt(&name);
         if let Some(current) = self.instances.get_mut(&name)
@@ -319,6 +346,10 @@ impl Registry {
             && (current.verified || self.layers.in_force(&current.id).unwrap_or(false))
         {
             current.verified = true;
+            let id = current.id.clone();
+            if let Some(follow) = self.follow.as_mut() {
+                follow.in_force(&id, &policy);
+            }
             return Ok(Outcome::Unchanged);
         }
         let id = InstanceId {
@@ -338,6 +369,9 @@ impl Registry {
                 source,
             })?;
         tracing::info!(instance = name, uid, "policy applied");
+        if let Some(follow) = self.follow.as_mut() {
+            follow.in_force(&id, &policy);
+        }
         let kept = previous.and_then(|p| p.kept.clone());
         self.instances.insert(
             name,
@@ -366,7 +400,7 @@ impl Registry {
                 isolate_policy::parse_str(&format!("user = {:?}\n", record.user), &record.source)
             })
             .expect("a policy of only a user parses");
-        let rules = (self.lookups.rules)(&policy);
+        let rules = self.rules_of(&policy);
         tracing::info!(
             instance = name,
             uid = record.uid,
@@ -401,6 +435,9 @@ impl Registry {
         let name = id.name.clone();
         match self.layers.remove(&id) {
             Ok(()) => {
+                if let Some(follow) = self.follow.as_mut() {
+                    follow.removed(&id);
+                }
                 tracing::info!(instance = name, "enforcement removed: its file is gone");
                 self.removing.remove(&name);
                 report.removed.push(name);

@@ -17,7 +17,7 @@ use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Sender;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -98,13 +98,19 @@ impl Listener {
     }
 
     /// Starts answering with `service`; the resolver stops when the returned handle drops.
-    pub fn serve(self, mut service: Service) -> io::Result<Resolver> {
+    pub fn serve(self, service: Service) -> io::Result<Resolver> {
         let stop = Arc::new(AtomicBool::new(false));
-        let bpf = service.layers.bpf.take();
         let shared = Arc::new(Shared {
-            service,
+            instance: service.instance,
+            uid: service.uid,
+            nft: service.layers.nft,
+            refusals: service.refusals,
+            names: RwLock::new(Names {
+                hosts: service.hosts,
+                upstreams: service.upstreams,
+            }),
             admitted: Mutex::new(Admitted {
-                bpf,
+                bpf: service.layers.bpf,
                 ..Admitted::default()
             }),
         });
@@ -143,11 +149,31 @@ impl Resolver {
 
     /// The name whose answer admitted `addr`, while it is admitted.
     pub fn name_of(&self, addr: IpAddr) -> Option<String> {
-        let addr = match addr {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(addr, IpAddr::V4),
-            v4 @ IpAddr::V4(_) => v4,
-        };
-        self.shared.admitted.lock().ok()?.names.get(&addr).cloned()
+        let addr = unmapped(addr);
+        let admitted = self.shared.admitted.lock().ok()?;
+        admitted
+            .until
+            .keys()
+            .find(|(_, admitted)| *admitted == addr)
+            .map(|(name, _)| name.clone())
+    }
+
+    /// Serves from now on with the policy's new `hosts` and `upstreams` (a reload), and
+    /// admits again what is admitted, under the new rules (see [`Resolver::recommit`]).
+    pub fn update(&self, hosts: Vec<HostRule>, upstreams: Vec<IpAddr>) {
+        if let Ok(mut names) = self.shared.names.write() {
+            *names = Names { hosts, upstreams };
+        }
+        self.recommit();
+    }
+
+    /// Writes every live admission into the layers again, under the host rules in force: after
+    /// the nftables table was replaced (its host sets start empty) or the rules changed. An
+    /// address whose name no longer matches a rule is let go.
+    pub fn recommit(&self) {
+        if let Err(e) = self.shared.recommit() {
+            tracing::warn!(instance = %self.shared.instance, "resolver: admit again: {e}");
+        }
     }
 }
 
@@ -193,20 +219,29 @@ pub struct Layers {
 }
 
 struct Shared {
-    service: Service,
+    instance: String,
+    uid: u32,
+    nft: bool,
+    refusals: Sender<BlockedAttempt>,
+    names: RwLock<Names>,
     /// Held while an answer is committed: two lookups of one name both wait for the commit.
     admitted: Mutex<Admitted>,
 }
 
-/// What the resolver admitted, and until when (boot clock), by (host rule, address).
+/// What the policy lets the resolver answer, and where it asks.
+struct Names {
+    /// The policy's host rules (their indices name the nftables sets).
+    hosts: Vec<HostRule>,
+    upstreams: Vec<IpAddr>,
+}
+
+/// What the resolver admitted, and until when (boot clock), by (name answered, address).
 #[derive(Default)]
 struct Admitted {
     /// The eBPF layer's maps (taken from `Service::layers`): one writer at a time.
     bpf: Option<HostMaps>,
-    until: HashMap<(usize, IpAddr), Duration>,
+    until: HashMap<(String, IpAddr), Duration>,
     last_sweep: Option<Instant>,
-    /// Admitted addresses by the name whose answer gave them, for records and status.
-    names: HashMap<IpAddr, String>,
 }
 
 /// A resolver thread. It blocks every signal: they are the supervisor's (or the daemon's) to
@@ -230,7 +265,7 @@ fn serve_udp(socket: &UdpSocket, shared: &Shared, stop: &AtomicBool) {
                 continue;
             }
             Err(e) => {
-                tracing::warn!(instance = %shared.service.instance, "resolver: {e}");
+                tracing::warn!(instance = %shared.instance, "resolver: {e}");
                 std::thread::sleep(POLL);
                 continue;
             }
@@ -252,7 +287,7 @@ fn serve_tcp(listener: &TcpListener, shared: &Arc<Shared>, stop: &Arc<AtomicBool
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => std::thread::sleep(POLL / 4),
             Err(e) => {
-                tracing::warn!(instance = %shared.service.instance, "resolver: {e}");
+                tracing::warn!(instance = %shared.instance, "resolver: {e}");
                 std::thread::sleep(POLL);
             }
         }
@@ -281,8 +316,10 @@ impl Shared {
         let Ok(query) = message::parse_query(bytes) else {
             return message::format_error(bytes);
         };
-        let service = &self.service;
-        let rules = matching_rules(&service.hosts, &query.name);
+        let rules = match self.names.read() {
+            Ok(names) => matching_rules(&names.hosts, &query.name),
+            Err(_) => return Some(message::servfail(&query)),
+        };
         if rules.is_empty() {
             self.refuse(&query, peer, protocol);
             return Some(message::refused(&query));
@@ -293,13 +330,13 @@ impl Shared {
         let parsed = match message::parse_answer(&query, &answer) {
             Ok(parsed) => parsed,
             Err(e) => {
-                tracing::warn!(instance = %service.instance, name = %query.name, "resolver: upstream answer: {e}");
+                tracing::warn!(instance = %self.instance, name = %query.name, "resolver: upstream answer: {e}");
                 return Some(message::servfail(&query));
             }
         };
         if let Err(e) = self.commit(&query.name, &rules, &parsed.addresses) {
             tracing::warn!(
-                instance = %service.instance,
+                instance = %self.instance,
                 name = %query.name,
                 "resolver: the answer's addresses could not be admitted ({e}); the instance gets SERVFAIL"
             );
@@ -310,26 +347,25 @@ impl Shared {
 
     /// Counts and records a question the policy does not allow.
     fn refuse(&self, query: &Query, peer: SocketAddr, protocol: u8) {
-        let service = &self.service;
         let family = if peer.is_ipv6() { FAMILY_V6 } else { FAMILY_V4 };
-        tracing::debug!(instance = %service.instance, name = %query.name, "resolver: refused");
+        tracing::debug!(instance = %self.instance, name = %query.name, "resolver: refused");
         if let Ok(mut admitted) = self.admitted.lock()
             && let Some(bpf) = admitted.bpf.as_mut()
         {
             let key = CounterKey {
-                uid: service.uid,
+                uid: self.uid,
                 family,
                 protocol,
                 hook: HOOK_DNS,
                 _pad: 0,
             };
             if let Err(e) = bpf.count(key) {
-                tracing::warn!(instance = %service.instance, "resolver: count a refusal: {e}");
+                tracing::warn!(instance = %self.instance, "resolver: count a refusal: {e}");
             }
         }
         let attempt = BlockedAttempt {
             timestamp_ns: u64::try_from(boot_clock().as_nanos()).unwrap_or(0),
-            uid: service.uid,
+            uid: self.uid,
             pid: 0,
             comm: String::new(),
             destination: peer.ip(),
@@ -340,12 +376,16 @@ impl Shared {
             host: Some(query.name.clone()),
             record_type: Some(query.record_type.clone()),
         };
-        let _ = service.refusals.send(attempt);
+        let _ = self.refusals.send(attempt);
     }
 
     /// Asks the upstreams in turn; the first answer wins.
     fn forward(&self, query: &Query, protocol: u8) -> Option<Vec<u8>> {
-        for upstream in &self.service.upstreams {
+        let upstreams = match self.names.read() {
+            Ok(names) => names.upstreams.clone(),
+            Err(_) => return None,
+        };
+        for upstream in &upstreams {
             let asked = if protocol == PROTO_TCP {
                 ask_tcp(query, *upstream)
             } else {
@@ -354,7 +394,7 @@ impl Shared {
             match asked {
                 Ok(answer) => return Some(answer),
                 Err(e) => tracing::warn!(
-                    instance = %self.service.instance,
+                    instance = %self.instance,
                     name = %query.name,
                     %upstream,
                     "resolver: upstream: {e}"
@@ -371,64 +411,105 @@ impl Shared {
         rules: &[usize],
         addresses: &[(IpAddr, u32)],
     ) -> Result<(), String> {
-        let service = &self.service;
-        let mut admitted = self
-            .admitted
-            .lock()
-            .map_err(|_| "a resolver thread panicked".to_owned())?;
+        let hosts = self
+            .names
+            .read()
+            .map_err(|_| POISONED.to_owned())?
+            .hosts
+            .clone();
+        let mut admitted = self.admitted.lock().map_err(|_| POISONED.to_owned())?;
         let now = boot_clock();
-        let mut elements = Vec::new();
-        let mut bpf_admissions = Vec::new();
+        let mut admissions = Vec::new();
         for &(addr, ttl) in addresses.iter().take(MAX_ADDRESSES_PER_ANSWER) {
-            // A v4-mapped answer reaches an IPv4 host.
-            let addr = match addr {
-                IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(addr, IpAddr::V4),
-                v4 @ IpAddr::V4(_) => v4,
-            };
+            let addr = unmapped(addr);
             if let Some(why) = never_admitted(addr) {
-                tracing::warn!(instance = %service.instance, name, %addr, "resolver: not admitted: a name never opens a {why} address");
+                tracing::warn!(instance = %self.instance, name, %addr, "resolver: not admitted: a name never opens a {why} address");
                 continue;
             }
             let lifetime = Duration::from_secs(u64::from(ttl)).clamp(TTL_FLOOR, TTL_CAP) + GRACE;
-            for &rule in rules {
-                let until = now + lifetime;
-                let kept = admitted
-                    .until
-                    .get(&(rule, addr))
-                    .copied()
-                    .unwrap_or_default()
-                    .max(until);
-                let timeout = u32::try_from(kept.saturating_sub(now).as_secs()).unwrap_or(u32::MAX);
-                elements.push(HostElement {
-                    host_index: rule,
-                    addr,
-                    timeout_secs: timeout,
-                });
-                bpf_admissions.push((rule, addr, kept));
-            }
+            let key = (name.to_owned(), addr);
+            let until = admitted
+                .until
+                .get(&key)
+                .copied()
+                .unwrap_or_default()
+                .max(now + lifetime);
+            admissions.push((key, until));
         }
         let live = admitted
             .until
             .values()
             .filter(|until| **until > now)
             .count();
-        if live + bpf_admissions.len() > MAX_ADDRESSES_PER_INSTANCE {
+        if live + admissions.len() > MAX_ADDRESSES_PER_INSTANCE {
             return Err(format!(
                 "the instance holds {live} admitted addresses, at most {MAX_ADDRESSES_PER_INSTANCE}"
             ));
         }
-        if service.layers.nft {
-            nft::admit(&service.instance, &elements).map_err(|e| e.to_string())?;
-        }
-        if let Some(bpf) = admitted.bpf.as_mut() {
-            for &(rule, addr, kept) in &bpf_admissions {
-                bpf.admit(service.uid, addr, HostPorts::of(&service.hosts[rule]), kept)
-                    .map_err(|e| e.to_string())?;
+        let mut elements = Vec::new();
+        for ((_, addr), until) in &admissions {
+            for &rule in rules {
+                elements.push((rule, *addr, *until));
             }
         }
-        for (rule, addr, kept) in bpf_admissions {
-            admitted.until.insert((rule, addr), kept);
-            admitted.names.insert(addr, name.to_owned());
+        self.write(&mut admitted, &hosts, &elements, now)?;
+        admitted.until.extend(admissions);
+        Ok(())
+    }
+
+    /// See [`Resolver::recommit`].
+    fn recommit(&self) -> Result<(), String> {
+        let hosts = self
+            .names
+            .read()
+            .map_err(|_| POISONED.to_owned())?
+            .hosts
+            .clone();
+        let mut admitted = self.admitted.lock().map_err(|_| POISONED.to_owned())?;
+        let now = boot_clock();
+        admitted
+            .until
+            .retain(|(name, _), until| *until > now && !matching_rules(&hosts, name).is_empty());
+        let mut elements = Vec::new();
+        for ((name, addr), until) in &admitted.until {
+            for rule in matching_rules(&hosts, name) {
+                elements.push((rule, *addr, *until));
+            }
+        }
+        if self.nft {
+            nft::admit(&self.instance, &host_elements(&hosts, &elements, now))
+                .map_err(|e| e.to_string())?;
+        }
+        // The host maps get fresh values: rules of old host indices must not linger.
+        if let Some(bpf) = admitted.bpf.as_mut() {
+            let admissions: Vec<(IpAddr, HostPorts, Duration)> = elements
+                .iter()
+                .map(|&(rule, addr, until)| (addr, HostPorts::of(&hosts[rule]), until))
+                .collect();
+            bpf.replace(self.uid, &admissions)
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// Writes (host rule, address, until) admissions into every layer: nftables first (one
+    /// transaction), then the eBPF host maps.
+    fn write(
+        &self,
+        admitted: &mut Admitted,
+        hosts: &[HostRule],
+        elements: &[(usize, IpAddr, Duration)],
+        now: Duration,
+    ) -> Result<(), String> {
+        if self.nft {
+            nft::admit(&self.instance, &host_elements(hosts, elements, now))
+                .map_err(|e| e.to_string())?;
+        }
+        if let Some(bpf) = admitted.bpf.as_mut() {
+            for &(rule, addr, until) in elements {
+                bpf.admit(self.uid, addr, HostPorts::of(&hosts[rule]), until)
+                    .map_err(|e| e.to_string())?;
+            }
         }
         Ok(())
     }
@@ -447,15 +528,37 @@ impl Shared {
         admitted.last_sweep = Some(Instant::now());
         let now = boot_clock();
         admitted.until.retain(|_, until| *until > now);
-        let live: std::collections::HashSet<IpAddr> =
-            admitted.until.keys().map(|(_, addr)| *addr).collect();
-        admitted.names.retain(|addr, _| live.contains(addr));
-        let service = &self.service;
         if let Some(bpf) = admitted.bpf.as_mut()
-            && let Err(e) = bpf.remove_expired(service.uid, now)
+            && let Err(e) = bpf.remove_expired(self.uid, now)
         {
-            tracing::warn!(instance = %service.instance, "resolver: sweep: {e}");
+            tracing::warn!(instance = %self.instance, "resolver: sweep: {e}");
         }
+    }
+}
+
+const POISONED: &str = "a resolver thread panicked";
+
+/// (host rule, address, until) admissions as nftables set elements with their timeouts.
+fn host_elements(
+    hosts: &[HostRule],
+    elements: &[(usize, IpAddr, Duration)],
+    now: Duration,
+) -> Vec<HostElement> {
+    elements
+        .iter()
+        .map(|&(rule, addr, until)| HostElement {
+            set: nft::host_set_name(addr.is_ipv6(), &hosts[rule]),
+            addr,
+            timeout_secs: u32::try_from(until.saturating_sub(now).as_secs()).unwrap_or(u32::MAX),
+        })
+        .collect()
+}
+
+/// A v4-mapped address reaches an IPv4 host: it is admitted and judged as one.
+fn unmapped(addr: IpAddr) -> IpAddr {
+    match addr {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(addr, IpAddr::V4),
+        v4 @ IpAddr::V4(_) => v4,
     }
 }
 

@@ -24,7 +24,7 @@ use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use ipnet::IpNet;
-use isolate_policy::{PortRange, Protocol};
+use isolate_policy::{HostRule, PortRange, Protocol};
 use nftables::expr::{
     CT, Elem, Expression, Meta, MetaKey, NamedExpression, Payload, PayloadField, Prefix, Range,
     SetItem,
@@ -81,10 +81,15 @@ pub fn set_name(family: &str, protocol: Protocol, ports: Option<PortRange>) -> S
     format!("allow_{family}_{protocol}{ports}")
 }
 
-/// The set of addresses DNS answers admitted for the policy's host rule number `index`
-/// (`host_v4_0`, `host_v6_0`, ...). Its elements carry their own timeout.
-pub fn host_set_name(v6: bool, index: usize) -> String {
-    format!("host_{}_{index}", if v6 { "v6" } else { "v4" })
+/// The set of addresses DNS answers admitted for the policy's host rule `host`, such as
+/// `host_v4_1a2b3c4d`: named after the rule itself (a digest of it as written), so that a
+/// re-applied table carries over the elements of the rules it still has, and only those.
+/// Its elements carry their own timeout.
+pub fn host_set_name(v6: bool, host: &HostRule) -> String {
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::digest(host.to_string().as_bytes());
+    let short = u32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]]);
+    format!("host_{}_{short:08x}", if v6 { "v6" } else { "v4" })
 }
 
 /// Counter values carried over when a policy is re-applied.
@@ -112,13 +117,14 @@ pub(super) struct AllowSet {
 /// Renders the whole table, replacing whatever table of that name exists (see [`replace_table`]).
 /// Counters start at zero.
 pub fn render(policy: &NftPolicy) -> Nftables<'static> {
-    render_with_counters(policy, &BTreeMap::new())
+    render_with_counters(policy, &BTreeMap::new(), &[])
 }
 
 /// [`render`], with counters starting at `seeds` (by name) rather than zero.
 pub(super) fn render_with_counters(
     policy: &NftPolicy,
     seeds: &BTreeMap<String, CounterValue>,
+    host_seeds: &[HostElement],
 ) -> Nftables<'static> {
     let table = table_name(policy.instance);
     let sets = allow_sets(policy);
@@ -133,6 +139,13 @@ pub(super) fn render_with_counters(
     for set in &sets {
         batch.push(add(NfListObject::Set(Box::new(set.to_schema(&table)))));
     }
+    // Addresses admitted into host sets the new table still has stay admitted.
+    let kept: Vec<HostElement> = host_seeds
+        .iter()
+        .filter(|seed| sets.iter().any(|set| set.dynamic && set.name == seed.set))
+        .cloned()
+        .collect();
+    batch.extend(timed_elements(&table, &kept));
     batch.push(add(NfListObject::Chain(Chain {
         family: NfFamily::INet,
         table: table.clone().into(),
@@ -166,10 +179,11 @@ pub(super) fn render_with_counters(
     }
 }
 
-/// One address a DNS answer admitted for a host rule, for `timeout_secs`.
+/// One address a DNS answer admitted for a host rule, for `timeout_secs`, in the rule's set
+/// (see [`host_set_name`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostElement {
-    pub host_index: usize,
+    pub set: String,
     pub addr: std::net::IpAddr,
     pub timeout_secs: u32,
 }
@@ -179,30 +193,40 @@ pub struct HostElement {
 pub(super) fn admit_elements(table: &str, elements: &[HostElement]) -> Nftables<'static> {
     let mut batch = Vec::new();
     for element in elements {
-        let set = host_set_name(element.addr.is_ipv6(), element.host_index);
-        let plain = text(element.addr.to_string());
-        let timed = Expression::Named(NamedExpression::Elem(Elem {
-            val: Box::new(text(element.addr.to_string())),
-            timeout: Some(element.timeout_secs),
-            expires: None,
-            comment: None,
-            counter: None,
-        }));
-        let object = |value: Expression<'static>| {
-            NfListObject::Element(schema::Element {
-                family: NfFamily::INet,
-                table: table.to_owned().into(),
-                name: set.clone().into(),
-                elem: vec![value].into(),
-            })
-        };
-        batch.push(add(object(plain.clone())));
-        batch.push(NfObject::CmdObject(NfCmd::Delete(object(plain))));
-        batch.push(add(object(timed)));
+        let plain = element_object(table, &element.set, text(element.addr.to_string()));
+        batch.push(add(plain.clone()));
+        batch.push(NfObject::CmdObject(NfCmd::Delete(plain)));
+        batch.extend(timed_elements(table, std::slice::from_ref(element)));
     }
     Nftables {
         objects: batch.into(),
     }
+}
+
+/// `add element` of each of `elements`, with its timeout.
+fn timed_elements(table: &str, elements: &[HostElement]) -> Vec<NfObject<'static>> {
+    elements
+        .iter()
+        .map(|element| {
+            let timed = Expression::Named(NamedExpression::Elem(Elem {
+                val: Box::new(text(element.addr.to_string())),
+                timeout: Some(element.timeout_secs),
+                expires: None,
+                comment: None,
+                counter: None,
+            }));
+            add(element_object(table, &element.set, timed))
+        })
+        .collect()
+}
+
+fn element_object(table: &str, set: &str, value: Expression<'static>) -> NfListObject<'static> {
+    NfListObject::Element(schema::Element {
+        family: NfFamily::INet,
+        table: table.to_owned().into(),
+        name: set.to_owned().into(),
+        elem: vec![value].into(),
+    })
 }
 
 /// `add table` + `delete table` + `add table`: the classic idiom that makes one transaction
@@ -233,10 +257,10 @@ pub(super) fn allow_sets(policy: &NftPolicy) -> Vec<AllowSet> {
         .map(|r| (IpNet::V6(r.net), r.protocol, r.ports, r.to_string()));
     let mut sets = group(false, v4);
     sets.extend(group(true, v6));
-    for (index, host) in policy.hosts.iter().enumerate() {
+    for host in policy.hosts {
         for v6 in [false, true] {
             sets.push(AllowSet {
-                name: host_set_name(v6, index),
+                name: host_set_name(v6, host),
                 v6,
                 protocol: host.protocol,
                 ports: host.ports,

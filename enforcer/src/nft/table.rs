@@ -20,12 +20,12 @@ use super::{NftError, NftPolicy};
 pub fn apply(policy: &NftPolicy) -> Result<(), NftError> {
     let instance = policy.instance;
     check_instance(instance)?;
-    let seeds = if is_applied(instance)? {
-        read_counters(instance)?
+    let (seeds, host_seeds) = if is_applied(instance)? {
+        (read_counters(instance)?, read_host_elements(instance)?)
     } else {
-        BTreeMap::new()
+        (BTreeMap::new(), Vec::new())
     };
-    let batch = render::render_with_counters(policy, &seeds);
+    let batch = render::render_with_counters(policy, &seeds, &host_seeds);
     command::apply(&batch).map_err(|e| match e {
         RunError::Failed(stderr) => NftError::Rejected {
             instance: instance.to_owned(),
@@ -102,6 +102,37 @@ fn read_counters(instance: &str) -> Result<BTreeMap<String, CounterValue>, NftEr
             Some((c["name"].as_str()?.to_owned(), value))
         })
         .collect())
+}
+
+/// The elements of the table's host sets, each with the time it has left as its timeout.
+fn read_host_elements(instance: &str) -> Result<Vec<render::HostElement>, NftError> {
+    let action = "list its host sets";
+    let table = table_name(instance);
+    let out = command::list(&["list", "table", "inet", &table])
+        .map_err(|e| e.for_instance(instance, action))?;
+    let mut elements = Vec::new();
+    for set in objects(instance, action, &out)?
+        .iter()
+        .filter_map(|o| o.get("set"))
+        .filter(|set| set["name"].as_str().is_some_and(|n| n.starts_with("host_")))
+    {
+        let name = set["name"].as_str().unwrap_or_default();
+        for elem in set["elem"].as_array().into_iter().flatten() {
+            let timed = &elem["elem"];
+            let (Some(addr), Some(left)) = (
+                timed["val"].as_str().and_then(|v| v.parse().ok()),
+                timed["expires"].as_u64(),
+            ) else {
+                continue;
+            };
+            elements.push(render::HostElement {
+                set: name.to_owned(),
+                addr,
+                timeout_secs: u32::try_from(left.max(1)).unwrap_or(u32::MAX),
+            });
+        }
+    }
+    Ok(elements)
 }
 
 /// The objects of nft's JSON output (`{"nftables": [...]}`).

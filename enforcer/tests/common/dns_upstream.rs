@@ -343,3 +343,89 @@ fn fqdn(name: &str) -> Name {
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
+
+/// A confined client for the DNS-following tests, run as `python3 -c LOOKUP_SCRIPT PORT STEP…`:
+/// each step looks a name up through whatever resolver /etc/resolv.conf names (`look LABEL
+/// NAME`, `look6 LABEL NAME` for IPv6) and connects to every address found on PORT, or
+/// connects to one address (`connect LABEL ADDR [PORT]`), or waits (`sleep SECONDS`). Each
+/// step prints one line: `LABEL COUNT FIRST,SECOND VERDICTS fast|slow` for a lookup (`ok`,
+/// `errno N`), `LABEL VERDICT` for a connect.
+pub const LOOKUP_SCRIPT: &str = r"
+import socket, sys, time
+port = int(sys.argv[1])
+def look(name, family):
+    started = time.monotonic()
+    try:
+        found = sorted({a[4][0] for a in socket.getaddrinfo(name, port, family, socket.SOCK_STREAM)})
+    except socket.gaierror:
+        found = []
+    return found, time.monotonic() - started
+def connect(addr, to):
+    s = socket.socket(socket.AF_INET6 if ':' in addr else socket.AF_INET)
+    s.settimeout(5)
+    try:
+        s.connect((addr, to))
+        return 'ok'
+    except OSError as e:
+        return 'errno %d' % e.errno
+    finally:
+        s.close()
+for step in sys.argv[2:]:
+    kind, *args = step.split()
+    if kind == 'sleep':
+        time.sleep(float(args[0]))
+    elif kind == 'connect':
+        to = int(args[2]) if len(args) > 2 else port
+        print(args[0], connect(args[1], to), flush=True)
+    else:
+        family = socket.AF_INET6 if kind == 'look6' else socket.AF_INET
+        found, took = look(args[1], family)
+        verdicts = sorted({connect(a, port) for a in found})
+        print(args[0], len(found), ','.join(found[:2]), '+'.join(verdicts), 'slow' if took > 2 else 'fast', flush=True)
+";
+
+/// Inside the test's own network namespace: every address of `192.0.2.0/24`, and
+/// `2001:db8::10`, is local (the answers of [`test_zone`] reach the test's listeners).
+pub fn make_answers_local() {
+    for args in [
+        &["route", "add", "local", "192.0.2.0/24", "dev", "lo"][..],
+        &[
+            "-6",
+            "addr",
+            "add",
+            "2001:db8::10/128",
+            "dev",
+            "lo",
+            "nodad",
+        ][..],
+    ] {
+        let status = std::process::Command::new("ip")
+            .args(args)
+            .status()
+            .expect("ip (iproute2)");
+        assert!(status.success(), "ip {args:?}");
+    }
+}
+
+/// The zone of the DNS-following tests; `changing.example.test` answers 192.0.2.`changing`.
+pub fn test_zone(changing: u8) -> Zone {
+    let many: Vec<Ipv4Addr> = (100..130).map(|i| Ipv4Addr::new(192, 0, 2, i)).collect();
+    Zone::default()
+        .a("api.example.test", &[Ipv4Addr::new(192, 0, 2, 10)], 60)
+        .a("x.wild.test", &[Ipv4Addr::new(192, 0, 2, 11)], 60)
+        .cname("alias.example.test", "edge.cdn.test", 60)
+        .cname("edge.cdn.test", "cdn-1.provider.test", 60)
+        .a("cdn-1.provider.test", &[Ipv4Addr::new(192, 0, 2, 13)], 5)
+        .a("many.example.test", &many, 60)
+        .aaaa(
+            "api6.example.test",
+            &["2001:db8::10".parse::<Ipv6Addr>().unwrap()],
+            60,
+        )
+        .a(
+            "changing.example.test",
+            &[Ipv4Addr::new(192, 0, 2, changing)],
+            60,
+        )
+        .a("evil.test", &[Ipv4Addr::new(192, 0, 2, 66)], 60)
+}

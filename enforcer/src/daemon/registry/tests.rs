@@ -400,3 +400,46 @@ fn the_enforcement_hash_is_stable_and_covers_rules_and_uid() {
         hash
     );
 }
+
+/// What a recording name follower was told, in order.
+#[derive(Clone, Default)]
+struct FollowLog(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+impl FollowNames for FollowLog {
+    fn rules(&mut self, policy: &Policy) -> Option<EffectiveRules> {
+        self.0
+            .lock()
+            .unwrap()
+            .push(format!("rules {}", policy.name));
+        None
+    }
+    fn in_force(&mut self, id: &InstanceId, _policy: &Policy) {
+        self.0.lock().unwrap().push(format!("in force {}", id.name));
+    }
+    fn removed(&mut self, id: &InstanceId) {
+        self.0.lock().unwrap().push(format!("removed {}", id.name));
+    }
+}
+
+#[test]
+fn the_name_follower_hears_what_is_in_force_and_what_is_removed() {
+    let mut h = Harness::new();
+    let log = FollowLog::default();
+    h.registry.follow_names(Box::new(log.clone()));
+    h.write("alpha.toml", "a", 1);
+    h.registry.reload();
+    // Unchanged at the next reload: still in force (a restarted resolver needs to hear it).
+    h.registry.reload();
+    fs::remove_file(h.policy_dir().join("alpha.toml")).unwrap();
+    h.registry.reload();
+    assert_eq!(
+        *log.0.lock().unwrap(),
+        [
+            "rules alpha",
+            "in force alpha",
+            "rules alpha",
+            "in force alpha",
+            "removed alpha"
+        ]
+    );
+}

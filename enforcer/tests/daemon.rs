@@ -118,15 +118,7 @@ fn dns_following() {
         "an unlisted name reached the upstream: {:?}",
         upstream.asked()
     );
-    let text = daemon.metrics();
-    let dns_refusals = metric(
-        &text,
-        "isolate_ebpf_blocked_by_hook_total{hook=\"dns\",instance=\"alpha\"}",
-    );
-    assert!(dns_refusals >= Some(1), "{text}");
-    let status = daemon.status_json();
-    let recent = instance_named(&status, "alpha")["recent"].to_string();
-    assert!(recent.contains("dns evil.test A"), "{status}");
+    assert_dns_reported(&daemon);
 
     daemon.signal(nix::sys::signal::Signal::SIGKILL);
     // No daemon, no resolver: what was admitted stays in force, and no name is answered.
@@ -145,6 +137,45 @@ fn dns_following() {
             "the restarted daemon keeps what was admitted and answers again: {wanted:?} in\n{text}"
         );
     }
+}
+
+/// The resolver's work in `dns_following`, in the metrics and in status: the refused name
+/// counted and recorded, the answered names and the addresses they hold.
+fn assert_dns_reported(daemon: &Daemon) {
+    let text = daemon.metrics();
+    let dns_refusals = metric(
+        &text,
+        "isolate_ebpf_blocked_by_hook_total{hook=\"dns\",instance=\"alpha\"}",
+    );
+    assert!(dns_refusals >= Some(1), "{text}");
+    for (series, at_least) in [
+        (
+            "isolate_dns_queries_total{instance=\"alpha\",verdict=\"refused\"}",
+            1,
+        ),
+        (
+            "isolate_dns_queries_total{instance=\"alpha\",verdict=\"answered\"}",
+            2,
+        ),
+        ("isolate_dns_admitted_addresses{instance=\"alpha\"}", 2),
+    ] {
+        assert!(
+            metric(&text, series) >= Some(at_least),
+            "{series} in\n{text}"
+        );
+    }
+    let status = daemon.status_json();
+    let alpha = instance_named(&status, "alpha");
+    assert!(
+        alpha["recent"].to_string().contains("dns evil.test A"),
+        "{status}"
+    );
+    // The names seen, and the addresses they hold.
+    let names = alpha["dns"]["names"].to_string();
+    assert!(
+        names.contains("api.example.test") && names.contains("192.0.2.10"),
+        "{status}"
+    );
 }
 
 /// `--cleanup` while an instance's processes run in its cgroup would leave them unconfined:

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-pub use status::{DaemonStats, InstanceStatus, LayerAvailability, Status};
+pub use status::{DaemonStats, DnsStatus, InstanceStatus, LayerAvailability, NameStatus, Status};
 
 /// How long a client waits for the daemon's answer. An `ensure` or `reload` applies every
 /// changed instance before it answers, so this is generous.

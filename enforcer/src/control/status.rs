@@ -65,6 +65,50 @@ pub struct InstanceStatus {
     /// directory) failed: why.
     #[serde(default)]
     pub kept: Option<String>,
+    /// What isolate's resolver for the instance did and holds, where its names are followed
+    /// (only known to a running daemon).
+    #[serde(default)]
+    pub dns: Option<DnsStatus>,
+}
+
+/// What an instance's resolver did, and the names whose answers hold addresses now.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DnsStatus {
+    pub answered: u64,
+    pub refused: u64,
+    /// Answered SERVFAIL: no upstream answered, or the answer could not be admitted.
+    pub failed: u64,
+    pub names: Vec<NameStatus>,
+}
+
+/// A name answered, and the addresses its answers hold.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NameStatus {
+    pub name: String,
+    /// Each address with the seconds it stays admitted.
+    pub addresses: Vec<(String, u64)>,
+}
+
+impl From<crate::dns::Report> for DnsStatus {
+    fn from(report: crate::dns::Report) -> Self {
+        let mut names: Vec<NameStatus> = Vec::new();
+        for (name, addr, left) in report.admitted {
+            let entry = (addr.to_string(), left.as_secs());
+            match names.last_mut() {
+                Some(last) if last.name == name => last.addresses.push(entry),
+                _ => names.push(NameStatus {
+                    name,
+                    addresses: vec![entry],
+                }),
+            }
+        }
+        Self {
+            answered: report.answered,
+            refused: report.refused,
+            failed: report.failed,
+            names,
+        }
+    }
 }
 
 impl InstanceStatus {
@@ -128,6 +172,21 @@ impl fmt::Display for Status {
             if let Some(why) = &i.kept {
                 writeln!(f, "    running on its last good policy: {why}")?;
             }
+            if let Some(dns) = &i.dns {
+                writeln!(
+                    f,
+                    "    dns: {} answered, {} refused, {} failed",
+                    dns.answered, dns.refused, dns.failed
+                )?;
+                for name in &dns.names {
+                    let addresses: Vec<String> = name
+                        .addresses
+                        .iter()
+                        .map(|(addr, left)| format!("{addr} ({left} s)"))
+                        .collect();
+                    writeln!(f, "    name {}: {}", name.name, addresses.join(", "))?;
+                }
+            }
             for recent in &i.recent {
                 writeln!(f, "    last blocked: {recent}")?;
             }
@@ -188,5 +247,48 @@ mod tests {
             "blocked_ebpf":1,"blocked_nftables":0,"recent":[]}]}"#;
         let parsed: Status = serde_json::from_str(old).unwrap();
         assert_eq!(parsed.instances[0].blocked_ebpf, 1);
+    }
+
+    #[test]
+    fn the_resolvers_report_groups_addresses_by_name() {
+        use std::time::Duration;
+        let report = crate::dns::Report {
+            answered: 3,
+            refused: 1,
+            failed: 0,
+            admitted: vec![
+                (
+                    "a.example".into(),
+                    "192.0.2.1".parse().unwrap(),
+                    Duration::from_secs(330),
+                ),
+                (
+                    "a.example".into(),
+                    "192.0.2.2".parse().unwrap(),
+                    Duration::from_secs(40),
+                ),
+                (
+                    "b.example".into(),
+                    "2001:db8::1".parse().unwrap(),
+                    Duration::from_secs(5),
+                ),
+            ],
+        };
+        let status = Status {
+            instances: vec![InstanceStatus {
+                name: "x".into(),
+                dns: Some(report.into()),
+                ..InstanceStatus::default()
+            }],
+            ..Status::default()
+        };
+        let text = status.to_string();
+        for line in [
+            "    dns: 3 answered, 1 refused, 0 failed",
+            "    name a.example: 192.0.2.1 (330 s), 192.0.2.2 (40 s)",
+            "    name b.example: 2001:db8::1 (5 s)",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line:?} in\n{text}");
+        }
     }
 }

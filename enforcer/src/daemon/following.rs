@@ -7,12 +7,13 @@
 
 use std::collections::BTreeMap;
 use std::sync::mpsc::Sender;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use isolate_policy::Policy;
 
 use super::registry::FollowNames;
 use crate::bpf::{BlockedAttempt, HostMaps, PinDir};
-use crate::dns::{self, Listener, Resolver};
+use crate::dns::{self, Listener, Reporter, Resolver};
 use crate::layer::InstanceId;
 use crate::network::{EffectiveRules, dns_servers, followed_rules};
 
@@ -36,18 +37,36 @@ pub struct Following {
     nft: bool,
     refusals: Sender<BlockedAttempt>,
     followers: BTreeMap<String, Follower>,
+    reporters: Reporters,
 }
+
+/// The running resolvers' reports by instance name, for status (read on another thread).
+pub type Reporters = Arc<Mutex<BTreeMap<String, Reporter>>>;
 
 impl Following {
     /// Resolvers that admit into the eBPF attachment at `pins` (and, with `nft`, into each
     /// instance's table), and send their refusals to `refusals`.
-    pub fn new(pins: PinDir, nft: bool, refusals: Sender<BlockedAttempt>) -> Self {
+    pub fn new(
+        pins: PinDir,
+        nft: bool,
+        refusals: Sender<BlockedAttempt>,
+        reporters: Reporters,
+    ) -> Self {
         Self {
             pins,
             nft,
             refusals,
             followers: BTreeMap::new(),
+            reporters,
         }
+    }
+
+    fn forget(&mut self, name: &str) {
+        self.followers.remove(name);
+        self.reporters
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(name);
     }
 
     fn upstreams(policy: &Policy) -> Vec<std::net::IpAddr> {
@@ -87,7 +106,7 @@ impl Following {
 impl FollowNames for Following {
     fn rules(&mut self, policy: &Policy) -> Option<EffectiveRules> {
         if Self::upstreams(policy).is_empty() {
-            self.followers.remove(&policy.name);
+            self.forget(&policy.name);
             return None;
         }
         let endpoint = match self.followers.get(&policy.name) {
@@ -126,7 +145,13 @@ impl FollowNames for Following {
                 resolver
             }
             Follower::Bound(listener) => match self.start(id, policy, listener) {
-                Some(resolver) => resolver,
+                Some(resolver) => {
+                    self.reporters
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .insert(id.name.clone(), resolver.reporter());
+                    resolver
+                }
                 None => return,
             },
         };
@@ -143,6 +168,6 @@ impl FollowNames for Following {
     }
 
     fn removed(&mut self, id: &InstanceId) {
-        self.followers.remove(&id.name);
+        self.forget(&id.name);
     }
 }

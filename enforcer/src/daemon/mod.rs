@@ -166,6 +166,8 @@ struct Shared {
     readers: LayerSet,
     /// What the layers offer, found when they were opened.
     availability: Vec<LayerAvailability>,
+    /// The resolvers of the instances whose names are followed.
+    resolvers: following::Reporters,
 }
 
 impl Shared {
@@ -183,6 +185,11 @@ impl Shared {
         let view = self.view();
         let recent = self
             .recent
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let resolvers = self
+            .resolvers
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone();
@@ -204,6 +211,9 @@ impl Shared {
                         .map(|r| r.iter().cloned().collect())
                         .unwrap_or_default(),
                     kept: i.kept.clone(),
+                    dns: resolvers
+                        .get(&i.id.name)
+                        .map(|resolver| resolver.report().into()),
                     ..InstanceStatus::default()
                 };
                 status.set_counters(self.readers.counters(&i.id));
@@ -240,12 +250,14 @@ pub fn run(config: &DaemonConfig) -> Result<(), DaemonError> {
     let readers = layers.reader()?;
     let layer_names: Vec<String> = layers.kinds().iter().map(ToString::to_string).collect();
     let (refusals, refused) = mpsc::channel();
+    let resolvers = following::Reporters::default();
     let mut registry = Registry::new(config.policy_dir.clone(), layers, Lookups::system());
     if config.layers.ebpf {
         registry.follow_names(Box::new(following::Following::new(
             config.pins.clone(),
             config.layers.nftables,
             refusals,
+            Arc::clone(&resolvers),
         )));
     }
     let previous = Enforced::load(&config.state_dir).unwrap_or_else(|e| {
@@ -271,6 +283,7 @@ pub fn run(config: &DaemonConfig) -> Result<(), DaemonError> {
         events_received: AtomicU64::new(0),
         readers,
         availability,
+        resolvers,
     });
 
     let (work, work_queue) = mpsc::channel();

@@ -15,7 +15,7 @@ mod names;
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
@@ -113,6 +113,9 @@ impl Listener {
                 bpf: service.layers.bpf,
                 ..Admitted::default()
             }),
+            answered: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
         });
         let mut threads = Vec::new();
         for udp in self.udp {
@@ -147,6 +150,11 @@ impl Resolver {
         self.endpoint
     }
 
+    /// A handle on what this resolver did and holds, for another thread.
+    pub fn reporter(&self) -> Reporter {
+        Reporter(Arc::clone(&self.shared))
+    }
+
     /// The name whose answer admitted `addr`, while it is admitted.
     pub fn name_of(&self, addr: IpAddr) -> Option<String> {
         let addr = unmapped(addr);
@@ -173,6 +181,49 @@ impl Resolver {
     pub fn recommit(&self) {
         if let Err(e) = self.shared.recommit() {
             tracing::warn!(instance = %self.shared.instance, "resolver: admit again: {e}");
+        }
+    }
+}
+
+/// What a resolver did and holds, for status and metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Report {
+    /// Questions answered from upstream.
+    pub answered: u64,
+    /// Questions the policy does not allow, answered REFUSED.
+    pub refused: u64,
+    /// Questions answered SERVFAIL (no upstream answer, or the commit failed).
+    pub failed: u64,
+    /// The names answered whose addresses are admitted now: (name, address, time left).
+    pub admitted: Vec<(String, IpAddr, Duration)>,
+}
+
+/// A handle on a running resolver's [`Report`].
+#[derive(Clone)]
+pub struct Reporter(Arc<Shared>);
+
+impl Reporter {
+    pub fn report(&self) -> Report {
+        let shared = &self.0;
+        let now = boot_clock();
+        let mut admitted: Vec<(String, IpAddr, Duration)> = shared
+            .admitted
+            .lock()
+            .map(|admitted| {
+                admitted
+                    .until
+                    .iter()
+                    .filter(|(_, until)| **until > now)
+                    .map(|((name, addr), until)| (name.clone(), *addr, until.saturating_sub(now)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        admitted.sort();
+        Report {
+            answered: shared.answered.load(Ordering::Relaxed),
+            refused: shared.refused.load(Ordering::Relaxed),
+            failed: shared.failed.load(Ordering::Relaxed),
+            admitted,
         }
     }
 }
@@ -223,9 +274,20 @@ struct Shared {
     uid: u32,
     nft: bool,
     refusals: Sender<BlockedAttempt>,
+    /// Questions answered from upstream, refused, and failed (SERVFAIL).
+    answered: AtomicU64,
+    refused: AtomicU64,
+    failed: AtomicU64,
     names: RwLock<Names>,
     /// Held while an answer is committed: two lookups of one name both wait for the commit.
     admitted: Mutex<Admitted>,
+}
+
+/// A reply, by what it says.
+enum Reply {
+    Answered(Vec<u8>),
+    Refused(Vec<u8>),
+    Failed(Vec<u8>),
 }
 
 /// What the policy lets the resolver answer, and where it asks.
@@ -316,22 +378,36 @@ impl Shared {
         let Ok(query) = message::parse_query(bytes) else {
             return message::format_error(bytes);
         };
+        let reply = self.reply(&query, peer, protocol);
+        let counter = match reply {
+            Reply::Answered(_) => &self.answered,
+            Reply::Refused(_) => &self.refused,
+            Reply::Failed(_) => &self.failed,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        Some(match reply {
+            Reply::Answered(bytes) | Reply::Refused(bytes) | Reply::Failed(bytes) => bytes,
+        })
+    }
+
+    /// The reply to one question.
+    fn reply(&self, query: &Query, peer: SocketAddr, protocol: u8) -> Reply {
         let rules = match self.names.read() {
             Ok(names) => matching_rules(&names.hosts, &query.name),
-            Err(_) => return Some(message::servfail(&query)),
+            Err(_) => return Reply::Failed(message::servfail(query)),
         };
         if rules.is_empty() {
-            self.refuse(&query, peer, protocol);
-            return Some(message::refused(&query));
+            self.refuse(query, peer, protocol);
+            return Reply::Refused(message::refused(query));
         }
-        let Some(answer) = self.forward(&query, protocol) else {
-            return Some(message::servfail(&query));
+        let Some(answer) = self.forward(query, protocol) else {
+            return Reply::Failed(message::servfail(query));
         };
-        let parsed = match message::parse_answer(&query, &answer) {
+        let parsed = match message::parse_answer(query, &answer) {
             Ok(parsed) => parsed,
             Err(e) => {
                 tracing::warn!(instance = %self.instance, name = %query.name, "resolver: upstream answer: {e}");
-                return Some(message::servfail(&query));
+                return Reply::Failed(message::servfail(query));
             }
         };
         if let Err(e) = self.commit(&query.name, &rules, &parsed.addresses) {
@@ -340,9 +416,9 @@ impl Shared {
                 name = %query.name,
                 "resolver: the answer's addresses could not be admitted ({e}); the instance gets SERVFAIL"
             );
-            return Some(message::servfail(&query));
+            return Reply::Failed(message::servfail(query));
         }
-        Some(message::with_id(&answer, query.id))
+        Reply::Answered(message::with_id(&answer, query.id))
     }
 
     /// Counts and records a question the policy does not allow.

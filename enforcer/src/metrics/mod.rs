@@ -84,6 +84,7 @@ pub fn render(status: &Status) -> String {
             .set(gauge_value(instance.entries_v6));
         kept.with_label_values(&[name])
             .set(i64::from(instance.kept.is_some()));
+
         for counted in &instance.counters {
             blocked
                 .with_label_values(&[
@@ -101,12 +102,42 @@ pub fn render(status: &Status) -> String {
         }
     }
     dropped.inc_by(ebpf_total.saturating_sub(daemon.events_received));
+    render_dns(&registry, status);
 
     let mut out = Vec::new();
     TextEncoder::new()
         .encode(&registry.gather(), &mut out)
         .expect("encoding to a Vec cannot fail");
     String::from_utf8(out).expect("the text format is UTF-8")
+}
+
+/// The resolvers' metrics, for the instances whose names are followed.
+fn render_dns(registry: &Registry, status: &Status) {
+    let queries = counter_vec(
+        registry,
+        "isolate_dns_queries_total",
+        "DNS questions isolate's resolver got from the instance, by verdict (answered, refused: not in the policy, failed: SERVFAIL)",
+        &["instance", "verdict"],
+    );
+    let admitted = gauge_vec(
+        registry,
+        "isolate_dns_admitted_addresses",
+        "Addresses DNS answers hold admitted for the instance now",
+        &["instance"],
+    );
+    for instance in &status.instances {
+        let Some(dns) = &instance.dns else { continue };
+        let name = instance.name.as_str();
+        for (verdict, n) in [
+            ("answered", dns.answered),
+            ("refused", dns.refused),
+            ("failed", dns.failed),
+        ] {
+            queries.with_label_values(&[name, verdict]).inc_by(n);
+        }
+        let held: usize = dns.names.iter().map(|n| n.addresses.len()).sum();
+        admitted.with_label_values(&[name]).set(gauge_value(held));
+    }
 }
 
 fn gauge_value(n: usize) -> i64 {

@@ -97,6 +97,7 @@ fn dns_following() {
         "look exact api.example.test",
         "look wildcard x.wild.test",
         "connect unanswered 192.0.2.99",
+        "connect other-port 192.0.2.10 9",
     ]);
     let eperm = format!("errno {}", libc::EPERM);
     for wanted in [
@@ -104,6 +105,7 @@ fn dns_following() {
         "exact 1 192.0.2.10 ok fast".to_owned(),
         "wildcard 1 192.0.2.11 ok fast".to_owned(),
         format!("unanswered {eperm}"),
+        format!("other-port {eperm}"),
     ] {
         assert!(
             text.lines().any(|l| l == wanted),
@@ -166,8 +168,10 @@ fn assert_dns_reported(daemon: &Daemon) {
     }
     let status = daemon.status_json();
     let alpha = instance_named(&status, "alpha");
+    let recent = alpha["recent"].to_string();
     assert!(
-        alpha["recent"].to_string().contains("dns evil.test A"),
+        recent.contains("dns evil.test A")
+            && recent.contains("tcp 192.0.2.10:9 (api.example.test)"),
         "{status}"
     );
     // The names seen, and the addresses they hold.

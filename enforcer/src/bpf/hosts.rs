@@ -95,31 +95,44 @@ impl HostMaps {
 
     /// Removes the addresses whose every rule expired before `now` (`CLOCK_BOOTTIME`); the
     /// programs already ignore them, this frees their room.
-    pub fn remove_expired(&mut self, uid: u32, now: Duration) -> Result<usize, BpfError> {
+    pub fn remove_expired(&mut self, uid: u32, now: Duration) -> Result<(), BpfError> {
         let now_ns = u64::try_from(now.as_nanos()).unwrap_or(u64::MAX);
-        let gone = |value: &HostValue| value.rules.iter().all(|r| r.expires_ns <= now_ns);
+        self.remove_where(uid, |_, value| {
+            value.rules.iter().all(|r| r.expires_ns <= now_ns)
+        })
+    }
+
+    /// Removes the addresses of `uid` for which `gone` says so.
+    fn remove_where(
+        &mut self,
+        uid: u32,
+        gone: impl Fn(IpAddr, &HostValue) -> bool,
+    ) -> Result<(), BpfError> {
         let v4: Vec<HostV4Key> = self
             .hosts_v4
             .iter()
             .filter_map(Result::ok)
-            .filter(|(key, value)| key.uid == uid && gone(value))
+            .filter(|(key, value)| key.uid == uid && gone(IpAddr::from(key.addr), value))
             .map(|(key, _)| key)
             .collect();
+        for key in v4 {
+            self.hosts_v4
+                .remove(&key)
+                .map_err(map_error(map_names::HOSTS_V4))?;
+        }
         let v6: Vec<HostV6Key> = self
             .hosts_v6
             .iter()
             .filter_map(Result::ok)
-            .filter(|(key, value)| key.uid == uid && gone(value))
+            .filter(|(key, value)| key.uid == uid && gone(IpAddr::from(key.addr), value))
             .map(|(key, _)| key)
             .collect();
-        let removed = v4.len() + v6.len();
-        for key in v4 {
-            let _ = self.hosts_v4.remove(&key);
-        }
         for key in v6 {
-            let _ = self.hosts_v6.remove(&key);
+            self.hosts_v6
+                .remove(&key)
+                .map_err(map_error(map_names::HOSTS_V6))?;
         }
-        Ok(removed)
+        Ok(())
     }
 
     /// Makes `admissions` all that `uid` has admitted: each address gets a fresh value of
@@ -163,44 +176,7 @@ impl HostMaps {
                     .map_err(map_error(map_names::HOSTS_V6))?,
             }
         }
-        let gone_v4: Vec<HostV4Key> = self
-            .hosts_v4
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|key| key.uid == uid && !values.contains_key(&IpAddr::from(key.addr)))
-            .collect();
-        for key in gone_v4 {
-            let _ = self.hosts_v4.remove(&key);
-        }
-        let gone_v6: Vec<HostV6Key> = self
-            .hosts_v6
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|key| key.uid == uid && !values.contains_key(&IpAddr::from(key.addr)))
-            .collect();
-        for key in gone_v6 {
-            let _ = self.hosts_v6.remove(&key);
-        }
-        Ok(())
-    }
-
-    /// The addresses admitted for `uid` that have not expired by `now`.
-    pub fn admitted(&self, uid: u32, now: Duration) -> Vec<IpAddr> {
-        let now_ns = u64::try_from(now.as_nanos()).unwrap_or(u64::MAX);
-        let live = |value: &HostValue| value.rules.iter().any(|r| r.expires_ns > now_ns);
-        let v4 = self
-            .hosts_v4
-            .iter()
-            .filter_map(Result::ok)
-            .filter(|(key, value)| key.uid == uid && live(value))
-            .map(|(key, _)| IpAddr::from(key.addr));
-        let v6 = self
-            .hosts_v6
-            .iter()
-            .filter_map(Result::ok)
-            .filter(|(key, value)| key.uid == uid && live(value))
-            .map(|(key, _)| IpAddr::from(key.addr));
-        v4.chain(v6).collect()
+        self.remove_where(uid, |addr, _| !values.contains_key(&addr))
     }
 
     /// Counts one refusal that user space made (a DNS question the policy does not allow) in
@@ -231,29 +207,7 @@ impl HostMaps {
                 if e.io_error.raw_os_error() == Some(libc::ENOENT) => {}
             Err(e) => return Err(map_error(map_names::DNS_REDIRECT)(e)),
         }
-        let v4: Vec<HostV4Key> = self
-            .hosts_v4
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|key| key.uid == uid)
-            .collect();
-        for key in v4 {
-            self.hosts_v4
-                .remove(&key)
-                .map_err(map_error(map_names::HOSTS_V4))?;
-        }
-        let v6: Vec<HostV6Key> = self
-            .hosts_v6
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|key| key.uid == uid)
-            .collect();
-        for key in v6 {
-            self.hosts_v6
-                .remove(&key)
-                .map_err(map_error(map_names::HOSTS_V6))?;
-        }
-        Ok(())
+        self.remove_where(uid, |_, _| true)
     }
 }
 

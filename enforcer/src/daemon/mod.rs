@@ -496,12 +496,23 @@ fn pump_once(
         return;
     }
     let view = shared.view();
+    let resolvers = shared
+        .resolvers
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone();
     let mut recent = shared.recent.lock().unwrap_or_else(PoisonError::into_inner);
-    for event in events {
+    for mut event in events {
         shared.events_received.fetch_add(1, Ordering::Relaxed);
         let Some(instance) = view.instances.iter().find(|i| i.id.uid == event.uid) else {
             continue;
         };
+        // A refused connect to an address an answer admitted names the host.
+        if event.host.is_none()
+            && let Some(resolver) = resolvers.get(&instance.id.name)
+        {
+            event.host = resolver.name_of(event.destination);
+        }
         audit.record(&instance.id.name, &instance.rate, &event);
         let list = recent.entry(event.uid).or_default();
         if list.len() == RECENT_BLOCKS {

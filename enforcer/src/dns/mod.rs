@@ -55,40 +55,50 @@ const SWEEP_EVERY: Duration = Duration::from_secs(30);
 
 /// The resolver's sockets, bound before the instance's rules are made (they name its port).
 pub struct Listener {
-    udp: [UdpSocket; 2],
-    tcp: [TcpListener; 2],
+    udp: Vec<UdpSocket>,
+    tcp: Vec<TcpListener>,
     endpoint: ResolverEndpoint,
 }
 
 impl Listener {
-    /// Binds UDP and TCP on `127.0.0.1` and `::1`, one port for all four.
+    /// Binds UDP and TCP on `127.0.0.1` and `::1`, one port for all four. Where the host has
+    /// no IPv6 loopback, IPv4 alone: the instance's IPv6 queries then get no answer.
     pub fn bind() -> io::Result<Self> {
         let mut last = io::Error::other("no port tried");
         // Another program may hold the port on one of the addresses: try a few.
         for _ in 0..16 {
             let udp_v4 = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))?;
             let port = udp_v4.local_addr()?.port();
-            let rest = (|| {
+            let tcp_v4 = match TcpListener::bind((Ipv4Addr::LOCALHOST, port)) {
+                Ok(tcp) => tcp,
+                Err(e) => {
+                    last = e;
+                    continue;
+                }
+            };
+            let v6 = (|| {
                 Ok::<_, io::Error>((
                     UdpSocket::bind((Ipv6Addr::LOCALHOST, port))?,
-                    TcpListener::bind((Ipv4Addr::LOCALHOST, port))?,
                     TcpListener::bind((Ipv6Addr::LOCALHOST, port))?,
                 ))
             })();
-            match rest {
-                Ok((udp_v6, tcp_v4, tcp_v6)) => {
-                    return Ok(Self {
-                        udp: [udp_v4, udp_v6],
-                        tcp: [tcp_v4, tcp_v6],
-                        endpoint: ResolverEndpoint {
-                            v4: Ipv4Addr::LOCALHOST,
-                            v6: Ipv6Addr::LOCALHOST,
-                            port,
-                        },
-                    });
+            let (udp, tcp) = match v6 {
+                Ok((udp_v6, tcp_v6)) => (vec![udp_v4, udp_v6], vec![tcp_v4, tcp_v6]),
+                Err(e) if no_ipv6(&e) => (vec![udp_v4], vec![tcp_v4]),
+                Err(e) => {
+                    last = e;
+                    continue;
                 }
-                Err(e) => last = e,
-            }
+            };
+            return Ok(Self {
+                udp,
+                tcp,
+                endpoint: ResolverEndpoint {
+                    v4: Ipv4Addr::LOCALHOST,
+                    v6: Ipv6Addr::LOCALHOST,
+                    port,
+                },
+            });
         }
         Err(last)
     }
@@ -117,23 +127,28 @@ impl Listener {
             refused: AtomicU64::new(0),
             failed: AtomicU64::new(0),
         });
-        let mut threads = Vec::new();
-        for udp in self.udp {
-            udp.set_read_timeout(Some(POLL))?;
-            let (shared, stop) = (Arc::clone(&shared), Arc::clone(&stop));
-            threads.push(spawn(move || serve_udp(&udp, &shared, &stop))?);
-        }
-        for tcp in self.tcp {
-            tcp.set_nonblocking(true)?;
-            let (shared, stop) = (Arc::clone(&shared), Arc::clone(&stop));
-            threads.push(spawn(move || serve_tcp(&tcp, &shared, &stop))?);
-        }
-        Ok(Resolver {
+        // Built first: should a thread not start, dropping it stops the others.
+        let mut resolver = Resolver {
             endpoint: self.endpoint,
             shared,
             stop,
-            threads,
-        })
+            threads: Vec::new(),
+        };
+        for udp in self.udp {
+            udp.set_read_timeout(Some(POLL))?;
+            let (shared, stop) = (Arc::clone(&resolver.shared), Arc::clone(&resolver.stop));
+            resolver
+                .threads
+                .push(spawn(move || serve_udp(&udp, &shared, &stop))?);
+        }
+        for tcp in self.tcp {
+            tcp.set_nonblocking(true)?;
+            let (shared, stop) = (Arc::clone(&resolver.shared), Arc::clone(&resolver.stop));
+            resolver
+                .threads
+                .push(spawn(move || serve_tcp(&tcp, &shared, &stop))?);
+        }
+        Ok(resolver)
     }
 }
 
@@ -157,13 +172,7 @@ impl Resolver {
 
     /// The name whose answer admitted `addr`, while it is admitted.
     pub fn name_of(&self, addr: IpAddr) -> Option<String> {
-        let addr = unmapped(addr);
-        let admitted = self.shared.admitted.lock().ok()?;
-        admitted
-            .until
-            .keys()
-            .find(|(_, admitted)| *admitted == addr)
-            .map(|(name, _)| name.clone())
+        self.shared.name_of(addr)
     }
 
     /// Serves from now on with the policy's new `hosts` and `upstreams` (a reload), and
@@ -203,6 +212,11 @@ pub struct Report {
 pub struct Reporter(Arc<Shared>);
 
 impl Reporter {
+    /// As [`Resolver::name_of`].
+    pub fn name_of(&self, addr: IpAddr) -> Option<String> {
+        self.0.name_of(addr)
+    }
+
     pub fn report(&self) -> Report {
         let shared = &self.0;
         let now = boot_clock();
@@ -373,6 +387,16 @@ fn serve_connection(mut stream: TcpStream, peer: SocketAddr, shared: &Shared, st
 }
 
 impl Shared {
+    fn name_of(&self, addr: IpAddr) -> Option<String> {
+        let addr = unmapped(addr);
+        let admitted = self.admitted.lock().ok()?;
+        admitted
+            .until
+            .keys()
+            .find(|(_, admitted)| *admitted == addr)
+            .map(|(name, _)| name.clone())
+    }
+
     /// The reply to one message of the instance, if it deserves one.
     fn answer(&self, bytes: &[u8], peer: SocketAddr, protocol: u8) -> Option<Vec<u8>> {
         let Ok(query) = message::parse_query(bytes) else {
@@ -487,12 +511,7 @@ impl Shared {
         rules: &[usize],
         addresses: &[(IpAddr, u32)],
     ) -> Result<(), String> {
-        let hosts = self
-            .names
-            .read()
-            .map_err(|_| POISONED.to_owned())?
-            .hosts
-            .clone();
+        let hosts = self.hosts()?;
         let mut admitted = self.admitted.lock().map_err(|_| POISONED.to_owned())?;
         let now = boot_clock();
         let mut admissions = Vec::new();
@@ -533,14 +552,19 @@ impl Shared {
         Ok(())
     }
 
-    /// See [`Resolver::recommit`].
-    fn recommit(&self) -> Result<(), String> {
-        let hosts = self
+    /// The host rules in force.
+    fn hosts(&self) -> Result<Vec<HostRule>, String> {
+        Ok(self
             .names
             .read()
             .map_err(|_| POISONED.to_owned())?
             .hosts
-            .clone();
+            .clone())
+    }
+
+    /// See [`Resolver::recommit`].
+    fn recommit(&self) -> Result<(), String> {
+        let hosts = self.hosts()?;
         let mut admitted = self.admitted.lock().map_err(|_| POISONED.to_owned())?;
         let now = boot_clock();
         admitted
@@ -636,6 +660,14 @@ fn unmapped(addr: IpAddr) -> IpAddr {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(addr, IpAddr::V4),
         v4 @ IpAddr::V4(_) => v4,
     }
+}
+
+/// Whether `e` says the host has no IPv6 loopback (IPv6 disabled, or no `::1`).
+fn no_ipv6(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EADDRNOTAVAIL | libc::EAFNOSUPPORT)
+    )
 }
 
 fn is_timeout(e: &io::Error) -> bool {

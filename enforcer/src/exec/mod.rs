@@ -691,38 +691,49 @@ fn apply_layers(plan: &ExecPlan) -> Result<Applied, ExecError> {
             source,
         })?;
     applied.enforced = Some(id);
-    if let (Some(listener), Some((resolver_maps, mut redirect_maps))) = (listener, host_maps) {
-        let endpoint = listener.endpoint();
-        let (sender, receiver) = std::sync::mpsc::channel();
-        let service = dns::Service {
-            instance: instance.clone(),
-            uid: plan.user.uid,
-            hosts: plan.policy.network.hosts.clone(),
-            upstreams: plan.upstreams.clone(),
-            layers: dns::Layers {
-                bpf: Some(resolver_maps),
-                nft: plan.layers.nftables,
-            },
-            refusals: sender,
-        };
-        applied.resolver = Some(
-            listener
-                .serve(service)
-                .map_err(|source| ExecError::Resolver {
-                    instance: instance.clone(),
-                    source,
-                })?,
-        );
-        applied.refusals = Some(receiver);
-        // Last: the instance's queries go to a resolver that answers.
-        redirect_maps
-            .redirect(plan.user.uid, dns::redirect_to(endpoint))
-            .map_err(|source| ExecError::Bpf {
-                instance: instance.clone(),
-                source,
-            })?;
+    if let (Some(listener), Some(maps)) = (listener, host_maps) {
+        let (resolver, refusals) = start_resolver(plan, listener, maps)?;
+        applied.resolver = Some(resolver);
+        applied.refusals = Some(refusals);
     }
     Ok(applied)
+}
+
+/// Starts the instance's resolver on `listener`, then sends the instance's DNS queries to it
+/// (last: they go to a resolver that answers). `maps` are two handles on the host maps: the
+/// resolver's own, and one to write the redirect with.
+fn start_resolver(
+    plan: &ExecPlan,
+    listener: dns::Listener,
+    (resolver_maps, mut redirect_maps): (bpf::HostMaps, bpf::HostMaps),
+) -> Result<(Resolver, std::sync::mpsc::Receiver<bpf::BlockedAttempt>), ExecError> {
+    let instance = &plan.policy.name;
+    let endpoint = listener.endpoint();
+    let (sender, receiver) = std::sync::mpsc::channel();
+    let service = dns::Service {
+        instance: instance.clone(),
+        uid: plan.user.uid,
+        hosts: plan.policy.network.hosts.clone(),
+        upstreams: plan.upstreams.clone(),
+        layers: dns::Layers {
+            bpf: Some(resolver_maps),
+            nft: plan.layers.nftables,
+        },
+        refusals: sender,
+    };
+    let resolver = listener
+        .serve(service)
+        .map_err(|source| ExecError::Resolver {
+            instance: instance.clone(),
+            source,
+        })?;
+    redirect_maps
+        .redirect(plan.user.uid, dns::redirect_to(endpoint))
+        .map_err(|source| ExecError::Bpf {
+            instance: instance.clone(),
+            source,
+        })?;
+    Ok((resolver, receiver))
 }
 
 /// Fails when the instance's cgroup has processes: another run of it is going on.

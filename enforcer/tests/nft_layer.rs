@@ -12,7 +12,7 @@ use std::process::{Command, ExitCode};
 use common::probe::{accept_one, received};
 use ipnet::{Ipv4Net, Ipv6Net};
 use isolate_enforcer::nft::{self, NftError, NftPolicy};
-use isolate_policy::{LogSettings, NetRule, PortRange, Protocol, Rate, RateUnit};
+use isolate_policy::{HostRule, LogSettings, NetRule, PortRange, Protocol, Rate, RateUnit};
 use serde_json::Value;
 use uid_client::{Mode, TIMED_OUT};
 
@@ -36,6 +36,10 @@ fn main() -> ExitCode {
         ("udp_forbidden_is_dropped_and_counted_exactly", udp),
         ("other_uids_are_untouched", other_uid),
         ("icmp_is_allowed_only_by_a_rule_without_ports", icmp),
+        (
+            "host_sets_admit_addresses_and_keep_them_across_a_reapply",
+            host_sets,
+        ),
     ])
 }
 
@@ -502,4 +506,39 @@ fn icmp() {
     let counts = counters();
     assert_eq!(counts["blocked_v4_other"], 0, "{counts:?}");
     assert_eq!(counts["blocked_v6_other"], 1, "{counts:?}");
+}
+
+/// A host rule's set starts empty; an address admitted into it (with a timeout) is reached; a
+/// re-applied table keeps it; a table without that rule does not.
+fn host_sets() {
+    let (listener, addr) = listen("127.0.0.1:0");
+    let host = |pattern: &str| HostRule {
+        pattern: pattern.into(),
+        ports: Some(port(addr.port())),
+        protocol: Protocol::Tcp,
+    };
+    let (a, b) = (host("a.example"), host("b.example"));
+    let both = [a.clone(), b.clone()];
+    let with_hosts = |hosts| NftPolicy {
+        hosts,
+        ..policy(&[], &[])
+    };
+    nft::apply(&with_hosts(&both)).unwrap();
+    assert_times_out(&listener, addr);
+
+    let element = nft::HostElement {
+        set: nft::host_set_name(false, &a),
+        addr: addr.ip(),
+        timeout_secs: 600,
+    };
+    nft::admit(INSTANCE, std::slice::from_ref(&element)).unwrap();
+    assert_connects(CONFINED, &listener, addr);
+    // Admitting it again (a later answer) refreshes it rather than failing.
+    nft::admit(INSTANCE, &[element]).unwrap();
+
+    nft::apply(&with_hosts(&both)).unwrap();
+    assert_connects(CONFINED, &listener, addr);
+    // Another rule's set shares nothing with it.
+    nft::apply(&with_hosts(std::slice::from_ref(&b))).unwrap();
+    assert_times_out(&listener, addr);
 }

@@ -15,7 +15,7 @@ mod names;
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
@@ -46,6 +46,8 @@ pub const MAX_ADDRESSES_PER_ANSWER: usize = 64;
 pub const MAX_ADDRESSES_PER_INSTANCE: usize = 4096;
 /// How long the resolver waits for one upstream before it asks the next.
 const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(2);
+/// TCP connections of the instance served at once; more are closed at once.
+const MAX_TCP_CONNECTIONS: usize = 64;
 /// How long an idle TCP connection of the instance is kept.
 const TCP_IDLE: Duration = Duration::from_secs(10);
 /// How often the resolver's threads look up from their sockets (to stop, to sweep).
@@ -126,6 +128,7 @@ impl Listener {
             answered: AtomicU64::new(0),
             refused: AtomicU64::new(0),
             failed: AtomicU64::new(0),
+            connections: AtomicUsize::new(0),
         });
         // Built first: should a thread not start, dropping it stops the others.
         let mut resolver = Resolver {
@@ -292,6 +295,8 @@ struct Shared {
     answered: AtomicU64,
     refused: AtomicU64,
     failed: AtomicU64,
+    /// TCP connections being served.
+    connections: AtomicUsize,
     names: RwLock<Names>,
     /// Held while an answer is committed: two lookups of one name both wait for the commit.
     admitted: Mutex<Admitted>,
@@ -356,8 +361,17 @@ fn serve_tcp(listener: &TcpListener, shared: &Arc<Shared>, stop: &Arc<AtomicBool
     while !stop.load(Ordering::Relaxed) {
         match listener.accept() {
             Ok((stream, peer)) => {
+                // Each connection has a thread: an instance that opens many waits for its own.
+                if shared.connections.fetch_add(1, Ordering::Relaxed) >= MAX_TCP_CONNECTIONS {
+                    shared.connections.fetch_sub(1, Ordering::Relaxed);
+                    continue;
+                }
                 let (shared, stop) = (Arc::clone(shared), Arc::clone(stop));
-                if let Err(e) = spawn(move || serve_connection(stream, peer, &shared, &stop)) {
+                let started = spawn(move || {
+                    serve_connection(stream, peer, &shared, &stop);
+                    shared.connections.fetch_sub(1, Ordering::Relaxed);
+                });
+                if let Err(e) = started {
                     tracing::warn!("resolver: {e}");
                 }
             }
@@ -742,4 +756,101 @@ fn write_framed(stream: &mut TcpStream, message: &[u8]) -> io::Result<()> {
     framed.extend_from_slice(&len.to_be_bytes());
     framed.extend_from_slice(message);
     stream.write_all(&framed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hickory_proto::op::{self, Message, MessageType, OpCode};
+    use hickory_proto::rr::{Name, RecordType};
+    use isolate_policy::Protocol;
+
+    /// A resolver that admits into no layer and has no upstream, and where its refusals go.
+    fn resolver(hosts: &[&str]) -> (Resolver, std::sync::mpsc::Receiver<BlockedAttempt>) {
+        let (refusals, refused) = std::sync::mpsc::channel();
+        let service = Service {
+            instance: "test".into(),
+            uid: 4242,
+            hosts: hosts
+                .iter()
+                .map(|pattern| HostRule {
+                    pattern: (*pattern).into(),
+                    ports: None,
+                    protocol: Protocol::Any,
+                })
+                .collect(),
+            upstreams: Vec::new(),
+            layers: Layers {
+                bpf: None,
+                nft: false,
+            },
+            refusals,
+        };
+        (Listener::bind().unwrap().serve(service).unwrap(), refused)
+    }
+
+    fn ask(resolver: &Resolver, name: &str) -> u8 {
+        let mut message = Message::new();
+        message
+            .set_id(7)
+            .set_message_type(MessageType::Query)
+            .set_op_code(OpCode::Query)
+            .add_query(op::Query::query(
+                Name::from_ascii(name).unwrap(),
+                RecordType::A,
+            ));
+        let socket = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        socket
+            .send_to(
+                &message.to_vec().unwrap(),
+                (Ipv4Addr::LOCALHOST, resolver.endpoint().port),
+            )
+            .unwrap();
+        let mut reply = [0u8; 512];
+        let len = socket.recv(&mut reply).unwrap();
+        assert!(len >= 12 && reply[..2] == [0, 7], "a reply to our question");
+        // The response code: the low four bits of the fourth header byte.
+        reply[3] & 0x0f
+    }
+
+    #[test]
+    fn an_unlisted_name_is_refused_and_reported_a_listed_one_without_upstream_fails() {
+        let (resolver, refused) = resolver(&["api.example.test", "*.wild.test"]);
+        assert_eq!(ask(&resolver, "evil.test."), 5, "REFUSED");
+        let attempt = refused.recv_timeout(Duration::from_secs(5)).unwrap();
+        assert_eq!(attempt.what(), "dns evil.test A");
+        assert_eq!((attempt.uid, attempt.hook), (4242, "dns"));
+        assert_eq!(ask(&resolver, "x.wild.test."), 2, "SERVFAIL: no upstream");
+        assert!(refused.try_recv().is_err(), "a listed name is no refusal");
+        let report = resolver.reporter().report();
+        assert_eq!((report.answered, report.refused, report.failed), (0, 1, 1));
+    }
+
+    #[test]
+    fn tcp_connections_beyond_the_cap_are_closed() {
+        let (resolver, _refused) = resolver(&[]);
+        let addr = (Ipv4Addr::LOCALHOST, resolver.endpoint().port);
+        let held: Vec<TcpStream> = (0..MAX_TCP_CONNECTIONS)
+            .map(|_| TcpStream::connect(addr).unwrap())
+            .collect();
+        // The resolver takes them in (it polls its listener).
+        let started = Instant::now();
+        while resolver.shared.connections.load(Ordering::Relaxed) < MAX_TCP_CONNECTIONS {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "connections served"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let mut extra = TcpStream::connect(addr).unwrap();
+        extra
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let mut buf = [0u8; 1];
+        assert_eq!(extra.read(&mut buf).unwrap(), 0, "closed at once");
+        drop(held);
+    }
 }

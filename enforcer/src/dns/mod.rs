@@ -42,6 +42,9 @@ pub const TTL_CAP: Duration = Duration::from_hours(1);
 pub const GRACE: Duration = Duration::from_mins(5);
 /// Addresses admitted from one answer; the rest of a larger answer opens nothing.
 pub const MAX_ADDRESSES_PER_ANSWER: usize = 64;
+/// Addresses one name holds at once (a name whose answers rotate through many addresses
+/// gathers them); an answer beyond that gets SERVFAIL.
+pub const MAX_ADDRESSES_PER_NAME: usize = 256;
 /// Addresses one instance holds at once; an answer beyond that gets SERVFAIL.
 pub const MAX_ADDRESSES_PER_INSTANCE: usize = 4096;
 /// How long the resolver waits for one upstream before it asks the next.
@@ -545,15 +548,26 @@ impl Shared {
                 .max(now + lifetime);
             admissions.push((key, until));
         }
-        let live = admitted
-            .until
-            .values()
-            .filter(|until| **until > now)
+        let live = |of_name: bool| {
+            admitted
+                .until
+                .iter()
+                .filter(|((held_for, _), until)| **until > now && (!of_name || held_for == name))
+                .count()
+        };
+        let new = admissions
+            .iter()
+            .filter(|(key, _)| !admitted.until.contains_key(key))
             .count();
-        if live + admissions.len() > MAX_ADDRESSES_PER_INSTANCE {
-            return Err(format!(
-                "the instance holds {live} admitted addresses, at most {MAX_ADDRESSES_PER_INSTANCE}"
-            ));
+        for (held, limit, whose) in [
+            (live(true), MAX_ADDRESSES_PER_NAME, "the name"),
+            (live(false), MAX_ADDRESSES_PER_INSTANCE, "the instance"),
+        ] {
+            if held + new > limit {
+                return Err(format!(
+                    "{whose} holds {held} admitted addresses, at most {limit}"
+                ));
+            }
         }
         let mut elements = Vec::new();
         for ((_, addr), until) in &admissions {
@@ -827,6 +841,29 @@ mod tests {
         assert!(refused.try_recv().is_err(), "a listed name is no refusal");
         let report = resolver.reporter().report();
         assert_eq!((report.answered, report.refused, report.failed), (0, 1, 1));
+    }
+
+    #[test]
+    fn a_name_holds_at_most_its_share_of_addresses() {
+        let (resolver, _refused) = resolver(&["rotating.test"]);
+        let answer = |round: u8| -> Vec<(IpAddr, u32)> {
+            (0..64)
+                .map(|i| (IpAddr::V4(Ipv4Addr::new(198, 51, round, i)), 60))
+                .collect()
+        };
+        let commit = |round| {
+            resolver
+                .shared
+                .commit("rotating.test", &[0], &answer(round))
+        };
+        for round in 0..4 {
+            commit(round).unwrap();
+        }
+        // The same answer again refreshes what the name holds; a fifth new one is too many.
+        commit(3).unwrap();
+        let refused = commit(4).unwrap_err();
+        assert!(refused.contains("the name holds 256"), "{refused}");
+        assert_eq!(resolver.reporter().report().admitted.len(), 256);
     }
 
     #[test]

@@ -221,6 +221,7 @@ fn measure(options: &Options) -> anyhow::Result<()> {
                 v4: rules,
                 v6: &[],
                 hosts: &[],
+                dns_redirect: None,
                 log: &LOG,
             };
             // A rotated order in every repetition: no configuration always runs first.

@@ -18,6 +18,8 @@ pub struct EffectiveRules {
     /// Host names are followed through isolate's resolver (see [`followed_rules`]) rather
     /// than resolved here.
     pub followed: bool,
+    /// Where that resolver listens, once it does: the instance's DNS queries go there.
+    pub resolver: Option<ResolverEndpoint>,
 }
 
 /// Where isolate's resolver for one instance listens: loopback, one port for UDP and TCP in
@@ -40,6 +42,7 @@ pub fn followed_rules(network: &Network, resolver: Option<ResolverEndpoint>) -> 
         followed: true,
         ..EffectiveRules::default()
     };
+    rules.resolver = resolver;
     if let Some(resolver) = resolver {
         let port = Some(PortRange {
             first: resolver.port,

@@ -75,6 +75,10 @@ fn main() -> ExitCode {
             "host_names_follow_the_instances_own_dns_answers",
             dns_following,
         ),
+        (
+            "the_nftables_layer_alone_follows_host_names_too",
+            dns_following_nftables,
+        ),
     ])
 }
 
@@ -187,6 +191,68 @@ fn dns_following() {
         "the truncated answer was retried over TCP: {asked:?}"
     );
     assert_dns_records(&instance.name, &err, port, other);
+}
+
+/// With `--layers nftables` (no eBPF layer), the table's NAT chain sends the instance's DNS
+/// queries to isolate's resolver, and its host sets take the answers' addresses.
+fn dns_following_nftables() {
+    use common::dns_upstream::{
+        LOOKUP_SCRIPT, Upstream, make_answers_local, make_system_resolvers_local, test_zone,
+    };
+    make_answers_local();
+    // Translation happens once a packet is routed: the instance's resolver must be routable.
+    make_system_resolvers_local();
+    let listener = TcpListener::bind("[::]:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let upstream = Upstream::start("127.0.0.2:53".parse().unwrap(), test_zone(20)).unwrap();
+    let instance = Instance::new(
+        &format!("allow = [\"api.example.test:{port}/tcp\", \"*.wild.test:{port}/tcp\"]"),
+        "",
+    );
+    let policy = std::fs::read_to_string(&instance.policy)
+        .unwrap()
+        .replace("dns = \"none\"", "dns = [\"127.0.0.2\"]");
+    std::fs::write(&instance.policy, policy).unwrap();
+    let out = instance
+        .command(&["--layers", "nftables", "--"])
+        .args(["/usr/bin/python3", "-c", LOOKUP_SCRIPT, &port.to_string()])
+        .args([
+            "look refused evil.test",
+            "look exact api.example.test",
+            "look wildcard x.wild.test",
+            "look6 v6 api6.example.test",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let (text, err) = (stdout(&out), stderr(&out));
+    assert!(out.status.success(), "{text}\n{err}");
+    for wanted in [
+        "refused 0   fast",
+        "exact 1 192.0.2.10 ok fast",
+        "wildcard 1 192.0.2.11 ok fast",
+        // Listed nowhere in this policy.
+        "v6 0   fast",
+    ] {
+        assert!(
+            text.lines().any(|line| line == wanted),
+            "wanted {wanted:?} in:\n{text}\n{err}"
+        );
+    }
+    assert!(
+        !upstream
+            .asked()
+            .iter()
+            .any(|(name, _, _)| name == "evil.test"),
+        "an unlisted name reached the upstream: {:?}",
+        upstream.asked()
+    );
+    let records = record_messages(&instance.name, &err, 1);
+    let refused = format!("isolate-{}-blocked udp dns evil.test A", instance.name);
+    assert!(
+        records.iter().any(|r| r.starts_with(&refused)),
+        "{records:#?}"
+    );
 }
 
 /// The records of `dns_following`: the refused name, by name; the unanswered address; the

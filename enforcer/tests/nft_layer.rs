@@ -79,6 +79,7 @@ fn policy<'a>(v4: &'a [NetRule<Ipv4Net>], v6: &'a [NetRule<Ipv6Net>]) -> NftPoli
         v4,
         v6,
         hosts: &[],
+        dns_redirect: None,
         log: &LOG,
     }
 }

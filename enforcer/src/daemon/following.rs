@@ -1,4 +1,4 @@
-//! The daemon's resolvers: one per instance whose names it follows (the eBPF layer is on and
+//! The daemon's resolvers: one per instance whose names it follows (a network layer is on and
 //! the instance has upstream resolvers). Each keeps its loopback port for as long as the
 //! daemon runs, so a reload changes what it answers, never where the instance's queries go.
 //! A restarted daemon binds new ports; until it has put each instance in force again, the
@@ -33,7 +33,8 @@ impl Follower {
 }
 
 pub struct Following {
-    pins: PinDir,
+    /// The eBPF attachment, where that layer is on.
+    pins: Option<PinDir>,
     nft: bool,
     refusals: Sender<BlockedAttempt>,
     followers: BTreeMap<String, Follower>,
@@ -44,10 +45,10 @@ pub struct Following {
 pub type Reporters = Arc<Mutex<BTreeMap<String, Reporter>>>;
 
 impl Following {
-    /// Resolvers that admit into the eBPF attachment at `pins` (and, with `nft`, into each
-    /// instance's table), and send their refusals to `refusals`.
+    /// Resolvers that admit into the eBPF attachment at `pins` (where that layer is on) and,
+    /// with `nft`, into each instance's table, and send their refusals to `refusals`.
     pub fn new(
-        pins: PinDir,
+        pins: Option<PinDir>,
         nft: bool,
         refusals: Sender<BlockedAttempt>,
         reporters: Reporters,
@@ -75,7 +76,7 @@ impl Following {
     }
 
     fn start(&self, id: &InstanceId, policy: &Policy, listener: Listener) -> Option<Resolver> {
-        let bpf = match HostMaps::open(&self.pins) {
+        let bpf = match self.pins.as_ref().map(HostMaps::open).transpose() {
             Ok(maps) => maps,
             Err(e) => {
                 tracing::error!(instance = id.name, "resolver: {e}");
@@ -87,10 +88,7 @@ impl Following {
             uid: id.uid,
             hosts: policy.network.hosts.clone(),
             upstreams: Self::upstreams(policy),
-            layers: dns::Layers {
-                bpf: Some(bpf),
-                nft: self.nft,
-            },
+            layers: dns::Layers { bpf, nft: self.nft },
             refusals: self.refusals.clone(),
         };
         match listener.serve(service) {
@@ -157,7 +155,9 @@ impl FollowNames for Following {
         };
         self.followers
             .insert(id.name.clone(), Follower::Serving(resolver));
-        let redirected = HostMaps::open(&self.pins)
+        // The nftables layer's translation is in the instance's table already.
+        let Some(pins) = &self.pins else { return };
+        let redirected = HostMaps::open(pins)
             .and_then(|mut maps| maps.redirect(id.uid, dns::redirect_to(endpoint)));
         if let Err(e) = redirected {
             tracing::error!(

@@ -252,9 +252,9 @@ pub fn run(config: &DaemonConfig) -> Result<(), DaemonError> {
     let (refusals, refused) = mpsc::channel();
     let resolvers = following::Reporters::default();
     let mut registry = Registry::new(config.policy_dir.clone(), layers, Lookups::system());
-    if config.layers.ebpf {
+    if config.layers.ebpf || config.layers.nftables {
         registry.follow_names(Box::new(following::Following::new(
-            config.pins.clone(),
+            config.layers.ebpf.then(|| config.pins.clone()),
             config.layers.nftables,
             refusals,
             Arc::clone(&resolvers),
@@ -295,12 +295,16 @@ pub fn run(config: &DaemonConfig) -> Result<(), DaemonError> {
             .map_err(io_error("registry thread"))?
     };
     let (drain, drain_queue) = mpsc::channel::<tokio::sync::oneshot::Sender<()>>();
-    let pump = if config.layers.ebpf {
-        let (shared, pins) = (Arc::clone(&shared), config.pins.clone());
+    // The eBPF layer's block events and the resolvers' refusals (either layer follows names).
+    let pump = if config.layers.ebpf || config.layers.nftables {
+        let (shared, pins) = (
+            Arc::clone(&shared),
+            config.layers.ebpf.then(|| config.pins.clone()),
+        );
         Some(
             std::thread::Builder::new()
                 .name("events".into())
-                .spawn(move || run_pump(&pins, &drain_queue, &refused, &shared))
+                .spawn(move || run_pump(pins.as_ref(), &drain_queue, &refused, &shared))
                 .map_err(io_error("event thread"))?,
         )
     } else {
@@ -454,12 +458,12 @@ fn ensured(
 /// The event pump: every period, or when asked (`status` wants current records), moves the
 /// ring buffer's events to the audit trail and the recent list.
 fn run_pump(
-    pins: &PinDir,
+    pins: Option<&PinDir>,
     queue: &mpsc::Receiver<tokio::sync::oneshot::Sender<()>>,
     refused: &mpsc::Receiver<bpf::BlockedAttempt>,
     shared: &Shared,
 ) {
-    let mut reader = match bpf::EventReader::open(pins) {
+    let mut reader = match pins.map(bpf::EventReader::open).transpose() {
         Ok(reader) => reader,
         Err(e) => {
             tracing::error!("block events cannot be read, so none is recorded: {e}");
@@ -472,11 +476,11 @@ fn run_pump(
             Ok(asked) => Some(asked),
             Err(mpsc::RecvTimeoutError::Timeout) => None,
             Err(mpsc::RecvTimeoutError::Disconnected) => {
-                pump_once(&mut reader, refused, &mut audit, shared);
+                pump_once(reader.as_mut(), refused, &mut audit, shared);
                 return;
             }
         };
-        pump_once(&mut reader, refused, &mut audit, shared);
+        pump_once(reader.as_mut(), refused, &mut audit, shared);
         if let Some(asked) = asked {
             let _ = asked.send(());
         }
@@ -484,13 +488,13 @@ fn run_pump(
 }
 
 fn pump_once(
-    reader: &mut bpf::EventReader,
+    reader: Option<&mut bpf::EventReader>,
     refused: &mpsc::Receiver<bpf::BlockedAttempt>,
     audit: &mut AuditSink,
     shared: &Shared,
 ) {
     // The kernel's refusals, then the resolvers' (DNS questions).
-    let mut events = reader.read();
+    let mut events = reader.map(bpf::EventReader::read).unwrap_or_default();
     events.extend(refused.try_iter());
     if events.is_empty() {
         return;

@@ -170,10 +170,9 @@ impl ExecPlan {
         let user = InstanceUser::resolve_for_run(&policy, dry_run)?;
         let resolv_conf = std::fs::read_to_string(paths::RESOLV_CONF).unwrap_or_default();
         let upstreams = dns_servers(&policy.network.dns, &resolv_conf);
-        // With the eBPF layer, the instance's own lookups are followed (its DNS queries go to
-        // isolate's resolver); without it, nothing could redirect them, so names are resolved
-        // here as the run starts.
-        let rules = if layers.ebpf && !upstreams.is_empty() {
+        // With a network layer, the instance's own lookups are followed (each layer sends its
+        // DNS queries to isolate's resolver); without resolvers to ask, names resolve nowhere.
+        let rules = if (layers.ebpf || layers.nftables) && !upstreams.is_empty() {
             followed_rules(&policy.network, None)
         } else {
             effective_rules(&policy.network, &resolv_conf, system_resolve)
@@ -663,12 +662,13 @@ fn apply_layers(plan: &ExecPlan) -> Result<Applied, ExecError> {
         uid: plan.user.uid,
     };
     // The resolver's port is in the rules (the instance reaches it, and hears its answers).
-    let listener = match host_maps {
-        Some(_) => Some(dns::Listener::bind().map_err(|source| ExecError::Resolver {
+    let listener = if plan.rules.followed {
+        Some(dns::Listener::bind().map_err(|source| ExecError::Resolver {
             instance: instance.clone(),
             source,
-        })?),
-        None => None,
+        })?)
+    } else {
+        None
     };
     let followed;
     let rules = match &listener {
@@ -691,32 +691,34 @@ fn apply_layers(plan: &ExecPlan) -> Result<Applied, ExecError> {
             source,
         })?;
     applied.enforced = Some(id);
-    if let (Some(listener), Some(maps)) = (listener, host_maps) {
-        let (resolver, refusals) = start_resolver(plan, listener, maps)?;
+    if let Some(listener) = listener {
+        let (resolver, refusals) = start_resolver(plan, listener, host_maps)?;
         applied.resolver = Some(resolver);
         applied.refusals = Some(refusals);
     }
     Ok(applied)
 }
 
-/// Starts the instance's resolver on `listener`, then sends the instance's DNS queries to it
-/// (last: they go to a resolver that answers). `maps` are two handles on the host maps: the
-/// resolver's own, and one to write the redirect with.
+/// Starts the instance's resolver on `listener`, then has the eBPF layer send the instance's
+/// DNS queries to it (last: they go to a resolver that answers; the nftables layer's
+/// translation is in its table already). `maps` are two handles on the eBPF host maps, where
+/// that layer is on: the resolver's own, and one to write the redirect with.
 fn start_resolver(
     plan: &ExecPlan,
     listener: dns::Listener,
-    (resolver_maps, mut redirect_maps): (bpf::HostMaps, bpf::HostMaps),
+    maps: Option<(bpf::HostMaps, bpf::HostMaps)>,
 ) -> Result<(Resolver, std::sync::mpsc::Receiver<bpf::BlockedAttempt>), ExecError> {
     let instance = &plan.policy.name;
     let endpoint = listener.endpoint();
     let (sender, receiver) = std::sync::mpsc::channel();
+    let (resolver_maps, redirect_maps) = maps.unzip();
     let service = dns::Service {
         instance: instance.clone(),
         uid: plan.user.uid,
         hosts: plan.policy.network.hosts.clone(),
         upstreams: plan.upstreams.clone(),
         layers: dns::Layers {
-            bpf: Some(resolver_maps),
+            bpf: resolver_maps,
             nft: plan.layers.nftables,
         },
         refusals: sender,
@@ -727,12 +729,13 @@ fn start_resolver(
             instance: instance.clone(),
             source,
         })?;
-    redirect_maps
-        .redirect(plan.user.uid, dns::redirect_to(endpoint))
-        .map_err(|source| ExecError::Bpf {
-            instance: instance.clone(),
-            source,
-        })?;
+    if let Some(mut maps) = redirect_maps {
+        maps.redirect(plan.user.uid, dns::redirect_to(endpoint))
+            .map_err(|source| ExecError::Bpf {
+                instance: instance.clone(),
+                source,
+            })?;
+    }
     Ok((resolver, receiver))
 }
 

@@ -25,6 +25,7 @@ impl NetworkLayer for NftLayer {
             v4: &instance.rules.v4,
             v6: &instance.rules.v6,
             hosts: &instance.policy.network.hosts,
+            dns_redirect: instance.rules.resolver,
             log: &instance.policy.network.log,
         })?;
         Ok(())

@@ -35,6 +35,10 @@ pub struct NftPolicy<'a> {
     /// The policy's host names: each gets a set per family, empty until isolate's resolver
     /// adds the addresses the instance's own lookups were answered (see [`admit`]).
     pub hosts: &'a [HostRule],
+    /// isolate's resolver for the instance: the UID's DNS queries (TCP and UDP port 53, any
+    /// address) are translated to it (`nat output`; conntrack turns the answers back). The
+    /// eBPF layer, when on, has already sent them there at connect time.
+    pub dns_redirect: Option<crate::network::ResolverEndpoint>,
     /// Rate limit of the kernel log lines of blocked packets.
     pub log: &'a LogSettings,
 }

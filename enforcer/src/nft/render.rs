@@ -42,6 +42,11 @@ use super::NftPolicy;
 pub const CHAIN_OUTPUT: &str = "output";
 /// The regular chain the instance UID's packets jump to.
 pub const CHAIN_CONFINED: &str = "confined";
+/// The NAT chain that sends the UID's DNS queries to isolate's resolver.
+pub const CHAIN_DNS: &str = "dns";
+/// "dstnat" on the output hook: before the filter chain (0), which then judges where the packet
+/// really goes.
+const DNS_PRIORITY: i32 = -100;
 /// The named counters of dropped packets: (name, family, transport protocol), the family and
 /// protocol as metrics label them.
 pub const COUNTERS: [(&str, &str, &str); 6] = [
@@ -166,6 +171,9 @@ pub(super) fn render_with_counters(
     for expr in confined_rules(policy, &sets) {
         batch.push(add(rule(&table, CHAIN_CONFINED, expr)));
     }
+    if let Some(resolver) = policy.dns_redirect {
+        batch.extend(dns_redirect(&table, policy.uid, resolver));
+    }
     // Last, so that the UID is diverted only into a complete chain (the batch is atomic anyway).
     let divert = vec![
         matches(meta(MetaKey::Skuid), Expression::Number(policy.uid)),
@@ -227,6 +235,50 @@ fn element_object(table: &str, set: &str, value: Expression<'static>) -> NfListO
         name: set.to_owned().into(),
         elem: vec![value].into(),
     })
+}
+
+/// The chain that sends the UID's DNS queries to isolate's resolver:
+/// `meta skuid UID meta nfproto ipv4 meta l4proto { tcp, udp } th dport 53 dnat ip to
+/// 127.0.0.1:PORT`, and likewise for IPv6. At the NAT priority of the output hook, so the filter
+/// chain judges the translated destination.
+fn dns_redirect(
+    table: &str,
+    uid: u32,
+    resolver: crate::network::ResolverEndpoint,
+) -> Vec<NfObject<'static>> {
+    let mut batch = vec![add(NfListObject::Chain(Chain {
+        family: NfFamily::INet,
+        table: table.to_owned().into(),
+        name: CHAIN_DNS.into(),
+        _type: Some(NfChainType::NAT),
+        hook: Some(NfHook::Output),
+        prio: Some(DNS_PRIORITY),
+        policy: Some(NfChainPolicy::Accept),
+        ..Chain::default()
+    }))];
+    for (nfproto, family, addr) in [
+        ("ipv4", stmt::NATFamily::IP, resolver.v4.to_string()),
+        ("ipv6", stmt::NATFamily::IP6, resolver.v6.to_string()),
+    ] {
+        let tcp_udp = NamedExpression::Set(vec![
+            SetItem::Element(text("tcp")),
+            SetItem::Element(text("udp")),
+        ]);
+        let expr = vec![
+            matches(meta(MetaKey::Skuid), Expression::Number(uid)),
+            matches(meta(MetaKey::Nfproto), text(nfproto)),
+            matches(meta(MetaKey::L4proto), Expression::Named(tcp_udp)),
+            matches(payload("th", "dport"), Expression::Number(53)),
+            Statement::DNAT(Some(stmt::NAT {
+                addr: Some(text(addr)),
+                family: Some(family),
+                port: Some(Expression::Number(u32::from(resolver.port))),
+                flags: None,
+            })),
+        ];
+        batch.push(add(rule(table, CHAIN_DNS, expr)));
+    }
+    batch
 }
 
 /// `add table` + `delete table` + `add table`: the classic idiom that makes one transaction

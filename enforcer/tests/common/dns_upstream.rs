@@ -407,6 +407,32 @@ pub fn make_answers_local() {
     }
 }
 
+/// Inside the test's own network namespace: the resolvers of /etc/resolv.conf are local, so
+/// that the instance's queries to them leave its sockets (the namespace has no other route)
+/// and the nftables layer can translate them. Nothing answers there.
+pub fn make_system_resolvers_local() {
+    let conf = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    let servers = conf.lines().filter_map(|line| {
+        let mut words = line.split_whitespace();
+        (words.next() == Some("nameserver"))
+            .then(|| words.next()?.parse::<std::net::IpAddr>().ok())
+            .flatten()
+    });
+    for server in servers.filter(|s| !s.is_loopback()) {
+        let (family, prefix) = if server.is_ipv4() {
+            ("-4", 32)
+        } else {
+            ("-6", 128)
+        };
+        let route = format!("{server}/{prefix}");
+        let status = std::process::Command::new("ip")
+            .args([family, "route", "add", "local", &route, "dev", "lo"])
+            .status()
+            .expect("ip (iproute2)");
+        assert!(status.success(), "ip route add local {route} dev lo");
+    }
+}
+
 /// The zone of the DNS-following tests; `changing.example.test` answers 192.0.2.`changing`.
 pub fn test_zone(changing: u8) -> Zone {
     let many: Vec<Ipv4Addr> = (100..130).map(|i| Ipv4Addr::new(192, 0, 2, i)).collect();

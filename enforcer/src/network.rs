@@ -18,8 +18,9 @@ pub struct EffectiveRules {
     /// Host names are followed through isolate's resolver (see [`followed_rules`]) rather
     /// than resolved here.
     pub followed: bool,
-    /// Where that resolver listens, once it does: the instance's DNS queries go there.
-    pub resolver: Option<ResolverEndpoint>,
+    /// Where the nftables layer translates the instance's DNS queries to: isolate's resolver,
+    /// when no eBPF layer sends them there already (see [`EffectiveRules::translating_dns`]).
+    pub dns_translated_to: Option<ResolverEndpoint>,
 }
 
 /// Where isolate's resolver for one instance listens: loopback, one port for UDP and TCP in
@@ -42,7 +43,6 @@ pub fn followed_rules(network: &Network, resolver: Option<ResolverEndpoint>) -> 
         followed: true,
         ..EffectiveRules::default()
     };
-    rules.resolver = resolver;
     if let Some(resolver) = resolver {
         let port = Some(PortRange {
             first: resolver.port,
@@ -54,6 +54,16 @@ pub fn followed_rules(network: &Network, resolver: Option<ResolverEndpoint>) -> 
     rules.v4 = isolate_policy::normalise_v4(&rules.v4);
     rules.v6 = isolate_policy::normalise_v6(&rules.v6);
     rules
+}
+
+impl EffectiveRules {
+    /// These rules, with the nftables layer translating the instance's DNS queries to
+    /// `resolver` (for an instance whose queries no eBPF layer redirects).
+    #[must_use]
+    pub fn translating_dns(mut self, resolver: ResolverEndpoint) -> Self {
+        self.dns_translated_to = Some(resolver);
+        self
+    }
 }
 
 /// Computes the rules in force now. `resolv_conf` is the text of `/etc/resolv.conf` (for

@@ -127,7 +127,12 @@ impl FollowNames for Following {
                 }
             },
         };
-        Some(followed_rules(&policy.network, Some(endpoint)))
+        let rules = followed_rules(&policy.network, Some(endpoint));
+        // Without the eBPF layer, the nftables layer sends the queries to the resolver.
+        Some(match self.pins {
+            Some(_) => rules,
+            None => rules.translating_dns(endpoint),
+        })
     }
 
     fn in_force(&mut self, id: &InstanceId, policy: &Policy) {

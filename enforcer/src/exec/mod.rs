@@ -670,10 +670,14 @@ fn apply_layers(plan: &ExecPlan) -> Result<Applied, ExecError> {
     } else {
         None
     };
-    let followed;
+    let mut followed;
     let rules = match &listener {
         Some(listener) => {
-            followed = followed_rules(&plan.policy.network, Some(listener.endpoint()));
+            let endpoint = listener.endpoint();
+            followed = followed_rules(&plan.policy.network, Some(endpoint));
+            if !plan.layers.ebpf {
+                followed = followed.translating_dns(endpoint);
+            }
             &followed
         }
         None => &plan.rules,

@@ -25,7 +25,7 @@ impl NetworkLayer for NftLayer {
             v4: &instance.rules.v4,
             v6: &instance.rules.v6,
             hosts: &instance.policy.network.hosts,
-            dns_redirect: instance.rules.resolver,
+            dns_redirect: instance.rules.dns_translated_to,
             log: &instance.policy.network.log,
         })?;
         Ok(())

@@ -200,6 +200,15 @@ impl Resolver {
     }
 }
 
+impl Drop for Resolver {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
+}
+
 /// What a resolver did and holds, for status and metrics.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Report {
@@ -258,20 +267,11 @@ pub fn redirect_to(endpoint: ResolverEndpoint) -> DnsRedirect {
     }
 }
 
-impl Drop for Resolver {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        for thread in self.threads.drain(..) {
-            let _ = thread.join();
-        }
-    }
-}
-
 /// What the resolver serves one instance with.
 pub struct Service {
     pub instance: String,
     pub uid: u32,
-    /// The policy's host rules (their indices name the nftables sets).
+    /// The policy's host rules (each has an nftables set of its own).
     pub hosts: Vec<HostRule>,
     /// Where allowed names are asked (`network.dns`).
     pub upstreams: Vec<IpAddr>,
@@ -314,7 +314,7 @@ enum Reply {
 
 /// What the policy lets the resolver answer, and where it asks.
 struct Names {
-    /// The policy's host rules (their indices name the nftables sets).
+    /// The policy's host rules (each has an nftables set of its own).
     hosts: Vec<HostRule>,
     upstreams: Vec<IpAddr>,
 }

@@ -88,7 +88,9 @@ fn main() -> ExitCode {
 /// lookup; an unlisted name is refused without reaching the upstream and recorded by name; an
 /// address nobody answered, or an admitted one on another port, is refused.
 fn dns_following() {
-    use common::dns_upstream::{LOOKUP_SCRIPT, Upstream, make_answers_local, test_zone};
+    use common::dns_upstream::{
+        LOOKUP_SCRIPT, Upstream, assert_lines, make_answers_local, test_zone,
+    };
     make_answers_local();
     let listener = TcpListener::bind("[::]:0").unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -162,7 +164,7 @@ fn dns_following() {
         "the instance never asked for changing.example.test:\n{text}\n{err}"
     );
     let eperm = format!("errno {}", libc::EPERM);
-    for wanted in [
+    let wanted = [
         "exact 1 192.0.2.10 ok fast".to_owned(),
         "wildcard 1 192.0.2.11 ok fast".to_owned(),
         "cname 1 192.0.2.13 ok fast".to_owned(),
@@ -173,17 +175,10 @@ fn dns_following() {
         format!("other-port {eperm}"),
         "before 1 192.0.2.20 ok fast".to_owned(),
         "after 1 192.0.2.21 ok fast".to_owned(),
-    ] {
-        assert!(
-            text.lines().any(|line| line == wanted),
-            "wanted {wanted:?} in:\n{text}\n{err}"
-        );
-    }
+    ];
+    assert_lines(&text, &wanted, &err);
+    upstream.assert_never_asked("evil.test");
     let asked = upstream.asked();
-    assert!(
-        !asked.iter().any(|(name, _, _)| name == "evil.test"),
-        "an unlisted name reached the upstream: {asked:?}"
-    );
     assert!(
         asked
             .iter()
@@ -197,7 +192,8 @@ fn dns_following() {
 /// queries to isolate's resolver, and its host sets take the answers' addresses.
 fn dns_following_nftables() {
     use common::dns_upstream::{
-        LOOKUP_SCRIPT, Upstream, make_answers_local, make_system_resolvers_local, test_zone,
+        LOOKUP_SCRIPT, Upstream, assert_lines, make_answers_local, make_system_resolvers_local,
+        test_zone,
     };
     make_answers_local();
     // Translation happens once a packet is routed: the instance's resolver must be routable.
@@ -227,26 +223,15 @@ fn dns_following_nftables() {
         .unwrap();
     let (text, err) = (stdout(&out), stderr(&out));
     assert!(out.status.success(), "{text}\n{err}");
-    for wanted in [
+    let wanted = [
         "refused 0   fast",
         "exact 1 192.0.2.10 ok fast",
         "wildcard 1 192.0.2.11 ok fast",
         // Listed nowhere in this policy.
         "v6 0   fast",
-    ] {
-        assert!(
-            text.lines().any(|line| line == wanted),
-            "wanted {wanted:?} in:\n{text}\n{err}"
-        );
-    }
-    assert!(
-        !upstream
-            .asked()
-            .iter()
-            .any(|(name, _, _)| name == "evil.test"),
-        "an unlisted name reached the upstream: {:?}",
-        upstream.asked()
-    );
+    ];
+    assert_lines(&text, &wanted, &err);
+    upstream.assert_never_asked("evil.test");
     let records = record_messages(&instance.name, &err, 1);
     let refused = format!("isolate-{}-blocked udp dns evil.test A", instance.name);
     assert!(

@@ -194,6 +194,15 @@ impl Upstream {
         lock(&self.shared.asked).clone()
     }
 
+    /// Fails the test if `name` was asked here: an unlisted name must never leave.
+    pub fn assert_never_asked(&self, name: &str) {
+        let asked = self.asked();
+        assert!(
+            !asked.iter().any(|(asked, _, _)| asked == name),
+            "{name} reached the upstream: {asked:?}"
+        );
+    }
+
     /// Replaces the zone (a changed answer).
     pub fn set_zone(&self, zone: Zone) {
         *lock(&self.shared.zone) = zone;
@@ -454,4 +463,16 @@ pub fn test_zone(changing: u8) -> Zone {
             60,
         )
         .a("evil.test", &[Ipv4Addr::new(192, 0, 2, 66)], 60)
+}
+
+/// Fails unless each of `wanted` is a whole line of the lookup client's output `text`
+/// (`context`, e.g. isolate's stderr, goes into the message).
+pub fn assert_lines<S: AsRef<str>>(text: &str, wanted: &[S], context: &str) {
+    for wanted in wanted {
+        let wanted = wanted.as_ref();
+        assert!(
+            text.lines().any(|line| line == wanted),
+            "wanted {wanted:?} in:\n{text}\n{context}"
+        );
+    }
 }

@@ -204,9 +204,10 @@ check "$name: blocked curl exits 7 (got $r_forbidden_rc)" [ "$r_forbidden_rc" = 
 us "${r_forbidden_time:-9}"
 check "$name: blocked curl fails at once (curl's own time ${r_forbidden_time}s < 0.2 s)" \
     between "$v" 0 199999
-# Wall clock, including curl's own start (about 0.3 s under TCG, more on a busy host).
-check "$name: blocked curl, start to exit, in well under the nft timeout (${r_forbidden_us} µs < 1.5 s)" \
-    between "$r_forbidden_us" 0 1499999
+# Wall clock, including curl's own start (about 0.3 s under TCG, over 1.5 s on a busy host): a
+# dropped SYN instead of a refusal would keep curl waiting for its connect timeout (minutes).
+check "$name: blocked curl, start to exit, in seconds, not a connect timeout (${r_forbidden_us} µs < 5 s)" \
+    between "$r_forbidden_us" 0 4999999
 check "$name: the instance runs as a dynamic user, not root (uid $uid)" between "$uid" 1 4294967294
 check "$name: allowed curl succeeds (got $r_allowed_rc)" [ "$r_allowed_rc" = 0 ]
 journal "$name" have_one_record

@@ -161,10 +161,8 @@ fn resolve_host(
 /// 169.254.169.254) or multicast would open a local service or a whole segment to the
 /// instance (DNS rebinding). An address listed itself in `network.allow` is allowed as listed.
 pub fn never_admitted(addr: IpAddr) -> Option<&'static str> {
-    let addr = match addr {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(addr, IpAddr::V4),
-        v4 @ IpAddr::V4(_) => v4,
-    };
+    // A v4-mapped answer reaches an IPv4 host: judge it as one.
+    let addr = addr.to_canonical();
     if addr.is_loopback() {
         Some("loopback")
     } else if addr.is_unspecified() {

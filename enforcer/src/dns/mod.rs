@@ -405,7 +405,8 @@ fn serve_connection(mut stream: TcpStream, peer: SocketAddr, shared: &Shared, st
 
 impl Shared {
     fn name_of(&self, addr: IpAddr) -> Option<String> {
-        let addr = unmapped(addr);
+        // A v4-mapped address reaches an IPv4 host: it is admitted and judged as one.
+        let addr = addr.to_canonical();
         let admitted = self.admitted.lock().ok()?;
         admitted
             .until
@@ -533,7 +534,7 @@ impl Shared {
         let now = boot_clock();
         let mut admissions = Vec::new();
         for &(addr, ttl) in addresses.iter().take(MAX_ADDRESSES_PER_ANSWER) {
-            let addr = unmapped(addr);
+            let addr = addr.to_canonical();
             if let Some(why) = never_admitted(addr) {
                 tracing::warn!(instance = %self.instance, name, %addr, "resolver: not admitted: a name never opens a {why} address");
                 continue;
@@ -680,14 +681,6 @@ fn host_elements(
             timeout_secs: u32::try_from(until.saturating_sub(now).as_secs()).unwrap_or(u32::MAX),
         })
         .collect()
-}
-
-/// A v4-mapped address reaches an IPv4 host: it is admitted and judged as one.
-fn unmapped(addr: IpAddr) -> IpAddr {
-    match addr {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(addr, IpAddr::V4),
-        v4 @ IpAddr::V4(_) => v4,
-    }
 }
 
 /// Whether `e` says the host has no IPv6 loopback (IPv6 disabled, or no `::1`).

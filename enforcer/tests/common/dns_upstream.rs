@@ -421,13 +421,9 @@ pub fn make_answers_local() {
 /// and the nftables layer can translate them. Nothing answers there.
 pub fn make_system_resolvers_local() {
     let conf = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
-    let servers = conf.lines().filter_map(|line| {
-        let mut words = line.split_whitespace();
-        (words.next() == Some("nameserver"))
-            .then(|| words.next()?.parse::<std::net::IpAddr>().ok())
-            .flatten()
-    });
-    for server in servers.filter(|s| !s.is_loopback()) {
+    let servers =
+        isolate_enforcer::network::dns_servers(&isolate_policy::DnsSetting::System, &conf);
+    for server in servers.into_iter().filter(|s| !s.is_loopback()) {
         let (family, prefix) = if server.is_ipv4() {
             ("-4", 32)
         } else {

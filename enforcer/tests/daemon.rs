@@ -11,7 +11,7 @@ use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::probe::{self, Mode, accept_one};
 use common::sandbox::unique_name;
@@ -404,29 +404,20 @@ impl Daemon {
 
     /// As `start`, with more daemon options.
     fn start_with(&mut self, options: &[&str]) {
-        let child = Command::new(common::isolate_binary())
+        let mut child = Command::new(common::isolate_binary())
             .arg("daemon")
             .args(self.args())
             .args(options)
             .stdin(Stdio::null())
             .spawn()
             .unwrap();
+        let socket = self.socket().to_string_lossy().into_owned();
+        common::wait_until_started("the daemon", &mut child, || {
+            !run_isolate(&["status", "--control-socket", &socket])
+                .0
+                .contains("from the kernel")
+        });
         self.child = Some(child);
-        let started = Instant::now();
-        while run_isolate(&[
-            "status",
-            "--control-socket",
-            &self.socket().to_string_lossy(),
-        ])
-        .0
-        .contains("from the kernel")
-        {
-            assert!(
-                started.elapsed() < Duration::from_secs(20),
-                "the daemon never answered"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
     }
 
     fn signal(&mut self, signal: nix::sys::signal::Signal) {

@@ -464,21 +464,16 @@ impl Instance {
 
     /// Starts `sleep 30` as the instance and returns once it runs inside its cgroup.
     fn start_sleeper(&self) -> std::process::Child {
-        let child = self
+        let mut child = self
             .command(&["--", "/bin/sleep", "30"])
             .stdin(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
         let procs = cgroup_of(&self.name).join("cgroup.procs");
-        let started = Instant::now();
-        while std::fs::read_to_string(&procs).map_or(true, |p| p.trim().is_empty()) {
-            assert!(
-                started.elapsed() < Duration::from_secs(30),
-                "the run never started"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        common::wait_until_started("the run", &mut child, || {
+            std::fs::read_to_string(&procs).is_ok_and(|p| !p.trim().is_empty())
+        });
         child
     }
 

@@ -9,6 +9,7 @@ mod families;
 mod unix;
 
 use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
         bpf_get_socket_cookie, bpf_ktime_get_boot_ns, bpf_ktime_get_ns,
@@ -33,7 +34,8 @@ const IPPROTO_TCP: u32 = 6;
 const IPPROTO_UDP: u32 = 17;
 
 #[map(name = "INSTANCES")]
-static INSTANCES: HashMap<u32, InstanceState> = HashMap::with_max_entries(MAX_INSTANCES, 0);
+static INSTANCES: HashMap<u32, InstanceState> =
+    HashMap::with_max_entries(MAX_INSTANCES, BPF_F_NO_PREALLOC);
 
 #[map(name = "ALLOW_V4")]
 static ALLOW_V4: LpmTrie<V4Key, AllowValue> = LpmTrie::with_max_entries(MAX_ALLOW_ENTRIES, 0);
@@ -53,13 +55,14 @@ static LISTEN_V6: LpmTrie<V6Key, AllowValue> = LpmTrie::with_max_entries(MAX_LIS
 /// racing first insert on two CPUs.
 #[map(name = "BLOCKED")]
 static BLOCKED: PerCpuHashMap<CounterKey, u64> =
-    PerCpuHashMap::with_max_entries(MAX_INSTANCES * COUNTERS_PER_INSTANCE, 0);
+    PerCpuHashMap::with_max_entries(MAX_INSTANCES * COUNTERS_PER_INSTANCE, BPF_F_NO_PREALLOC);
 
 #[map(name = "EVENTS")]
 static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 
 #[map(name = "DNS_REDIRECT")]
-static DNS_REDIRECT: HashMap<u32, DnsRedirect> = HashMap::with_max_entries(MAX_INSTANCES, 0);
+static DNS_REDIRECT: HashMap<u32, DnsRedirect> =
+    HashMap::with_max_entries(MAX_INSTANCES, BPF_F_NO_PREALLOC);
 
 #[map(name = "DNS_ORIGINS")]
 static DNS_ORIGINS: LruHashMap<u64, DnsOrigin> = LruHashMap::with_max_entries(MAX_DNS_ORIGINS, 0);
@@ -67,10 +70,12 @@ static DNS_ORIGINS: LruHashMap<u64, DnsOrigin> = LruHashMap::with_max_entries(MA
 /// Addresses that DNS answers admitted, each with the port rules of the names that answered
 /// it and when they expire. Judged alongside the allow tries.
 #[map(name = "HOSTS_V4")]
-static HOSTS_V4: HashMap<HostV4Key, HostValue> = HashMap::with_max_entries(MAX_HOST_ENTRIES, 0);
+static HOSTS_V4: HashMap<HostV4Key, HostValue> =
+    HashMap::with_max_entries(MAX_HOST_ENTRIES, BPF_F_NO_PREALLOC);
 
 #[map(name = "HOSTS_V6")]
-static HOSTS_V6: HashMap<HostV6Key, HostValue> = HashMap::with_max_entries(MAX_HOST_ENTRIES, 0);
+static HOSTS_V6: HashMap<HostV6Key, HostValue> =
+    HashMap::with_max_entries(MAX_HOST_ENTRIES, BPF_F_NO_PREALLOC);
 
 const DNS_PORT: u16 = 53;
 

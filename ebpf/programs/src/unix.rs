@@ -30,6 +30,7 @@
 //! memory with `bpf_probe_read_kernel` at those offsets.
 
 use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
     helpers::{
         bpf_get_current_ancestor_cgroup_id, bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes,
     },
@@ -53,7 +54,8 @@ pub(crate) const LSM_DENY: i32 = -1; // -EPERM
 static ISOLATE_UNIX_CONFIG: UnixConfig = UnixConfig::UNSET;
 
 #[map(name = "UNIX_ALLOW")]
-static UNIX_ALLOW: HashMap<UnixKey, u32> = HashMap::with_max_entries(MAX_UNIX_ENTRIES, 0);
+static UNIX_ALLOW: HashMap<UnixKey, u32> =
+    HashMap::with_max_entries(MAX_UNIX_ENTRIES, BPF_F_NO_PREALLOC);
 
 /// `int unix_stream_connect(struct sock *sock, struct sock *other, struct sock *newsk)`;
 /// `other` is the listening socket being connected to.

@@ -327,22 +327,14 @@ impl BpfLayer {
                     .collect();
             }
         };
-        let socket = program_names::SOCK_ADDR.iter().try_for_each(|&name| {
-            let program: &mut CgroupSockAddr = program(&mut ebpf, name)?;
-            program.load().map_err(program_error(name))
-        });
-        let egress = program_names::SKB.iter().try_for_each(|&name| {
-            let program: &mut CgroupSkb = program(&mut ebpf, name)?;
-            program.load().map_err(program_error(name))
-        });
-        let unix = unix_config.and_then(|()| {
-            let btf = btf.as_ref().ok_or("the kernel has no BTF".to_owned())?;
-            program_names::LSM
-                .iter()
-                .try_for_each(|&(name, hook)| {
-                    let program: &mut Lsm = program(&mut ebpf, name)?;
-                    program.load(hook, btf).map_err(program_error(name))
-                })
+        let unix_btf =
+            unix_config.and_then(|()| btf.as_ref().ok_or("the kernel has no BTF".to_owned()));
+        let mut loaded = load_programs(&mut ebpf, unix_btf.as_ref().ok().copied());
+        let socket = loaded.take_error(&program_names::SOCK_ADDR);
+        let egress = loaded.take_error(&program_names::SKB);
+        let unix = unix_btf.and_then(|_| {
+            loaded
+                .take_error(&program_names::LSM.map(|(name, _)| name))
                 .map_err(reason)
         });
         vec![
@@ -355,6 +347,15 @@ impl BpfLayer {
     fn load_and_pin(cgroup: &Path, pins: &PinDir) -> Result<UnixSupport, BpfError> {
         let (mut ebpf, btf, unix_config) = Self::open_object(cgroup)?;
         let cgroup_file = std::fs::File::open(cgroup).map_err(pin_error("open cgroup", cgroup))?;
+        let unix_btf = unix_config.and_then(|()| {
+            btf.as_ref().ok_or(format!(
+                "the kernel has no BTF ({})",
+                crate::paths::KERNEL_BTF
+            ))
+        });
+        let mut loaded = load_programs(&mut ebpf, unix_btf.as_ref().ok().copied());
+        loaded.take_error(&program_names::SOCK_ADDR)?;
+        loaded.take_error(&program_names::SKB)?;
         // With BPF links (kernel 5.7+) the kernel always attaches in multi mode, so other
         // tools' programs on the same cgroup keep working; `Single` only means "no flags",
         // which link_create requires.
@@ -362,7 +363,6 @@ impl BpfLayer {
         for name in program_names::SOCK_ADDR {
             let program: &mut CgroupSockAddr = program(&mut ebpf, name)?;
             let program_error = program_error(name);
-            program.load().map_err(program_error)?;
             let link_id = program.attach(&cgroup_file, mode).map_err(program_error)?;
             let link = program.take_link(link_id).map_err(program_error)?;
             pin_link(pins, name, FdLink::try_from(link))?;
@@ -373,7 +373,6 @@ impl BpfLayer {
         ] {
             let program: &mut CgroupSkb = program(&mut ebpf, name)?;
             let program_error = program_error(name);
-            program.load().map_err(program_error)?;
             let link_id = program
                 .attach(&cgroup_file, direction, mode)
                 .map_err(program_error)?;
@@ -381,18 +380,25 @@ impl BpfLayer {
             pin_link(pins, name, FdLink::try_from(link))?;
         }
 
-        let support = match unix_config {
-            Ok(()) => match Self::load_unix_programs(&mut ebpf, btf.as_ref(), pins) {
+        let lsm_loaded = unix_btf.and_then(|_| {
+            loaded
+                .take_error(&program_names::LSM.map(|(name, _)| name))
+                .map_err(|e| {
+                    let e = e.to_string();
+                    // aya ends the message with the verifier's log, often empty.
+                    let e = e.trim_end_matches(" Verifier output: ");
+                    format!("the kernel refused isolate's BPF LSM programs: {e}")
+                })
+        });
+        let support = match lsm_loaded {
+            Ok(()) => match Self::attach_unix_programs(&mut ebpf, pins) {
                 Ok(()) => UnixSupport::Enforced,
                 Err(e) => {
                     for (name, _) in program_names::LSM {
                         let _ = std::fs::remove_file(pins.link(name));
                     }
-                    let e = e.to_string();
-                    // aya ends the message with the verifier's log, often empty.
-                    let e = e.trim_end_matches(" Verifier output: ");
                     UnixSupport::Unavailable(format!(
-                        "the kernel refused isolate's BPF LSM programs: {e}"
+                        "the kernel refused to attach isolate's BPF LSM programs: {e}"
                     ))
                 }
             },
@@ -429,20 +435,11 @@ impl BpfLayer {
         Ok(support)
     }
 
-    /// Loads the BPF LSM programs, attaches them (to the whole system) and pins their links.
-    fn load_unix_programs(
-        ebpf: &mut Ebpf,
-        btf: Option<&Btf>,
-        pins: &PinDir,
-    ) -> Result<(), BpfError> {
-        let btf = btf.ok_or(BpfError::Missing {
-            kind: "kernel BTF",
-            name: crate::paths::KERNEL_BTF,
-        })?;
-        for (name, hook) in program_names::LSM {
+    /// Attaches the loaded BPF LSM programs (to the whole system) and pins their links.
+    fn attach_unix_programs(ebpf: &mut Ebpf, pins: &PinDir) -> Result<(), BpfError> {
+        for (name, _) in program_names::LSM {
             let program: &mut Lsm = program(ebpf, name)?;
             let program_error = program_error(name);
-            program.load(hook, btf).map_err(program_error)?;
             let link_id = program.attach().map_err(program_error)?;
             let link = program.take_link(link_id).map_err(program_error)?;
             pin_link(pins, name, Ok(FdLink::from(link)))?;
@@ -700,6 +697,75 @@ where
     let data = MapData::from_pin(pins.map(name)).map_err(map_error(name))?;
     let map = Map::from_map_data(data).map_err(map_error(name))?;
     T::try_from(map).map_err(map_error(name))
+}
+
+/// What [`load_programs`] made of each program: loaded, or why not.
+struct Loaded(Vec<(&'static str, Result<(), BpfError>)>);
+
+impl Loaded {
+    /// Takes the first refusal among `names` (a program the object lacks counts as one).
+    fn take_error(&mut self, names: &[&'static str]) -> Result<(), BpfError> {
+        for &name in names {
+            match self.0.iter_mut().find(|(loaded, _)| *loaded == name) {
+                Some((_, result)) => std::mem::replace(result, Ok(()))?,
+                None => {
+                    return Err(BpfError::Missing {
+                        kind: "program",
+                        name,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Loads every program of the object into the kernel, one thread each, and the BPF LSM ones
+/// only with the kernel's BTF (`lsm_btf`). The kernel verifies a program in the thread that
+/// loads it, and verifying is most of the cost of attaching: side by side, the cores share it.
+fn load_programs(ebpf: &mut Ebpf, lsm_btf: Option<&Btf>) -> Loaded {
+    let lsm_hook = |name: &str| {
+        program_names::LSM
+            .iter()
+            .find(|(lsm, _)| *lsm == name)
+            .copied()
+    };
+    let known = |name: &str| {
+        program_names::SOCK_ADDR
+            .iter()
+            .chain(&program_names::SKB)
+            .copied()
+            .find(|known| *known == name)
+            .or_else(|| lsm_hook(name).map(|(name, _)| name))
+    };
+    std::thread::scope(|scope| {
+        let loads: Vec<_> = ebpf
+            .programs_mut()
+            .filter_map(|(name, program)| Some((known(name)?, program)))
+            .filter(|(name, _)| lsm_hook(name).is_none() || lsm_btf.is_some())
+            .map(|(name, program)| {
+                let load = move || {
+                    let loaded = match (program, lsm_hook(name), lsm_btf) {
+                        (aya::programs::Program::CgroupSockAddr(p), None, _) => p.load(),
+                        (aya::programs::Program::CgroupSkb(p), None, _) => p.load(),
+                        (aya::programs::Program::Lsm(p), Some((_, hook)), Some(btf)) => {
+                            p.load(hook, btf)
+                        }
+                        // Not the kind isolate's object defines under this name.
+                        _ => Err(aya::programs::ProgramError::UnexpectedProgramType),
+                    };
+                    loaded.map_err(program_error(name))
+                };
+                (name, scope.spawn(load))
+            })
+            .collect();
+        Loaded(
+            loads
+                .into_iter()
+                .map(|(name, load)| (name, load.join().expect("a program load panicked")))
+                .collect(),
+        )
+    })
 }
 
 fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, BpfError>

@@ -71,3 +71,27 @@ pub fn run_tests(tests: &[Test]) -> ExitCode {
         ExitCode::FAILURE
     }
 }
+
+/// How long a process the test started may take to come up. Generous: starting means loading
+/// and verifying eBPF programs, which takes seconds in an emulated guest on a busy machine.
+pub const START_TIMEOUT: std::time::Duration = std::time::Duration::from_mins(2);
+
+/// Polls `ready` until it holds; panics naming `what` if `process` exits first (with its exit
+/// status) or `START_TIMEOUT` passes.
+pub fn wait_until_started(
+    what: &str,
+    process: &mut std::process::Child,
+    mut ready: impl FnMut() -> bool,
+) {
+    let started = std::time::Instant::now();
+    while !ready() {
+        if let Some(status) = process.try_wait().expect("try_wait") {
+            panic!("{what} exited before it was ready: {status}");
+        }
+        assert!(
+            started.elapsed() < START_TIMEOUT,
+            "{what} was not ready after {START_TIMEOUT:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}

@@ -4,8 +4,6 @@
 //!
 //! Format: `include/uapi/linux/btf.h` and Documentation/bpf/btf.rst.
 
-use std::collections::HashMap;
-
 use thiserror::Error;
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -53,20 +51,25 @@ struct Member {
     bit_offset: u32,
 }
 
+/// One type's header. Members are decoded from the data only when a lookup needs them: a
+/// kernel's BTF has over a hundred thousand types, and this is read at every attach.
 struct Type {
     name: u32,
     kind: u32,
+    kind_flag: bool,
     /// Size (ints, structs, unions, enums) or referenced type (pointers, typedefs, modifiers).
     size_or_ref: u32,
-    members: Vec<Member>,
+    /// Members (structs and unions): how many, and where they start in the type section.
+    vlen: u32,
+    members_at: usize,
 }
 
-/// The parsed types of one BTF blob.
-pub struct Btf {
-    strings: Vec<u8>,
+/// The types of one BTF blob, borrowed from it.
+pub struct Btf<'a> {
+    strings: &'a [u8],
+    types_data: &'a [u8],
     /// Index = type ID (0 is `void`).
     types: Vec<Type>,
-    structs: HashMap<String, u32>,
 }
 
 fn u16_at(data: &[u8], at: usize) -> Option<u16> {
@@ -77,9 +80,9 @@ fn u32_at(data: &[u8], at: usize) -> Option<u32> {
     Some(u32::from_le_bytes(data.get(at..at + 4)?.try_into().ok()?))
 }
 
-impl Btf {
+impl<'a> Btf<'a> {
     /// Parses little-endian BTF (the only kind isolate runs on).
-    pub fn parse(data: &[u8]) -> Result<Self, BtfError> {
+    pub fn parse(data: &'a [u8]) -> Result<Self, BtfError> {
         if u16_at(data, 0) != Some(0xeb9f) {
             return Err(BtfError::Header);
         }
@@ -92,14 +95,15 @@ impl Btf {
             .ok_or(BtfError::Header)?;
         let strings = data
             .get(hdr_len + str_off..hdr_len + str_off + str_len)
-            .ok_or(BtfError::Header)?
-            .to_vec();
+            .ok_or(BtfError::Header)?;
 
         let mut types = vec![Type {
             name: 0,
             kind: 0,
+            kind_flag: false,
             size_or_ref: 0,
-            members: Vec::new(),
+            vlen: 0,
+            members_at: 0,
         }];
         let mut at = 0;
         while at < types_data.len() {
@@ -107,71 +111,76 @@ impl Btf {
             let (name, info, size_or_ref) = (word(0)?, word(1)?, word(2)?);
             at += 12;
             let kind = (info >> 24) & 0x1f;
-            let vlen = (info & 0xffff) as usize;
-            let kind_flag = info >> 31 == 1;
-            let mut members = Vec::new();
+            let vlen = info & 0xffff;
             let extra = match kind {
                 KIND_INT | KIND_VAR | KIND_DECL_TAG => 4,
                 KIND_ARRAY => 12,
-                KIND_STRUCT | KIND_UNION => {
-                    for i in 0..vlen {
-                        let member = |j: usize| {
-                            u32_at(types_data, at + 12 * i + 4 * j).ok_or(BtfError::Truncated)
-                        };
-                        let offset = member(2)?;
-                        members.push(Member {
-                            name: member(0)?,
-                            ty: member(1)?,
-                            // With kind_flag, the top 8 bits hold a bitfield's size.
-                            bit_offset: if kind_flag {
-                                offset & 0x00ff_ffff
-                            } else {
-                                offset
-                            },
-                        });
-                    }
-                    12 * vlen
-                }
-                KIND_ENUM | KIND_FUNC_PROTO => 8 * vlen,
-                KIND_DATASEC | KIND_ENUM64 => 12 * vlen,
+                KIND_STRUCT | KIND_UNION | KIND_DATASEC | KIND_ENUM64 => 12 * vlen as usize,
+                KIND_ENUM | KIND_FUNC_PROTO => 8 * vlen as usize,
                 KIND_PTR | 7 | KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | 12
                 | KIND_FLOAT | KIND_TYPE_TAG => 0,
                 other => return Err(BtfError::Kind(other)),
             };
-            at += extra;
             types.push(Type {
                 name,
                 kind,
+                kind_flag: info >> 31 == 1,
                 size_or_ref,
-                members,
+                vlen,
+                members_at: at,
             });
+            at += extra;
         }
         if at != types_data.len() {
             return Err(BtfError::Truncated);
         }
-
-        let mut btf = Self {
+        Ok(Self {
             strings,
+            types_data,
             types,
-            structs: HashMap::new(),
-        };
-        // The first complete definition of each struct name.
-        let mut structs = HashMap::new();
-        for (id, ty) in btf.types.iter().enumerate() {
-            if ty.kind == KIND_STRUCT && !ty.members.is_empty() {
-                structs
-                    .entry(btf.string(ty.name).to_owned())
-                    .or_insert(id as u32);
-            }
-        }
-        btf.structs = structs;
-        Ok(btf)
+        })
     }
 
-    fn string(&self, offset: u32) -> &str {
+    fn string(&self, offset: u32) -> &'a [u8] {
         let rest = self.strings.get(offset as usize..).unwrap_or_default();
         let end = rest.iter().position(|&b| b == 0).unwrap_or(rest.len());
-        std::str::from_utf8(&rest[..end]).unwrap_or_default()
+        &rest[..end]
+    }
+
+    /// The members of a struct or union (none for other kinds).
+    fn members(&self, ty: &Type) -> impl Iterator<Item = Member> + '_ {
+        let count = if matches!(ty.kind, KIND_STRUCT | KIND_UNION) {
+            ty.vlen as usize
+        } else {
+            0
+        };
+        let kind_flag = ty.kind_flag;
+        let at = ty.members_at;
+        (0..count).filter_map(move |i| {
+            let word = |j: usize| u32_at(self.types_data, at + 12 * i + 4 * j);
+            let offset = word(2)?;
+            Some(Member {
+                name: word(0)?,
+                ty: word(1)?,
+                // With kind_flag, the top 8 bits hold a bitfield's size.
+                bit_offset: if kind_flag {
+                    offset & 0x00ff_ffff
+                } else {
+                    offset
+                },
+            })
+        })
+    }
+
+    /// The first complete definition of `struct name`.
+    fn struct_id(&self, name: &str) -> Result<u32, BtfError> {
+        self.types
+            .iter()
+            .position(|ty| {
+                ty.kind == KIND_STRUCT && ty.vlen > 0 && self.string(ty.name) == name.as_bytes()
+            })
+            .map(|id| id as u32)
+            .ok_or_else(|| BtfError::NoStruct(name.to_owned()))
     }
 
     /// Follows typedefs and modifiers to the type they name.
@@ -210,13 +219,13 @@ impl Btf {
     /// returns its byte offset from the start of `id` and its type.
     fn member(&self, id: u32, name: &str) -> Option<(u32, u32)> {
         let ty = self.types.get(self.resolve(id) as usize)?;
-        for member in &ty.members {
+        for member in self.members(ty) {
             if member.bit_offset % 8 != 0 {
                 continue;
             }
             let offset = member.bit_offset / 8;
             let member_name = self.string(member.name);
-            if member_name == name {
+            if member_name == name.as_bytes() {
                 return Some((offset, member.ty));
             }
             if member_name.is_empty()
@@ -230,20 +239,13 @@ impl Btf {
 
     /// Size in bytes of `struct ty`.
     pub fn struct_size(&self, ty: &str) -> Result<u32, BtfError> {
-        let id = *self
-            .structs
-            .get(ty)
-            .ok_or_else(|| BtfError::NoStruct(ty.to_owned()))?;
-        Ok(self.size(id))
+        Ok(self.size(self.struct_id(ty)?))
     }
 
     /// Byte offset of `path` (a field, or a field of a field …) in `struct ty`, checking that
     /// the last field is `size` bytes.
     pub fn offset_of(&self, ty: &str, path: &[&str], size: u32) -> Result<u32, BtfError> {
-        let mut id = *self
-            .structs
-            .get(ty)
-            .ok_or_else(|| BtfError::NoStruct(ty.to_owned()))?;
+        let mut id = self.struct_id(ty)?;
         let mut offset = 0;
         for field in path {
             let (inner, member_ty) = self.member(id, field).ok_or_else(|| BtfError::NoField {
@@ -303,7 +305,8 @@ mod tests {
 
     #[test]
     fn finds_fields_through_anonymous_members_and_typedefs() {
-        let btf = Btf::parse(&sample()).unwrap();
+        let data = sample();
+        let btf = Btf::parse(&data).unwrap();
         assert_eq!(btf.offset_of("outer", &["a"], 4), Ok(0));
         assert_eq!(btf.offset_of("outer", &["p"], 8), Ok(8));
         assert_eq!(

@@ -471,6 +471,17 @@ fn udp() {
         .chain([("blocked_v4_udp".into(), 3), ("blocked_v6_udp".into(), 2)])
         .collect();
     assert_eq!(counters(), expected);
+
+    // Every table at once (what status and metrics read): the same counts, and only isolate's
+    // inet tables, whatever else holds counters.
+    nft(&["add", "table", "inet", "other-tool"]);
+    nft(&["add", "counter", "inet", "other-tool", "blocked_v4_udp"]);
+    nft(&["add", "table", "ip", "isolate-not-inet"]);
+    nft(&["add", "counter", "ip", "isolate-not-inet", "blocked_v4_udp"]);
+    assert_eq!(
+        nft::all_counters().unwrap(),
+        BTreeMap::from([(INSTANCE.to_owned(), expected)])
+    );
 }
 
 fn other_uid() {

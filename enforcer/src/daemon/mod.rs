@@ -193,10 +193,13 @@ impl Shared {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone();
+        let ids: Vec<InstanceId> = view.instances.iter().map(|i| i.id.clone()).collect();
+        let counters = self.readers.counters_of(&ids);
         let instances = view
             .instances
             .iter()
-            .map(|i| {
+            .zip(counters)
+            .map(|(i, counters)| {
                 let mut status = InstanceStatus {
                     name: i.id.name.clone(),
                     mode: "daemon".into(),
@@ -216,7 +219,7 @@ impl Shared {
                         .map(|resolver| resolver.report().into()),
                     ..InstanceStatus::default()
                 };
-                status.set_counters(self.readers.counters(&i.id));
+                status.set_counters(counters);
                 status
             })
             .collect();

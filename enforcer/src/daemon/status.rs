@@ -11,13 +11,18 @@ use super::state::Enforced;
 
 /// The status read from the kernel and the state file.
 pub fn from_kernel(state_dir: &Path, daemon_pins: &PinDir, exec_pins: &Path) -> Status {
-    let mut instances = Vec::new();
     let daemon_layers = readers(daemon_pins);
-    for (name, record) in Enforced::load(state_dir).unwrap_or_default().instances {
-        let id = InstanceId {
+    let records = Enforced::load(state_dir).unwrap_or_default().instances;
+    let ids: Vec<InstanceId> = records
+        .iter()
+        .map(|(name, record)| InstanceId {
             name: name.clone(),
             uid: record.uid,
-        };
+        })
+        .collect();
+    let counters = daemon_layers.counters_of(&ids);
+    let mut instances = Vec::new();
+    for ((name, record), counters) in records.into_iter().zip(counters) {
         let mut status = InstanceStatus {
             name,
             mode: "daemon".into(),
@@ -29,7 +34,7 @@ pub fn from_kernel(state_dir: &Path, daemon_pins: &PinDir, exec_pins: &Path) -> 
             entries_v6: record.entries_v6,
             ..InstanceStatus::default()
         };
-        status.set_counters(daemon_layers.counters(&id));
+        status.set_counters(counters);
         instances.push(status);
     }
     // `isolate exec` runs pin their layer under exec/<instance>.

@@ -162,6 +162,12 @@ pub trait NetworkLayer: Send + Sync {
     /// What the layer refused for the instance so far.
     fn counters(&self, instance: &InstanceId) -> Result<Vec<BlockedCount>, LayerError>;
 
+    /// What the layer refused for each of `instances`, in their order. A layer that can read
+    /// them all at once (nftables: one `nft` run, not two per instance) does so here.
+    fn counters_of(&self, instances: &[InstanceId]) -> Vec<Result<Vec<BlockedCount>, LayerError>> {
+        instances.iter().map(|id| self.counters(id)).collect()
+    }
+
     /// Removes what the layer enforces for anyone not in `keep`, where it can tell its own
     /// instances from others' (an eBPF attachment holds only its owner's UIDs; nftables
     /// tables are shared with `isolate exec` runs, so that layer leaves them alone).
@@ -282,11 +288,20 @@ impl LayerSet {
     /// Every layer's counters of the instance; a layer that cannot be read is logged and
     /// left out rather than hiding the others.
     pub fn counters(&self, id: &InstanceId) -> Vec<BlockedCount> {
-        let mut counts = Vec::new();
+        self.counters_of(std::slice::from_ref(id))
+            .pop()
+            .unwrap_or_default()
+    }
+
+    /// The counters of each of `ids`, in their order, every layer read once for all of them.
+    pub fn counters_of(&self, ids: &[InstanceId]) -> Vec<Vec<BlockedCount>> {
+        let mut counts = vec![Vec::new(); ids.len()];
         for layer in &self.layers {
-            match layer.counters(id) {
-                Ok(more) => counts.extend(more),
-                Err(e) => tracing::warn!(instance = id.name, "reading counters: {e}"),
+            for ((id, counts), read) in ids.iter().zip(&mut counts).zip(layer.counters_of(ids)) {
+                match read {
+                    Ok(more) => counts.extend(more),
+                    Err(e) => tracing::warn!(instance = id.name, "reading counters: {e}"),
+                }
             }
         }
         counts

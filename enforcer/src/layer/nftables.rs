@@ -40,24 +40,27 @@ impl NetworkLayer for NftLayer {
     }
 
     fn counters(&self, instance: &InstanceId) -> Result<Vec<BlockedCount>, LayerError> {
-        let counters = match nft::counters(&instance.name) {
-            Ok(counters) => counters,
+        match nft::counters(&instance.name) {
+            Ok(counters) => Ok(blocked_counts(&counters)),
             // No table, nothing counted.
-            Err(nft::NftError::NotApplied { .. }) => return Ok(Vec::new()),
-            Err(e) => return Err(e.into()),
-        };
-        Ok(nft::COUNTERS
-            .iter()
-            .filter_map(|&(name, family, protocol)| {
-                Some(BlockedCount {
-                    layer: LayerKind::Nftables,
-                    family: family.into(),
-                    protocol: protocol.into(),
-                    hook: None,
-                    count: *counters.get(name)?,
-                })
-            })
-            .collect())
+            Err(nft::NftError::NotApplied { .. }) => Ok(Vec::new()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// One `nft` run for every instance; if it fails, each instance is read on its own and
+    /// reports its own error.
+    fn counters_of(&self, instances: &[InstanceId]) -> Vec<Result<Vec<BlockedCount>, LayerError>> {
+        match nft::all_counters() {
+            Ok(tables) => instances
+                .iter()
+                .map(|id| Ok(tables.get(&id.name).map(blocked_counts).unwrap_or_default()))
+                .collect(),
+            Err(e) => {
+                tracing::debug!("reading every table's counters at once: {e}");
+                instances.iter().map(|id| self.counters(id)).collect()
+            }
+        }
     }
 
     fn sweep(&mut self, _keep: &[InstanceId]) -> Result<(), LayerError> {
@@ -67,4 +70,20 @@ impl NetworkLayer for NftLayer {
     fn reader(&self) -> Result<Box<dyn NetworkLayer>, LayerError> {
         Ok(Box::new(*self))
     }
+}
+
+/// The layer's counts from a table's named counters (`blocked_v4_tcp`, …).
+fn blocked_counts(counters: &std::collections::BTreeMap<String, u64>) -> Vec<BlockedCount> {
+    nft::COUNTERS
+        .iter()
+        .filter_map(|&(name, family, protocol)| {
+            Some(BlockedCount {
+                layer: LayerKind::Nftables,
+                family: family.into(),
+                protocol: protocol.into(),
+                hook: None,
+                count: *counters.get(name)?,
+            })
+        })
+        .collect()
 }

@@ -46,6 +46,20 @@ pub enum NftError {
         source: serde_json::Error,
     },
 
+    #[error("instance {instance}: cannot ask the kernel's nftables to {action}: {source}")]
+    Netlink {
+        instance: String,
+        action: &'static str,
+        #[source]
+        source: io::Error,
+    },
+
+    #[error("cannot ask the kernel's nftables to {action}: {reason}")]
+    ListAll {
+        action: &'static str,
+        reason: String,
+    },
+
     #[error(
         "instance name {instance:?} cannot name an nftables table: use 1 to 32 characters of \
          a-z, 0-9, `_` and `-`, starting with a letter or digit"

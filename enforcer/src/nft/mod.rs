@@ -3,12 +3,14 @@
 //! allow-listed destinations (interval sets), then logs (rate-limited), counts and drops the rest.
 //!
 //! Shape, as every layer: [`render`] a validated policy into one nftables JSON transaction,
-//! [`apply`] it atomically through `nft -j -f -`, inspect ([`is_applied`], [`counters`]) and
-//! [`remove`]. Only the table `isolate-<name>` is ever touched; the ruleset is never flushed.
-//! `nft` is a runtime dependency (the `nftables` package).
+//! [`apply`] it atomically through `nft -j -f -`, inspect ([`is_applied`], [`counters`],
+//! [`all_counters`]: read over netlink, see `netlink`) and [`remove`]. Only the table
+//! `isolate-<name>` is ever touched; the ruleset is never flushed. `nft` is a runtime
+//! dependency (the `nftables` package).
 
 mod command;
 mod error;
+mod netlink;
 mod render;
 mod table;
 
@@ -20,7 +22,7 @@ pub use render::{
     CHAIN_CONFINED, CHAIN_OUTPUT, COUNTERS, HostElement, host_set_name, log_prefix, render,
     set_name, table_name,
 };
-pub use table::{admit, apply, counters, is_applied, remove};
+pub use table::{admit, all_counters, apply, counters, is_applied, remove};
 
 /// What the nftables layer enforces for one instance. The rules are already normalised and host
 /// names already resolved by the caller (`network::effective_rules`).

@@ -64,9 +64,12 @@ pub const COUNTERS: [(&str, &str, &str); 6] = [
 /// final, while an accept elsewhere only passes the packet on to the next chain — ours.
 const OUTPUT_PRIORITY: i32 = 0;
 
+/// What every isolate table's name starts with.
+pub const TABLE_PREFIX: &str = "isolate-";
+
 /// The instance's table: `isolate-<instance>`.
 pub fn table_name(instance: &str) -> String {
-    format!("isolate-{instance}")
+    format!("{TABLE_PREFIX}{instance}")
 }
 
 /// The prefix of the kernel log lines of blocked packets (the trailing space separates it from

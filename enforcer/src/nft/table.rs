@@ -7,6 +7,7 @@ use nftables::schema::Nftables;
 use serde_json::Value;
 
 use super::command::{self, RunError};
+use super::netlink;
 use super::render::{self, CounterValue, table_name};
 use super::{NftError, NftPolicy};
 
@@ -60,14 +61,12 @@ pub fn remove(instance: &str) -> Result<(), NftError> {
 /// Whether the instance's table is in place.
 pub fn is_applied(instance: &str) -> Result<bool, NftError> {
     check_instance(instance)?;
-    let action = "list the inet tables";
-    let out =
-        command::list(&["list", "tables", "inet"]).map_err(|e| e.for_instance(instance, action))?;
-    let table = table_name(instance);
-    Ok(objects(instance, action, &out)?
-        .iter()
-        .filter_map(|o| o.get("table"))
-        .any(|t| t["family"] == "inet" && t["name"] == table.as_str()))
+    let tables = netlink::inet_tables().map_err(|source| NftError::Netlink {
+        instance: instance.to_owned(),
+        action: "list the inet tables",
+        source,
+    })?;
+    Ok(tables.contains(&table_name(instance)))
 }
 
 /// Packets counted by each named counter of the instance's table (`blocked_v4_tcp`, …).
@@ -84,22 +83,43 @@ pub fn counters(instance: &str) -> Result<BTreeMap<String, u64>, NftError> {
         .collect())
 }
 
-/// The table's counters, read as JSON values rather than through the crate's schema, whose
-/// counter fields are u32.
+/// Packets counted by each named counter of every isolate table, by instance, in one netlink
+/// dump: what status and metrics read, however many instances there are. An instance without
+/// a table is absent.
+pub fn all_counters() -> Result<BTreeMap<String, BTreeMap<String, u64>>, NftError> {
+    let counters = netlink::inet_counters(None).map_err(|source| NftError::ListAll {
+        action: "list the counters of every isolate table",
+        reason: source.to_string(),
+    })?;
+    let mut tables: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
+    for counter in counters {
+        if let Some(instance) = counter.table.strip_prefix(render::TABLE_PREFIX) {
+            tables
+                .entry(instance.to_owned())
+                .or_default()
+                .insert(counter.name, counter.packets);
+        }
+    }
+    Ok(tables)
+}
+
+/// The table's counters.
 fn read_counters(instance: &str) -> Result<BTreeMap<String, CounterValue>, NftError> {
-    let action = "list its counters";
     let table = table_name(instance);
-    let out = command::list(&["list", "counters", "table", "inet", &table])
-        .map_err(|e| e.for_instance(instance, action))?;
-    Ok(objects(instance, action, &out)?
-        .iter()
-        .filter_map(|o| o.get("counter"))
-        .filter_map(|c| {
+    let counters = netlink::inet_counters(Some(&table)).map_err(|source| NftError::Netlink {
+        instance: instance.to_owned(),
+        action: "list its counters",
+        source,
+    })?;
+    Ok(counters
+        .into_iter()
+        .filter(|counter| counter.table == table)
+        .map(|counter| {
             let value = CounterValue {
-                packets: c["packets"].as_u64()?,
-                bytes: c["bytes"].as_u64()?,
+                packets: counter.packets,
+                bytes: counter.bytes,
             };
-            Some((c["name"].as_str()?.to_owned(), value))
+            (counter.name, value)
         })
         .collect())
 }

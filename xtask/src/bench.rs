@@ -1,6 +1,11 @@
-//! `cargo xtask bench`: what enforcement costs a connect — no enforcement vs the eBPF layer vs
-//! the nftables layer vs both, at 10 / 1,000 / 10,000 CIDRs, measured in one run and reported
-//! as figures and ratios (the bench binary `enforcer/benches/connect.rs`). Needs root; runs in a
+//! `cargo xtask bench`: the project's performance record, as Markdown tables.
+//!
+//! - `enforcer/benches/connect.rs`: what enforcement costs a connect — no enforcement vs the
+//!   eBPF layer vs the nftables layer vs both, at 10 / 1,000 / 10,000 CIDRs;
+//! - `enforcer/benches/farm.rs`: the daemon's start, status, scrape, restart and memory at 10 /
+//!   100 / 1,000 instances, and `isolate exec`'s start against a bare user switch.
+//!
+//! Each measures in one run and reports figures, ratios and spreads. Needs root; runs in a
 //! private network namespace and child cgroups, and leaves nothing behind. Not part of
 //! `cargo xtask test`: it reports, it does not judge.
 
@@ -20,16 +25,13 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     if !util::have("nft") {
         anyhow::bail!("`nft` is missing (package nftables): run `cargo xtask setup`");
     }
-    let mut cmd = util::cargo();
-    cmd.args([
-        "bench",
-        "--package",
-        "isolate-enforcer",
-        "--bench",
-        "connect",
-    ]);
-    if args.quick {
-        cmd.args(["--", "--quick"]);
+    for bench in ["connect", "farm"] {
+        let mut cmd = util::cargo();
+        cmd.args(["bench", "--package", "isolate-enforcer", "--bench", bench]);
+        if args.quick {
+            cmd.args(["--", "--quick"]);
+        }
+        util::run(&mut cmd)?;
     }
-    util::run(&mut cmd)
+    Ok(())
 }

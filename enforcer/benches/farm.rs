@@ -1,0 +1,404 @@
+//! What a farm of instances costs, measured in one run (`cargo xtask bench`):
+//!
+//! - the daemon with both layers, at 10 and 100 instances of 1,000 CIDRs each and 1,000
+//!   instances of 100 (`--quick`: 10 and 100 instances of 100): from its start until
+//!   `isolate status` lists every instance, one `isolate status`, one `/metrics` scrape, its
+//!   resident memory, and a restart after SIGKILL until status lists every instance again;
+//! - `isolate exec -- /bin/true` with both layers, the eBPF layer and the nftables layer, each
+//!   against a bare user switch (`setpriv`) in the same run.
+//!
+//! Everything happens in a private network namespace (the nftables tables live there), a
+//! child cgroup of this run (the daemon attaches there) and pins of this run's own; the
+//! instances' users are made for the run and removed afterwards, as is everything the daemon
+//! enforced (`isolate daemon --cleanup`). Status and scrape figures are the median of
+//! `REPEATS` runs with the fastest and slowest; start and restart are measured once per size.
+//!
+//! A benchmark, not a test: it reports what it measured and fails only when a setup step fails.
+
+#![allow(clippy::print_stdout, reason = "the report goes to stdout")]
+#![allow(
+    clippy::cast_precision_loss,
+    reason = "statistics on small, non-negative counts"
+)]
+
+#[path = "../tests/common/sandbox.rs"]
+#[allow(dead_code, reason = "the bench uses a part")]
+mod sandbox;
+
+use std::io::{Read as _, Write as _};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use isolate_enforcer::cgroup::{Cgroup, cgroup2_mount};
+
+/// Repetitions of each quick measurement (status, scrape, exec).
+const REPEATS: usize = 7;
+/// A daemon that has not listed every instance by then counts as failed.
+const LISTED_TIMEOUT: Duration = Duration::from_mins(10);
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("farm bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
+    let quick = std::env::args().any(|a| a == "--quick");
+    if !nix::unistd::geteuid().is_root() {
+        bail!("needs root (it starts the daemon and makes users): run `cargo xtask bench`");
+    }
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).context("unshare(CLONE_NEWNET)")?;
+    sandbox::bring_up_loopback();
+    let sizes: &[(usize, usize)] = if quick {
+        &[(10, 100), (100, 100)]
+    } else {
+        &[(10, 1_000), (100, 1_000), (1_000, 100)]
+    };
+    let cgroup = Cgroup::create(&cgroup2_mount()?, &sandbox::unique_name("bench-farm"))?;
+
+    println!(
+        "| instances × CIDRs | start until status lists all | `isolate status` | `/metrics` scrape | restart after SIGKILL | daemon RSS |"
+    );
+    println!("|---|---|---|---|---|---|");
+    for &(instances, cidrs) in sizes {
+        let farm = Farm::new(instances, cidrs, cgroup.path())?;
+        let row = farm.measure()?;
+        println!(
+            "| {} × {} | {} | {} | {} | {} | {:.0} MiB |",
+            thousands(instances),
+            thousands(cidrs),
+            seconds(row.start),
+            spread(&row.status),
+            spread(&row.scrape),
+            seconds(row.restart),
+            row.rss_kib as f64 / 1024.0
+        );
+    }
+    println!();
+    exec_start()
+}
+
+/// A daemon's instances, users and directories for one size; all removed on drop.
+struct Farm<'a> {
+    names: Vec<String>,
+    users: Vec<String>,
+    dir: tempfile::TempDir,
+    cgroup: &'a Path,
+    pins: PathBuf,
+    metrics: SocketAddr,
+}
+
+struct Row {
+    start: Duration,
+    status: Vec<Duration>,
+    scrape: Vec<Duration>,
+    restart: Duration,
+    rss_kib: u64,
+}
+
+impl<'a> Farm<'a> {
+    fn new(instances: usize, cidrs: usize, cgroup: &'a Path) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        std::fs::create_dir(dir.path().join("instances"))?;
+        let tag = std::process::id() % 10_000;
+        let mut farm = Self {
+            names: Vec::new(),
+            users: Vec::new(),
+            dir,
+            cgroup,
+            pins: PathBuf::from("/sys/fs/bpf").join(sandbox::unique_name("bench-farm")),
+            metrics: SocketAddr::from(([127, 0, 0, 1], free_port()?)),
+        };
+        let mut rng = 0x9e37_79b9_7f4a_7c15_u64;
+        for i in 0..instances {
+            let (name, user) = (format!("farm{i:04}"), format!("isofarm{tag}x{i}"));
+            let made = Command::new("useradd")
+                // Not system users, nor a group each: a thousand of either exhausts the
+                // system ranges.
+                .args(["--no-create-home", "--no-user-group", "--gid", "nogroup"])
+                .args(["--shell", "/usr/sbin/nologin"])
+                .arg(&user)
+                .status()?;
+            if !made.success() {
+                bail!("useradd {user} failed");
+            }
+            farm.users.push(user.clone());
+            let allow: Vec<String> = (0..cidrs)
+                .map(|_| {
+                    rng ^= rng << 13;
+                    rng ^= rng >> 7;
+                    rng ^= rng << 17;
+                    let [a, b, ..] = rng.to_le_bytes();
+                    format!("\"10.{a}.{b}.0/24\"")
+                })
+                .collect();
+            std::fs::write(
+                farm.dir.path().join(format!("instances/{name}.toml")),
+                format!(
+                    "user = \"{user}\"\n[network]\ndns = \"none\"\nallow = [{}]\n",
+                    allow.join(", ")
+                ),
+            )?;
+            farm.names.push(name);
+        }
+        Ok(farm)
+    }
+
+    fn args(&self) -> Vec<String> {
+        let dir = self.dir.path();
+        [
+            "--policy-dir",
+            &dir.join("instances").to_string_lossy(),
+            "--state-dir",
+            &dir.join("state").to_string_lossy(),
+            "--control-socket",
+            &dir.join("control.sock").to_string_lossy(),
+            "--metrics",
+            &self.metrics.to_string(),
+            "--cgroup",
+            &self.cgroup.to_string_lossy(),
+            "--pin-dir",
+            &self.pins.to_string_lossy(),
+        ]
+        .map(str::to_owned)
+        .to_vec()
+    }
+
+    fn start(&self) -> anyhow::Result<Child> {
+        let log = std::fs::File::create(self.dir.path().join("daemon.log"))?;
+        Ok(Command::new(isolate())
+            .arg("daemon")
+            .args(self.args())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?)
+    }
+
+    /// How many of this farm's instances `isolate status` lists now.
+    fn listed(&self) -> anyhow::Result<usize> {
+        let out = Command::new(isolate())
+            .args(["status", "--json", "--control-socket"])
+            .arg(self.dir.path().join("control.sock"))
+            .stderr(Stdio::null())
+            .output()?;
+        let status: serde_json::Value = match serde_json::from_slice(&out.stdout) {
+            Ok(status) => status,
+            Err(_) => return Ok(0),
+        };
+        if status["daemon_running"] != true {
+            return Ok(0);
+        }
+        Ok(status["instances"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|i| {
+                i["name"]
+                    .as_str()
+                    .is_some_and(|n| self.names.iter().any(|m| m == n))
+            })
+            .count())
+    }
+
+    fn wait_listed(&self, daemon: &mut Child) -> anyhow::Result<()> {
+        let started = Instant::now();
+        while self.listed()? < self.names.len() {
+            if let Some(status) = daemon.try_wait()? {
+                bail!("the daemon exited ({status}); see {}", self.log().display());
+            }
+            if started.elapsed() > LISTED_TIMEOUT {
+                bail!("the daemon did not list every instance within {LISTED_TIMEOUT:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
+    fn log(&self) -> PathBuf {
+        self.dir.path().join("daemon.log")
+    }
+
+    fn measure(&self) -> anyhow::Result<Row> {
+        let started = Instant::now();
+        let mut daemon = self.start()?;
+        let result = self.wait_listed(&mut daemon).and_then(|()| {
+            let start = started.elapsed();
+            let status = timed(|| self.listed().map(drop))?;
+            let scrape = timed(|| self.scrape())?;
+            let rss_kib = rss_kib(daemon.id())?;
+            kill(&mut daemon, nix::sys::signal::Signal::SIGKILL);
+            let restarted = Instant::now();
+            daemon = self.start()?;
+            self.wait_listed(&mut daemon)?;
+            Ok(Row {
+                start,
+                status,
+                scrape,
+                restart: restarted.elapsed(),
+                rss_kib,
+            })
+        });
+        kill(&mut daemon, nix::sys::signal::Signal::SIGTERM);
+        result
+    }
+
+    fn scrape(&self) -> anyhow::Result<()> {
+        let mut stream = TcpStream::connect(self.metrics)?;
+        stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: bench\r\n\r\n")?;
+        let mut body = String::new();
+        stream.read_to_string(&mut body)?;
+        if !body.contains("isolate_") {
+            bail!("the scrape returned no isolate metrics: {body:.200}");
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Farm<'_> {
+    fn drop(&mut self) {
+        let _ = Command::new(isolate())
+            .arg("daemon")
+            .args(self.args())
+            .arg("--cleanup")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        for user in &self.users {
+            let _ = Command::new("userdel").arg(user).status();
+        }
+    }
+}
+
+/// `isolate exec -- /bin/true` by layers, against `setpriv` switching to a user as bare.
+fn exec_start() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let policy = dir
+        .path()
+        .join(format!("bench-exec-{}.toml", std::process::id()));
+    std::fs::write(
+        &policy,
+        "user = \"dynamic\"\n[network]\ndns = \"none\"\nallow = [\"127.0.0.1/32:9\"]\n\n\
+         [filesystem]\nread_only = [\"/usr\", \"/etc\"]\nexec = [\"/usr/bin\", \"/bin\"]\n",
+    )?;
+    let bare = timed(|| {
+        run_quietly(Command::new("setpriv").args([
+            "--reuid=65524",
+            "--regid=65524",
+            "--clear-groups",
+            "/bin/true",
+        ]))
+    })?;
+    println!("| `isolate exec -- /bin/true` | median (fastest–slowest) | ÷ bare user switch |");
+    println!("|---|---|---|");
+    println!("| bare `setpriv` user switch | {} | ×1 |", spread(&bare));
+    for layers in ["ebpf,nftables", "ebpf", "nftables"] {
+        let runs = timed(|| {
+            run_quietly(
+                Command::new(isolate())
+                    .arg("exec")
+                    .arg("--policy")
+                    .arg(&policy)
+                    .args(["--layers", layers, "--", "/bin/true"])
+                    .current_dir("/"),
+            )
+        })?;
+        println!(
+            "| layers {layers} | {} | ×{:.0} |",
+            spread(&runs),
+            median(&runs).as_secs_f64() / median(&bare).as_secs_f64()
+        );
+    }
+    Ok(())
+}
+
+fn run_quietly(command: &mut Command) -> anyhow::Result<()> {
+    let out = command.stdin(Stdio::null()).output()?;
+    if !out.status.success() {
+        bail!(
+            "{command:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+fn isolate() -> &'static str {
+    env!("CARGO_BIN_EXE_isolate")
+}
+
+fn kill(child: &mut Child, signal: nix::sys::signal::Signal) {
+    let pid = nix::unistd::Pid::from_raw(child.id().cast_signed());
+    let _ = nix::sys::signal::kill(pid, signal);
+    let _ = child.wait();
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("no VmRSS in /proc/PID/status")
+}
+
+/// `REPEATS` timings of `what`, sorted.
+fn timed(mut what: impl FnMut() -> anyhow::Result<()>) -> anyhow::Result<Vec<Duration>> {
+    let mut times = Vec::with_capacity(REPEATS);
+    for _ in 0..REPEATS {
+        let started = Instant::now();
+        what()?;
+        times.push(started.elapsed());
+    }
+    times.sort();
+    Ok(times)
+}
+
+fn median(sorted: &[Duration]) -> Duration {
+    sorted[sorted.len() / 2]
+}
+
+fn spread(sorted: &[Duration]) -> String {
+    format!(
+        "{} ({}–{})",
+        millis(median(sorted)),
+        millis(sorted[0]),
+        millis(sorted[sorted.len() - 1])
+    )
+}
+
+fn millis(d: Duration) -> String {
+    let ms = d.as_secs_f64() * 1e3;
+    if ms < 10.0 {
+        format!("{ms:.1} ms")
+    } else {
+        format!("{ms:.0} ms")
+    }
+}
+
+fn seconds(d: Duration) -> String {
+    if d < Duration::from_secs(1) {
+        millis(d)
+    } else {
+        format!("{:.1} s", d.as_secs_f64())
+    }
+}
+
+fn thousands(n: usize) -> String {
+    if n >= 1_000 {
+        format!("{},{:03}", n / 1_000, n % 1_000)
+    } else {
+        n.to_string()
+    }
+}

@@ -32,6 +32,7 @@ fn main() -> ExitCode {
         ("a_changed_policy_replaces_the_old_one", replace),
         ("remove_leaves_nothing_and_spares_other_tables", remove),
         ("a_refused_policy_changes_nothing", refused),
+        ("many_instances_go_in_at_once_or_not_at_all", many_at_once),
         ("tcp_allowed_connects_forbidden_times_out", tcp),
         ("udp_forbidden_is_dropped_and_counted_exactly", udp),
         ("other_uids_are_untouched", other_uid),
@@ -350,6 +351,49 @@ fn remove() {
         host,
         "the other table is untouched"
     );
+}
+
+fn many_at_once() {
+    let (listener, addr) = listen("127.0.0.1:0");
+    let allowed = [v4("127.0.0.1/32", Some(port(addr.port())), Protocol::Tcp)];
+    let overlapping = [
+        v4("10.0.0.0/8", None, Protocol::Any),
+        v4("10.1.0.0/16", None, Protocol::Any),
+    ];
+    let named = |instance, uid, v4| NftPolicy {
+        instance,
+        uid,
+        ..policy(v4, &[])
+    };
+    // One refused table in the batch: nothing of it is applied.
+    let error = nft::apply_many(&[
+        named("first", CONFINED, &allowed),
+        named("second", CONFINED + 1, &overlapping),
+    ])
+    .unwrap_err();
+    assert!(error.to_string().contains("instance first"), "{error}");
+    assert!(tables().is_empty(), "{:?}", tables());
+
+    nft::apply_many(&[
+        named("first", CONFINED, &allowed),
+        named("second", CONFINED + 1, &[]),
+    ])
+    .unwrap();
+    assert_eq!(tables(), ["isolate-first", "isolate-second"]);
+    assert_connects(CONFINED, &listener, addr);
+    assert_eq!(
+        uid_client::run(CONFINED + 1, Mode::Udp, addr),
+        libc::EPERM,
+        "the second table judges its own UID"
+    );
+    // Applied again at once: counters carry over, as one by one.
+    nft::apply_many(&[
+        named("first", CONFINED, &allowed),
+        named("second", CONFINED + 1, &[]),
+    ])
+    .unwrap();
+    assert_eq!(tables(), ["isolate-first", "isolate-second"]);
+    assert_eq!(nft::counters("second").unwrap()["blocked_v4_udp"], 1);
 }
 
 fn refused() {

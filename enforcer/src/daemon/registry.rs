@@ -127,6 +127,15 @@ enum Outcome {
     Unchanged,
 }
 
+/// A policy checked and ready to be put in force, but not yet applied.
+struct Pending {
+    id: InstanceId,
+    policy: Policy,
+    user: String,
+    rules: EffectiveRules,
+    hash: String,
+}
+
 pub struct Registry {
     policy_dir: PathBuf,
     layers: LayerSet,
@@ -266,9 +275,7 @@ impl Registry {
                     let id = self.instances.remove(&name).expect("listed").id;
                     self.remove_id(id, &mut report);
                 }
-                for policy in loaded.policies {
-                    self.reload_one(policy, &mut report);
-                }
+                self.apply_all(loaded.policies, &mut report);
             }
         }
         if report.failed.is_empty() {
@@ -279,30 +286,67 @@ impl Registry {
         report
     }
 
-    fn reload_one(&mut self, policy: Policy, report: &mut ReloadReport) {
-        let name = policy.name.clone();
-        let file = policy.source.clone();
-        match self.apply(policy) {
-            Ok(outcome) => {
-                if let Some(instance) = self.instances.get_mut(&name) {
-                    instance.kept = None;
+    /// Puts every policy in force that is not yet, all of them at once in each layer (one
+    /// nftables transaction for a daemon starting many instances); each one a layer refuses
+    /// stays on its last good enforcement.
+    fn apply_all(&mut self, policies: Vec<Policy>, report: &mut ReloadReport) {
+        let mut pending: Vec<Pending> = Vec::new();
+        for policy in policies {
+            let name = policy.name.clone();
+            let file = policy.source.clone();
+            let prepared = self.prepare(policy).and_then(|prepared| match prepared {
+                Some(p) => match pending.iter().find(|q| q.id.uid == p.id.uid) {
+                    Some(other) => Err(InstanceError::SharedUid {
+                        file: p.policy.source.clone(),
+                        uid: p.id.uid,
+                        other: other.id.name.clone(),
+                    }),
+                    None => Ok(Some(p)),
+                },
+                None => Ok(None),
+            });
+            match prepared {
+                Ok(None) => {
+                    self.settled(&name);
+                    report.unchanged.push(name);
                 }
-                match outcome {
-                    Outcome::Applied => report.applied.push(name),
-                    Outcome::Unchanged => report.unchanged.push(name),
-                }
-            }
-            Err(e) => {
-                let reason = e.to_string();
-                tracing::error!("{reason}");
-                self.keep(&name, &reason);
-                report.failed.push(Failure {
-                    instance: Some(name),
-                    file: Some(file),
-                    reason,
-                });
+                Ok(Some(p)) => pending.push(p),
+                Err(e) => self.failed(name, file, &e, report),
             }
         }
+        for (outcome, (name, file)) in self.apply_pending(pending) {
+            match outcome {
+                Ok(()) => {
+                    self.settled(&name);
+                    report.applied.push(name);
+                }
+                Err(e) => self.failed(name, file, &e, report),
+            }
+        }
+    }
+
+    /// The instance runs on its file's policy (no longer on a last good one).
+    fn settled(&mut self, name: &str) {
+        if let Some(instance) = self.instances.get_mut(name) {
+            instance.kept = None;
+        }
+    }
+
+    fn failed(
+        &mut self,
+        name: String,
+        file: PathBuf,
+        e: &InstanceError,
+        report: &mut ReloadReport,
+    ) {
+        let reason = e.to_string();
+        tracing::error!("{reason}");
+        self.keep(&name, &reason);
+        report.failed.push(Failure {
+            instance: Some(name),
+            file: Some(file),
+            reason,
+        });
     }
 
     /// Re-resolves every instance's host names and resolvers, applying those whose addresses
@@ -319,6 +363,21 @@ impl Registry {
 
     /// Puts `policy` in force unless it already is.
     fn apply(&mut self, policy: Policy) -> Result<Outcome, InstanceError> {
+        match self.prepare(policy)? {
+            None => Ok(Outcome::Unchanged),
+            Some(pending) => {
+                let (outcome, _) = self
+                    .apply_pending(vec![pending])
+                    .pop()
+                    .expect("one outcome per instance");
+                outcome.map(|()| Outcome::Applied)
+            }
+        }
+    }
+
+    /// Checks `policy` (its user, its UID not another instance's); what to apply, or `None`
+    /// when the layers already hold it.
+    fn prepare(&mut self, policy: Policy) -> Result<Option<Pending>, InstanceError> {
         let name = policy.name.clone();
         if matches!(policy.user, UserSpec::Dynamic) {
             return Err(InstanceError::DynamicUser {
@@ -350,31 +409,67 @@ impl Registry {
             if let Some(follow) = self.follow.as_mut() {
                 follow.in_force(&id, &policy);
             }
-            return Ok(Outcome::Unchanged);
+            return Ok(None);
         }
-        let id = InstanceId {
-            name: name.clone(),
-            uid,
-        };
-        let new = InstanceRules {
-            id: &id,
-            policy: &policy,
-            rules: &rules,
-        };
-        let previous = self.instances.get(&name);
-        self.layers
-            .apply(&new, previous.map(Instance::rules).as_ref())
-            .map_err(|source| InstanceError::Apply {
-                instance: name.clone(),
-                source,
-            })?;
-        tracing::info!(instance = name, uid, "policy applied");
+        Ok(Some(Pending {
+            id: InstanceId { name, uid },
+            policy,
+            user,
+            rules,
+            hash,
+        }))
+    }
+
+    /// Applies `pending` in every layer at once and records each instance that is now in
+    /// force; returns each outcome with the instance's name and file, in order.
+    fn apply_pending(
+        &mut self,
+        pending: Vec<Pending>,
+    ) -> Vec<(Result<(), InstanceError>, (String, PathBuf))> {
+        let batch: Vec<_> = pending
+            .iter()
+            .map(|p| {
+                let new = InstanceRules {
+                    id: &p.id,
+                    policy: &p.policy,
+                    rules: &p.rules,
+                };
+                (new, self.instances.get(&p.id.name).map(Instance::rules))
+            })
+            .collect();
+        let results = self.layers.apply_many(&batch);
+        drop(batch);
+        let mut outcomes = Vec::with_capacity(pending.len());
+        for (p, result) in pending.into_iter().zip(results) {
+            let (name, file) = (p.id.name.clone(), p.policy.source.clone());
+            let outcome =
+                result
+                    .map(|()| self.record_applied(p))
+                    .map_err(|source| InstanceError::Apply {
+                        instance: name.clone(),
+                        source,
+                    });
+            outcomes.push((outcome, (name, file)));
+        }
+        outcomes
+    }
+
+    /// Records an instance the layers now hold.
+    fn record_applied(&mut self, p: Pending) {
+        let Pending {
+            id,
+            policy,
+            user,
+            rules,
+            hash,
+        } = p;
+        tracing::info!(instance = id.name, uid = id.uid, "policy applied");
         if let Some(follow) = self.follow.as_mut() {
             follow.in_force(&id, &policy);
         }
-        let kept = previous.and_then(|p| p.kept.clone());
+        let kept = self.instances.get(&id.name).and_then(|i| i.kept.clone());
         self.instances.insert(
-            name,
+            id.name.clone(),
             Instance {
                 id,
                 policy,
@@ -385,7 +480,6 @@ impl Registry {
                 verified: true,
             },
         );
-        Ok(Outcome::Applied)
     }
 
     /// Takes over an earlier daemon's instance `name` as it was left, if there is one.

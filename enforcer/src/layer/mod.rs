@@ -153,6 +153,20 @@ pub trait NetworkLayer: Send + Sync {
         replacing: Option<&InstanceId>,
     ) -> Result<(), LayerError>;
 
+    /// Applies each of `batch` (an instance's rules and the instance they replace) as `apply`
+    /// would, returning each result in order. A layer that can put many in force at once
+    /// (nftables: one transaction rather than one `nft` run each) does so here, and falls back
+    /// to one by one when that fails, so that one refused instance holds up no other.
+    fn apply_many(
+        &mut self,
+        batch: &[(InstanceRules<'_>, Option<&InstanceId>)],
+    ) -> Vec<Result<(), LayerError>> {
+        batch
+            .iter()
+            .map(|(new, replacing)| self.apply(new, *replacing))
+            .collect()
+    }
+
     /// Takes the instance's rules away; its processes are no longer judged by this layer.
     fn remove(&mut self, instance: &InstanceId) -> Result<(), LayerError>;
 
@@ -230,14 +244,40 @@ impl LayerSet {
         new: &InstanceRules<'_>,
         previous: Option<&InstanceRules<'_>>,
     ) -> Result<(), ApplyError> {
-        let replacing = previous.map(|p| p.id);
+        self.apply_many(&[(*new, previous.copied())])
+            .pop()
+            .expect("one result per instance")
+    }
+
+    /// Applies each of `batch` (new rules, previous rules) as `apply` would, each layer taking
+    /// all of them at once where it can; each result in order. An instance a layer refuses
+    /// is put back as it was in the layers before, and goes no further.
+    pub fn apply_many(
+        &mut self,
+        batch: &[(InstanceRules<'_>, Option<InstanceRules<'_>>)],
+    ) -> Vec<Result<(), ApplyError>> {
+        let mut results: Vec<Result<(), ApplyError>> = batch.iter().map(|_| Ok(())).collect();
+        let mut going_on: Vec<usize> = (0..batch.len()).collect();
         for index in 0..self.layers.len() {
-            if let Err(source) = self.layers[index].apply(new, replacing) {
-                let rollback = self.roll_back(index, new.id, previous);
-                return Err(ApplyError { source, rollback });
+            let items: Vec<_> = going_on
+                .iter()
+                .map(|&i| (batch[i].0, batch[i].1.map(|p| p.id)))
+                .collect();
+            let outcomes = self.layers[index].apply_many(&items);
+            let mut still = Vec::with_capacity(going_on.len());
+            for (i, outcome) in going_on.into_iter().zip(outcomes) {
+                match outcome {
+                    Ok(()) => still.push(i),
+                    Err(source) => {
+                        let (new, previous) = &batch[i];
+                        let rollback = self.roll_back(index, new.id, previous.as_ref());
+                        results[i] = Err(ApplyError { source, rollback });
+                    }
+                }
             }
+            going_on = still;
         }
-        Ok(())
+        results
     }
 
     fn roll_back(
@@ -384,6 +424,45 @@ mod tests {
                 Step::Apply(old.clone())
             ]
         );
+    }
+
+    #[test]
+    fn in_a_batch_a_refused_instance_is_put_back_and_the_others_are_applied() {
+        let (mut set, ebpf_log, nft_log) = layer_pair();
+        let (policy_a, policy_b) = (policy("a"), policy("b"));
+        let rules = EffectiveRules::default();
+        let a = id(1000);
+        let b = InstanceId {
+            name: "b".into(),
+            uid: 1001,
+        };
+        let rules_a = InstanceRules {
+            id: &a,
+            policy: &policy_a,
+            rules: &rules,
+        };
+        let rules_b = InstanceRules {
+            id: &b,
+            policy: &policy_b,
+            rules: &rules,
+        };
+        // The nftables layer refuses the first instance it is asked for: a.
+        nft_log.fail_next_apply("table refused");
+        let results = set.apply_many(&[(rules_a, None), (rules_b, None)]);
+        assert!(results[0].is_err(), "{results:?}");
+        assert!(results[1].is_ok(), "{results:?}");
+        assert_eq!(ebpf_log.enforced(), vec![b.clone()]);
+        assert_eq!(nft_log.enforced(), vec![b.clone()]);
+        // eBPF took both, then lost a again; nftables was asked for both and took b.
+        assert_eq!(
+            ebpf_log.steps(),
+            [
+                Step::Apply(a.clone()),
+                Step::Apply(b.clone()),
+                Step::Remove(a.clone())
+            ]
+        );
+        assert_eq!(nft_log.steps(), [Step::Apply(a), Step::Apply(b)]);
     }
 
     #[test]

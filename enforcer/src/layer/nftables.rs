@@ -19,16 +19,30 @@ impl NetworkLayer for NftLayer {
         instance: &InstanceRules<'_>,
         _replacing: Option<&InstanceId>,
     ) -> Result<(), LayerError> {
-        nft::apply(&NftPolicy {
-            instance: &instance.id.name,
-            uid: instance.id.uid,
-            v4: &instance.rules.v4,
-            v6: &instance.rules.v6,
-            hosts: &instance.policy.network.hosts,
-            dns_redirect: instance.rules.dns_translated_to,
-            log: &instance.policy.network.log,
-        })?;
+        nft::apply(&nft_policy(instance))?;
         Ok(())
+    }
+
+    /// One transaction for all; one by one when nft refuses it, to find who it refuses.
+    fn apply_many(
+        &mut self,
+        batch: &[(InstanceRules<'_>, Option<&InstanceId>)],
+    ) -> Vec<Result<(), LayerError>> {
+        if batch.len() > 1 {
+            let policies: Vec<NftPolicy> = batch.iter().map(|(new, _)| nft_policy(new)).collect();
+            match nft::apply_many(&policies) {
+                Ok(()) => return batch.iter().map(|_| Ok(())).collect(),
+                Err(e) => tracing::info!(
+                    "applying {} instances in one nftables transaction failed ({e}); applying \
+                     them one by one",
+                    batch.len()
+                ),
+            }
+        }
+        batch
+            .iter()
+            .map(|(new, replacing)| self.apply(new, *replacing))
+            .collect()
     }
 
     fn remove(&mut self, instance: &InstanceId) -> Result<(), LayerError> {
@@ -69,6 +83,18 @@ impl NetworkLayer for NftLayer {
 
     fn reader(&self) -> Result<Box<dyn NetworkLayer>, LayerError> {
         Ok(Box::new(*self))
+    }
+}
+
+fn nft_policy<'a>(instance: &InstanceRules<'a>) -> NftPolicy<'a> {
+    NftPolicy {
+        instance: &instance.id.name,
+        uid: instance.id.uid,
+        v4: &instance.rules.v4,
+        v6: &instance.rules.v6,
+        hosts: &instance.policy.network.hosts,
+        dns_redirect: instance.rules.dns_translated_to,
+        log: &instance.policy.network.log,
     }
 }
 

@@ -20,13 +20,7 @@ use super::{NftError, NftPolicy};
 /// that read and the commit are lost (a few milliseconds).
 pub fn apply(policy: &NftPolicy) -> Result<(), NftError> {
     let instance = policy.instance;
-    check_instance(instance)?;
-    let (seeds, host_seeds) = if is_applied(instance)? {
-        (read_counters(instance)?, read_host_elements(instance)?)
-    } else {
-        (BTreeMap::new(), Vec::new())
-    };
-    let batch = render::render_with_counters(policy, &seeds, &host_seeds);
+    let batch = render_carrying_over(policy, is_applied(instance)?)?;
     command::apply(&batch).map_err(|e| match e {
         RunError::Failed(stderr) => NftError::Rejected {
             instance: instance.to_owned(),
@@ -35,6 +29,44 @@ pub fn apply(policy: &NftPolicy) -> Result<(), NftError> {
         },
         other => other.for_instance(instance, "apply its ruleset"),
     })
+}
+
+/// Puts several instances' tables in place as `apply` does, all in one transaction: every
+/// run of `nft` reads the definitions of every table already there, so a daemon starting a
+/// thousand instances one run each spent most of its time re-reading them. Either every table
+/// is in place afterwards, or none changed and the error is the first instance's (`apply`
+/// each on its own then tells which instance nft refuses).
+pub fn apply_many(policies: &[NftPolicy]) -> Result<(), NftError> {
+    let Some(first) = policies.first() else {
+        return Ok(());
+    };
+    let tables = netlink::inet_tables().map_err(|source| NftError::Netlink {
+        instance: first.instance.to_owned(),
+        action: "list the inet tables",
+        source,
+    })?;
+    let mut objects = Vec::new();
+    for policy in policies {
+        let applied = tables.contains(&table_name(policy.instance));
+        objects.extend(render_carrying_over(policy, applied)?.objects.into_owned());
+    }
+    command::apply(&Nftables {
+        objects: objects.into(),
+    })
+    .map_err(|e| e.for_instance(first.instance, "apply several instances' rulesets at once"))
+}
+
+/// The transaction that replaces the instance's table (`applied`: it is there now) with what
+/// `policy` says, carrying over its counters and admitted host addresses.
+fn render_carrying_over(policy: &NftPolicy, applied: bool) -> Result<Nftables<'static>, NftError> {
+    let instance = policy.instance;
+    check_instance(instance)?;
+    let (seeds, host_seeds) = if applied {
+        (read_counters(instance)?, read_host_elements(instance)?)
+    } else {
+        (BTreeMap::new(), Vec::new())
+    };
+    Ok(render::render_with_counters(policy, &seeds, &host_seeds))
 }
 
 /// Admits addresses a DNS answer gave the instance, in one transaction: each goes into its

@@ -14,9 +14,11 @@ struct Harness {
 }
 
 /// Test users: a → 1001, b → 1002, c → 1003, …
+/// `a`…`z` are UIDs 1001…1026; `a2`…`z2` are other names of the same UIDs.
 fn uid_of(user: &str) -> Option<u32> {
     let byte = *user.as_bytes().first()?;
-    (user.len() == 1 && byte.is_ascii_lowercase()).then(|| 1000 + u32::from(byte - b'a') + 1)
+    let single = user.len() == 1 || user.get(1..) == Some("2");
+    (single && byte.is_ascii_lowercase()).then(|| 1000 + u32::from(byte - b'a') + 1)
 }
 
 fn lookups() -> Lookups {
@@ -352,6 +354,47 @@ fn a_user_change_moves_the_instance_to_its_new_uid() {
             uid: 1003
         }]
     );
+}
+
+#[test]
+fn one_reload_applies_every_instance_but_the_refused_one() {
+    let mut h = Harness::new();
+    for (file, user) in [("a.toml", "a"), ("b.toml", "b"), ("c.toml", "c")] {
+        h.write(file, user, 1);
+    }
+    // The fake nftables layer refuses the first instance of the batch: a.
+    h.nft.fail_next_apply("nft refused");
+    let report = h.registry.reload();
+    assert!(
+        report
+            .failure_of("a")
+            .unwrap()
+            .reason
+            .contains("nft refused"),
+        "{report:?}"
+    );
+    assert_eq!(report.applied, ["b", "c"]);
+    assert_eq!(h.enforced(), pairs(&[("b", 1), ("c", 1)]), "a was put back");
+    assert!(h.registry.instance("a").is_none());
+    assert_eq!(h.registry.reload().applied, ["a"]);
+}
+
+#[test]
+fn two_new_instances_of_one_uid_in_one_reload_are_not_both_applied() {
+    let mut h = Harness::new();
+    h.write("a.toml", "a", 1);
+    h.write("b.toml", "a2", 2);
+    let report = h.registry.reload();
+    assert_eq!(report.applied, ["a"]);
+    assert!(
+        report
+            .failure_of("b")
+            .unwrap()
+            .reason
+            .contains("UID 1001 is already instance a's"),
+        "{report:?}"
+    );
+    assert_eq!(h.enforced(), pairs(&[("a", 1)]));
 }
 
 #[test]

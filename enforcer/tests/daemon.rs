@@ -134,19 +134,22 @@ fn assert_dns_reported(daemon: &Daemon) {
     let text = daemon.metrics();
     let dns_refusals = metric(
         &text,
-        "isolate_ebpf_blocked_by_hook_total{hook=\"dns\",instance=\"alpha\"}",
+        "isolate_ebpf_blocked_by_hook_total{hook=\"dns\",isolate_instance=\"alpha\"}",
     );
     assert!(dns_refusals >= Some(1), "{text}");
     for (series, at_least) in [
         (
-            "isolate_dns_queries_total{instance=\"alpha\",verdict=\"refused\"}",
+            "isolate_dns_queries_total{isolate_instance=\"alpha\",verdict=\"refused\"}",
             1,
         ),
         (
-            "isolate_dns_queries_total{instance=\"alpha\",verdict=\"answered\"}",
+            "isolate_dns_queries_total{isolate_instance=\"alpha\",verdict=\"answered\"}",
             2,
         ),
-        ("isolate_dns_admitted_addresses{instance=\"alpha\"}", 2),
+        (
+            "isolate_dns_admitted_addresses{isolate_instance=\"alpha\"}",
+            2,
+        ),
     ] {
         assert!(
             metric(&text, series) >= Some(at_least),
@@ -319,7 +322,9 @@ fn inbound() {
     let by_hook = |hook: &str| {
         metric(
             &text,
-            &format!("isolate_ebpf_blocked_by_hook_total{{hook=\"{hook}\",instance=\"alpha\"}}"),
+            &format!(
+                "isolate_ebpf_blocked_by_hook_total{{hook=\"{hook}\",isolate_instance=\"alpha\"}}"
+            ),
         )
     };
     assert_eq!(by_hook("bind"), Some(1), "{text}");
@@ -517,7 +522,7 @@ fn metric(text: &str, series: &str) -> Option<u64> {
 
 fn blocked_series(instance: &str) -> String {
     format!(
-        "isolate_blocked_total{{family=\"ipv4\",instance=\"{instance}\",layer=\"ebpf\",protocol=\"tcp\"}}"
+        "isolate_blocked_total{{family=\"ipv4\",isolate_instance=\"{instance}\",layer=\"ebpf\",protocol=\"tcp\"}}"
     )
 }
 
@@ -567,7 +572,7 @@ fn side_by_side() {
     assert_eq!(
         metric(
             &text,
-            "isolate_policy_entries{family=\"ipv4\",instance=\"alpha\"}"
+            "isolate_policy_entries{family=\"ipv4\",isolate_instance=\"alpha\"}"
         ),
         Some(1),
         "{text}"

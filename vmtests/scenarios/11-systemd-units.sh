@@ -44,7 +44,7 @@ for _ in $(seq 50); do curl -fsS -o /dev/null http://127.0.0.1:8787/ 2>/dev/null
 if curl -fsS -o /dev/null http://127.0.0.1:8787/; then ok "the wrapped server answers on 127.0.0.1:8787"; else fail "the wrapped server does not answer"; fi
 if ps -o user= -C python3 | grep -q unitdemo; then ok "the server runs as the instance user"; else fail "server user: $(ps -o user=,args= -C python3)"; fi
 metrics=$(curl -fsS http://127.0.0.1:9477/metrics)
-if echo "$metrics" | grep -q '^isolate_blocked_total{family="ipv4",instance="unitdemo",layer="ebpf",protocol="tcp"} 1$'; then
+if echo "$metrics" | grep -q '^isolate_blocked_total{family="ipv4",isolate_instance="unitdemo",layer="ebpf",protocol="tcp"} 1$'; then
     ok "the forbidden connect is counted once in /metrics"
 else
     fail "metrics: $(echo "$metrics" | grep isolate_blocked_total)"

@@ -9,6 +9,10 @@ use prometheus::{
 use crate::control::Status;
 use crate::layer::LayerKind;
 
+/// The label naming the instance. Not `instance`: Prometheus sets that one itself (the scrape
+/// target) and renames an exposed `instance` to `exported_instance`, breaking queries.
+pub const INSTANCE_LABEL: &str = "isolate_instance";
+
 /// The text exposition of every metric.
 pub fn render(status: &Status) -> String {
     let registry = Registry::new();
@@ -16,19 +20,19 @@ pub fn render(status: &Status) -> String {
         &registry,
         "isolate_blocked_total",
         "Blocked connection attempts and packets, by instance, layer, family and protocol",
-        &["instance", "layer", "family", "protocol"],
+        &[INSTANCE_LABEL, "layer", "family", "protocol"],
     );
     let hooks = counter_vec(
         &registry,
         "isolate_ebpf_blocked_by_hook_total",
         "Attempts the eBPF layer refused, by the hook that refused them",
-        &["instance", "hook"],
+        &[INSTANCE_LABEL, "hook"],
     );
     let entries = gauge_vec(
         &registry,
         "isolate_policy_entries",
         "Allowed destination entries in force, by instance and family",
-        &["instance", "family"],
+        &[INSTANCE_LABEL, "family"],
     );
     let reloads = counter_vec(
         &registry,
@@ -52,7 +56,7 @@ pub fn render(status: &Status) -> String {
         &registry,
         "isolate_instance_on_last_good_policy",
         "1 when the instance runs on its last good policy because its file failed to load or apply",
-        &["instance"],
+        &[INSTANCE_LABEL],
     );
     let dropped = counter(
         &registry,
@@ -117,13 +121,13 @@ fn render_dns(registry: &Registry, status: &Status) {
         registry,
         "isolate_dns_queries_total",
         "DNS questions isolate's resolver got from the instance, by verdict (answered, refused: not in the policy, failed: SERVFAIL)",
-        &["instance", "verdict"],
+        &[INSTANCE_LABEL, "verdict"],
     );
     let admitted = gauge_vec(
         registry,
         "isolate_dns_admitted_addresses",
         "Addresses DNS answers hold admitted for the instance now",
-        &["instance"],
+        &[INSTANCE_LABEL],
     );
     for instance in &status.instances {
         let Some(dns) = &instance.dns else { continue };
@@ -238,27 +242,36 @@ mod tests {
         let text = render(&status);
         let series = [
             (
-                r#"isolate_blocked_total{family="ipv4",instance="a",layer="ebpf",protocol="tcp"}"#,
+                r#"isolate_blocked_total{family="ipv4",isolate_instance="a",layer="ebpf",protocol="tcp"}"#,
                 4,
             ),
             (
-                r#"isolate_blocked_total{family="ipv4",instance="a",layer="ebpf",protocol="udp"}"#,
+                r#"isolate_blocked_total{family="ipv4",isolate_instance="a",layer="ebpf",protocol="udp"}"#,
                 1,
             ),
             (
-                r#"isolate_blocked_total{family="ipv4",instance="a",layer="nftables",protocol="tcp"}"#,
+                r#"isolate_blocked_total{family="ipv4",isolate_instance="a",layer="nftables",protocol="tcp"}"#,
                 2,
             ),
             (
-                r#"isolate_ebpf_blocked_by_hook_total{hook="connect",instance="a"}"#,
+                r#"isolate_ebpf_blocked_by_hook_total{hook="connect",isolate_instance="a"}"#,
                 4,
             ),
-            (r#"isolate_policy_entries{family="ipv4",instance="a"}"#, 3),
+            (
+                r#"isolate_policy_entries{family="ipv4",isolate_instance="a"}"#,
+                3,
+            ),
             (r#"isolate_policy_reloads_total{result="ok"}"#, 2),
             (r#"isolate_policy_reloads_total{result="failed"}"#, 1),
             ("isolate_instances", 2),
-            (r#"isolate_instance_on_last_good_policy{instance="a"}"#, 0),
-            (r#"isolate_instance_on_last_good_policy{instance="b"}"#, 1),
+            (
+                r#"isolate_instance_on_last_good_policy{isolate_instance="a"}"#,
+                0,
+            ),
+            (
+                r#"isolate_instance_on_last_good_policy{isolate_instance="b"}"#,
+                1,
+            ),
             // 5 counted by eBPF, 3 events received.
             ("isolate_events_dropped_total", 2),
             (r#"isolate_layer_available{layer="ebpf"}"#, 1),
@@ -267,5 +280,10 @@ mod tests {
         for (name, expected) in series {
             assert_eq!(value(&text, name), Some(expected), "{name} in\n{text}");
         }
+        // Prometheus would rename an exposed `instance` label.
+        assert!(
+            !text.contains("{instance=") && !text.contains(",instance="),
+            "{text}"
+        );
     }
 }

@@ -122,11 +122,6 @@ pub enum InstanceError {
     },
 }
 
-enum Outcome {
-    Applied,
-    Unchanged,
-}
-
 /// A policy checked and ready to be put in force, but not yet applied.
 struct Pending {
     id: InstanceId,
@@ -350,27 +345,21 @@ impl Registry {
     }
 
     /// Re-resolves every instance's host names and resolvers, applying those whose addresses
-    /// changed. An instance on its last good policy stays on it.
+    /// changed (together, as a reload does). An instance on its last good policy stays on it.
     pub fn refresh(&mut self) {
         let policies: Vec<Policy> = self.instances.values().map(|i| i.policy.clone()).collect();
+        let mut pending = Vec::new();
         for policy in policies {
             let name = policy.name.clone();
-            if let Err(e) = self.apply(policy) {
-                tracing::warn!(instance = name, "refresh: {e}");
+            match self.prepare(policy) {
+                Ok(Some(p)) => pending.push(p),
+                Ok(None) => {}
+                Err(e) => tracing::warn!(instance = name, "refresh: {e}"),
             }
         }
-    }
-
-    /// Puts `policy` in force unless it already is.
-    fn apply(&mut self, policy: Policy) -> Result<Outcome, InstanceError> {
-        match self.prepare(policy)? {
-            None => Ok(Outcome::Unchanged),
-            Some(pending) => {
-                let (outcome, _) = self
-                    .apply_pending(vec![pending])
-                    .pop()
-                    .expect("one outcome per instance");
-                outcome.map(|()| Outcome::Applied)
+        for (outcome, (name, _)) in self.apply_pending(pending) {
+            if let Err(e) = outcome {
+                tracing::warn!(instance = name, "refresh: {e}");
             }
         }
     }

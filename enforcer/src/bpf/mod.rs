@@ -312,11 +312,7 @@ impl BpfLayer {
         const SOCKET: &str = "eBPF socket hooks (connect4/6, sendmsg4/6, bind4/6)";
         const EGRESS: &str = "eBPF packet hooks (cgroup_skb egress backstop, ingress)";
         const UNIX: &str = "BPF LSM programs (unix sockets, socket families)";
-        let reason = |e: BpfError| {
-            let e = e.to_string();
-            // aya ends the message with the verifier's log, often empty.
-            e.trim_end_matches(" Verifier output: ").to_owned()
-        };
+        let reason = |e: BpfError| refusal_text(&e);
         let (mut ebpf, btf, unix_config) = match Self::open_object(cgroup) {
             Ok(opened) => opened,
             Err(e) => {
@@ -327,8 +323,7 @@ impl BpfLayer {
                     .collect();
             }
         };
-        let unix_btf =
-            unix_config.and_then(|()| btf.as_ref().ok_or("the kernel has no BTF".to_owned()));
+        let unix_btf = lsm_btf(unix_config, btf.as_ref());
         let mut loaded = load_programs(&mut ebpf, unix_btf.as_ref().ok().copied());
         let socket = loaded.take_error(&program_names::SOCK_ADDR);
         let egress = loaded.take_error(&program_names::SKB);
@@ -347,12 +342,7 @@ impl BpfLayer {
     fn load_and_pin(cgroup: &Path, pins: &PinDir) -> Result<UnixSupport, BpfError> {
         let (mut ebpf, btf, unix_config) = Self::open_object(cgroup)?;
         let cgroup_file = std::fs::File::open(cgroup).map_err(pin_error("open cgroup", cgroup))?;
-        let unix_btf = unix_config.and_then(|()| {
-            btf.as_ref().ok_or(format!(
-                "the kernel has no BTF ({})",
-                crate::paths::KERNEL_BTF
-            ))
-        });
+        let unix_btf = lsm_btf(unix_config, btf.as_ref());
         let mut loaded = load_programs(&mut ebpf, unix_btf.as_ref().ok().copied());
         loaded.take_error(&program_names::SOCK_ADDR)?;
         loaded.take_error(&program_names::SKB)?;
@@ -384,10 +374,10 @@ impl BpfLayer {
             loaded
                 .take_error(&program_names::LSM.map(|(name, _)| name))
                 .map_err(|e| {
-                    let e = e.to_string();
-                    // aya ends the message with the verifier's log, often empty.
-                    let e = e.trim_end_matches(" Verifier output: ");
-                    format!("the kernel refused isolate's BPF LSM programs: {e}")
+                    format!(
+                        "the kernel refused isolate's BPF LSM programs: {}",
+                        refusal_text(&e)
+                    )
                 })
         });
         let support = match lsm_loaded {
@@ -697,6 +687,24 @@ where
     let data = MapData::from_pin(pins.map(name)).map_err(map_error(name))?;
     let map = Map::from_map_data(data).map_err(map_error(name))?;
     T::try_from(map).map_err(map_error(name))
+}
+
+/// The kernel's BTF for loading the BPF LSM programs, where they can run here (`unix_config`),
+/// or why not.
+fn lsm_btf(unix_config: Result<(), String>, btf: Option<&Btf>) -> Result<&Btf, String> {
+    unix_config.and_then(|()| {
+        btf.ok_or(format!(
+            "the kernel has no BTF ({})",
+            crate::paths::KERNEL_BTF
+        ))
+    })
+}
+
+/// A load error as a reason: aya ends the message with the verifier's log, often empty.
+fn refusal_text(e: &BpfError) -> String {
+    e.to_string()
+        .trim_end_matches(" Verifier output: ")
+        .to_owned()
 }
 
 /// What [`load_programs`] made of each program: loaded, or why not.

@@ -40,11 +40,7 @@ pub fn apply_many(policies: &[NftPolicy]) -> Result<(), NftError> {
     let Some(first) = policies.first() else {
         return Ok(());
     };
-    let tables = netlink::inet_tables().map_err(|source| NftError::Netlink {
-        instance: first.instance.to_owned(),
-        action: "list the inet tables",
-        source,
-    })?;
+    let tables = inet_tables(first.instance)?;
     let mut objects = Vec::new();
     for policy in policies {
         let applied = tables.contains(&table_name(policy.instance));
@@ -93,12 +89,16 @@ pub fn remove(instance: &str) -> Result<(), NftError> {
 /// Whether the instance's table is in place.
 pub fn is_applied(instance: &str) -> Result<bool, NftError> {
     check_instance(instance)?;
-    let tables = netlink::inet_tables().map_err(|source| NftError::Netlink {
+    Ok(inet_tables(instance)?.contains(&table_name(instance)))
+}
+
+/// The inet tables' names; an error is reported as `instance`'s.
+fn inet_tables(instance: &str) -> Result<Vec<String>, NftError> {
+    netlink::inet_tables().map_err(|source| NftError::Netlink {
         instance: instance.to_owned(),
         action: "list the inet tables",
         source,
-    })?;
-    Ok(tables.contains(&table_name(instance)))
+    })
 }
 
 /// Packets counted by each named counter of the instance's table (`blocked_v4_tcp`, …).

@@ -24,6 +24,8 @@
 
 // The integration tests' helpers: running a command as a UID in a cgroup, and `lo` up in a
 // fresh network namespace.
+#[path = "common/report.rs"]
+mod report;
 #[path = "../tests/common/sandbox.rs"]
 #[allow(dead_code, reason = "the bench uses a part")]
 mod sandbox;
@@ -584,7 +586,7 @@ fn report(samples: &Samples, options: &Options) {
             };
             println!(
                 "| {} | {} | {:.2} | ±{:.1}% | {ratio} | {:.2} | {load} |",
-                thousands(size),
+                report::thousands(size),
                 config.name(),
                 median(values),
                 spread(values),
@@ -610,22 +612,10 @@ fn report(samples: &Samples, options: &Options) {
         let (egress_ns, egress_runs) = program(program_names::EGRESS);
         println!(
             "| {} | {connect_ns:.0} | {egress_ns:.0} | {egress_runs:.2} | {:.0} |",
-            thousands(*size),
+            report::thousands(*size),
             cost.per_connect()
         );
     }
-}
-
-fn thousands(n: usize) -> String {
-    let digits = n.to_string();
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
 }
 
 // ---- the client side (this binary re-executed as `client ADDR N` as the confined UID) ----

@@ -21,6 +21,8 @@
     reason = "statistics on small, non-negative counts"
 )]
 
+#[path = "common/report.rs"]
+mod report;
 #[path = "../tests/common/sandbox.rs"]
 #[allow(dead_code, reason = "the bench uses a part")]
 mod sandbox;
@@ -72,8 +74,8 @@ fn run() -> anyhow::Result<()> {
         let row = farm.measure()?;
         println!(
             "| {} × {} | {} | {} | {} | {} | {:.0} MiB |",
-            thousands(instances),
-            thousands(cidrs),
+            report::thousands(instances),
+            report::thousands(cidrs),
             seconds(row.start),
             spread(&row.status),
             spread(&row.scrape),
@@ -392,13 +394,5 @@ fn seconds(d: Duration) -> String {
         millis(d)
     } else {
         format!("{:.1} s", d.as_secs_f64())
-    }
-}
-
-fn thousands(n: usize) -> String {
-    if n >= 1_000 {
-        format!("{},{:03}", n / 1_000, n % 1_000)
-    } else {
-        n.to_string()
     }
 }

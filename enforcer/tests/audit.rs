@@ -269,6 +269,39 @@ fn a_flood_is_cut_to_the_rate_and_the_gap_is_reported() {
     assert_eq!(fallback.text(), "");
 }
 
+/// Events the kernel did not send (the instance's event budget there) are counted with what
+/// the rate suppressed, said apart, and survive a reload that changes the rate.
+#[test]
+fn refusals_the_kernel_did_not_send_are_reported_as_suppressed() {
+    let journal = FakeJournal::new();
+    let (mut sink, _) = journal.sink();
+    sink.unsent("demo", &TEN_PER_SECOND, 40);
+    // Just offered: not quiet yet, so nothing is reported.
+    sink.flush_quiet();
+    assert!(journal.entries().is_empty());
+    let per_minute = Rate {
+        count: 10,
+        per: RateUnit::Minute,
+    };
+    sink.unsent("demo", &per_minute, 2);
+    sink.flush_suppressed();
+    let entries = journal.entries();
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    let notice = as_map(&entries[0]);
+    assert_eq!(notice["ISOLATE_SUPPRESSED"], "42");
+    assert_eq!(notice["ISOLATE_SUPPRESSED_KERNEL"], "42");
+    assert_eq!(
+        notice["MESSAGE"],
+        "isolate-demo-blocked: 42 records suppressed (audit log rate 10/minute; 42 beyond the \
+         kernel's 100 events per second and CPU)"
+    );
+    // Once quiet for a second, what is left out is reported without a final flush.
+    sink.unsent("demo", &per_minute, 3);
+    std::thread::sleep(Duration::from_millis(1100));
+    sink.flush_quiet();
+    assert_eq!(as_map(&journal.entries()[0])["ISOLATE_SUPPRESSED"], "3");
+}
+
 #[test]
 fn flushing_reports_what_is_still_suppressed() {
     let journal = FakeJournal::new();

@@ -53,7 +53,77 @@ fn main() -> ExitCode {
             "the_daemon_follows_each_instances_own_dns_answers",
             dns_following,
         ),
+        (
+            "a_flood_is_accounted_exactly_and_hides_no_other_instances_refusal",
+            flood_accounting,
+        ),
     ])
+}
+
+/// One instance floods refused connects as fast as it can while another is refused once:
+/// the flooder's kernel counter equals its refused connects; its audit records plus the
+/// suppressed counts the trail reports equal them too, exactly (the kernel sends each instance
+/// at most a budget of events and counts the rest); and the quiet instance's one refusal is
+/// recorded (the flood cannot fill the ring buffer).
+fn flood_accounting() {
+    let (flooder, quiet) = (TestUser::new(), TestUser::new());
+    let (_listener, allowed) = listen();
+    let forbidden = SocketAddr::from(([127, 0, 0, 1], 9));
+    let (flood_name, quiet_name) = (unique_name("flood"), unique_name("quiet"));
+    let mut daemon = Daemon::new();
+    let allow = format!("\"127.0.0.1/32:{}/tcp\"", allowed.port());
+    daemon.write_policy(&flood_name, &flooder, &allow);
+    daemon.write_policy(&quiet_name, &quiet, &allow);
+    daemon.start();
+
+    let flood = probe::start_flood(daemon.cgroup(), flooder.uid, forbidden, 3);
+    std::thread::sleep(Duration::from_secs(1));
+    let quiet_refusal = probe::run_in(daemon.cgroup(), quiet.uid, Mode::Tcp, forbidden);
+    assert_eq!(quiet_refusal.code, libc::EPERM);
+    let refused = probe::flood_count(flood);
+    assert!(refused > 1000, "a flood, not a trickle: {refused} connects");
+
+    let text = daemon.metrics();
+    assert_eq!(
+        metric(&text, &blocked_series(&flood_name)),
+        Some(refused),
+        "the kernel counted every refusal:\n{text}"
+    );
+    let (records, suppressed) =
+        common::records::trail_once_settled(&flood_name, refused, || daemon.log());
+    assert!(
+        records > 0 && suppressed > 0,
+        "{records} records, {suppressed} suppressed"
+    );
+    assert_eq!(
+        records + suppressed,
+        refused,
+        "records ({records}) + suppressed ({suppressed}) = refused connects"
+    );
+    let text = daemon.metrics();
+    let dropped = metric(
+        &text,
+        &format!("isolate_events_dropped_total{{isolate_instance=\"{flood_name}\"}}"),
+    )
+    .unwrap_or_else(|| panic!("no dropped-events series:\n{text}"));
+    eprintln!(
+        "flood: {refused} refused, {records} records, {suppressed} suppressed, \
+         {dropped} not sent by the kernel"
+    );
+    assert!(
+        dropped > 0 && dropped <= suppressed,
+        "{dropped} events not sent by the kernel, {suppressed} suppressed"
+    );
+
+    let quiet_records = common::records::record_messages(&quiet_name, &daemon.log(), 1);
+    assert_eq!(
+        quiet_records
+            .iter()
+            .filter(|r| r.contains(&format!("{forbidden} ")))
+            .count(),
+        1,
+        "the quiet instance's refusal during the flood is recorded: {quiet_records:#?}"
+    );
 }
 
 /// Under the daemon, as under `isolate exec`: the instance's lookups go to the daemon's
@@ -409,11 +479,18 @@ impl Daemon {
 
     /// As `start`, with more daemon options.
     fn start_with(&mut self, options: &[&str]) {
+        // Appended to: a restarted daemon's lines follow its predecessor's.
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .unwrap();
         let mut child = Command::new(common::isolate_binary())
             .arg("daemon")
             .args(self.args())
             .args(options)
             .stdin(Stdio::null())
+            .stderr(log)
             .spawn()
             .unwrap();
         let socket = self.socket().to_string_lossy().into_owned();
@@ -470,10 +547,26 @@ impl Daemon {
     fn cgroup(&self) -> &Path {
         self.cgroup.path()
     }
+
+    /// Where the daemon's stderr goes (its log, and its audit records where journald does
+    /// not run).
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("daemon.log")
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
 }
 
 impl Drop for Daemon {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "--- the daemon's log:\n{}--- end of the daemon's log",
+                self.log()
+            );
+        }
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();

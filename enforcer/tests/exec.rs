@@ -13,6 +13,7 @@ use std::process::{Command, ExitCode, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::probe::accept_one;
+use common::records::{journal_entries, record_messages};
 use common::sandbox::unique_name;
 use common::users::TestUser;
 
@@ -79,7 +80,43 @@ fn main() -> ExitCode {
             "the_nftables_layer_alone_follows_host_names_too",
             dns_following_nftables,
         ),
+        (
+            "a_flood_of_refusals_is_accounted_for_exactly",
+            flood_accounting,
+        ),
     ])
+}
+
+/// Under `isolate exec` alone: a burst of refused connects far beyond the kernel's event
+/// budget and the audit log rate leaves records and suppressed counts that together equal the
+/// refusals, exactly.
+fn flood_accounting() {
+    let instance = Instance::new("", "");
+    let attempts = 10_000;
+    // `:` with a redirection: bash opens the connection without a fork, and goes on when it
+    // is refused.
+    let script = format!(
+        "n=0; for ((i = 0; i < {attempts}; i++)); do : 2>/dev/null <>/dev/tcp/127.0.0.1/9 || n=$((n + 1)); done; echo $n"
+    );
+    let out = instance.run(&["/bin/bash", "-c", &script]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out).trim(),
+        attempts.to_string(),
+        "every connect refused"
+    );
+    let err = stderr(&out);
+    let (records, suppressed) =
+        common::records::trail_once_settled(&instance.name, attempts, || err.clone());
+    assert!(
+        records > 0 && suppressed > 0,
+        "{records} records, {suppressed} suppressed"
+    );
+    assert_eq!(
+        records + suppressed,
+        attempts,
+        "records ({records}) + suppressed ({suppressed}) = refused connects:\n{err}"
+    );
 }
 
 /// The instance's lookups go to isolate's resolver whatever resolver it asks: a listed name
@@ -671,51 +708,6 @@ fn network() {
         matching >= 3,
         "three refusals, three records:\n{records:#?}"
     );
-}
-
-/// The audit records of `instance`: journald's MESSAGE fields when journald runs, else the
-/// matching stderr lines.
-fn record_messages(instance: &str, stderr: &str, at_least: usize) -> Vec<String> {
-    if let Some(entries) = journal_entries(instance, at_least) {
-        return entries
-            .iter()
-            .map(|e| e["MESSAGE"].as_str().unwrap_or_default().to_owned())
-            .collect();
-    }
-    let prefix = format!("isolate-{instance}-blocked");
-    stderr
-        .lines()
-        .filter(|l| l.starts_with(&prefix))
-        .map(str::to_owned)
-        .collect()
-}
-
-/// journald's records of `instance` (once there are `at_least`, or after 5 s), or `None`
-/// where journald does not run.
-fn journal_entries(instance: &str, at_least: usize) -> Option<Vec<serde_json::Value>> {
-    if !Path::new("/run/systemd/journal/socket").exists() {
-        return None;
-    }
-    let started = Instant::now();
-    loop {
-        let out = Command::new("journalctl")
-            .args([
-                "--no-pager",
-                "-o",
-                "json",
-                &format!("ISOLATE_INSTANCE={instance}"),
-            ])
-            .output()
-            .expect("journalctl");
-        let entries: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(|l| serde_json::from_str(l).expect("journalctl -o json line"))
-            .collect();
-        if entries.len() >= at_least || started.elapsed() > Duration::from_secs(5) {
-            return Some(entries);
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// The audit records of `instance` (see [`record_messages`]), each journald record checked

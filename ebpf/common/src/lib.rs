@@ -19,6 +19,9 @@ pub mod map_names {
     pub const BLOCKED: &str = "BLOCKED";
     /// `RingBuf` of `BlockEvent`s.
     pub const EVENTS: &str = "EVENTS";
+    /// `PerCpuHashMap<u32 uid, EventBudget>`: how many events each CPU sent for a UID this
+    /// second, and how many it did not send.
+    pub const EVENT_BUDGET: &str = "EVENT_BUDGET";
     /// `HashMap<UnixKey, u32>`: allowed unix-socket locations per (uid, generation).
     pub const UNIX_ALLOW: &str = "UNIX_ALLOW";
     /// `LpmTrie<V4Key, AllowValue>`: local IPv4 addresses and ports an instance may serve on
@@ -425,6 +428,28 @@ pub const UNIX_PEER_ABSTRACT: u8 = 1;
 /// The programs could not read the peer (they refuse what they cannot judge).
 pub const UNIX_PEER_UNKNOWN: u8 = 2;
 
+/// Events one CPU sends per confined UID and second; beyond them an attempt is still refused
+/// and counted, and its event is counted in `EventBudget::unsent` instead of being sent, so
+/// that one flooding instance can fill neither the ring buffer nor the audit trail, and
+/// hides no other instance's refusals.
+pub const EVENTS_PER_CPU_SECOND: u32 = 100;
+
+/// Per CPU and confined UID: the event budget of the current second. User space creates it
+/// with the instance's counters and reads `unsent`, so that the audit trail's count of
+/// suppressed records is exact.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EventBudget {
+    /// `bpf_ktime_get_ns` when the current one-second window began.
+    pub window_start_ns: u64,
+    /// Events sent in the current window.
+    pub sent: u32,
+    pub _pad: u32,
+    /// Events of this UID not sent from this CPU (the budget was spent, or the ring buffer
+    /// was full), ever.
+    pub unsent: u64,
+}
+
 /// One blocked attempt, sent to user space through the `EVENTS` ring buffer.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -457,6 +482,7 @@ mod pod {
     unsafe impl aya::Pod for super::AllowValue {}
     unsafe impl aya::Pod for super::CounterKey {}
     unsafe impl aya::Pod for super::BlockEvent {}
+    unsafe impl aya::Pod for super::EventBudget {}
     unsafe impl aya::Pod for super::UnixKey {}
     unsafe impl aya::Pod for super::UnixConfig {}
     unsafe impl aya::Pod for super::DnsRedirect {}

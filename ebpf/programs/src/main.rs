@@ -4,6 +4,8 @@
 //! and datagrams coming in). UIDs without a policy pass untouched.
 #![no_std]
 #![no_main]
+#![feature(core_intrinsics)]
+#![allow(internal_features, reason = "atomic_xadd: see add_one")]
 
 mod families;
 mod unix;
@@ -19,11 +21,11 @@ use aya_ebpf::{
     programs::{SkBuffContext, SockAddrContext},
 };
 use isolate_ebpf_common::{
-    AllowValue, BlockEvent, COUNTERS_PER_INSTANCE, CounterKey, DnsOrigin, DnsRedirect, FAMILY_V4,
-    FAMILY_V6, HOOK_BIND, HOOK_CONNECT, HOOK_EGRESS, HOOK_INGRESS, HOOK_SENDMSG, HostV4Key,
-    HostV6Key, HostValue, InstanceState, KEY_HEADER_BITS, MAX_ALLOW_ENTRIES, MAX_DNS_ORIGINS,
-    MAX_HOST_ENTRIES, MAX_INSTANCES, MAX_LISTEN_ENTRIES, PROTO_OTHER, PROTO_TCP, PROTO_UDP, V4Key,
-    V6Key,
+    AllowValue, BlockEvent, COUNTERS_PER_INSTANCE, CounterKey, DnsOrigin, DnsRedirect,
+    EVENTS_PER_CPU_SECOND, EventBudget, FAMILY_V4, FAMILY_V6, HOOK_BIND, HOOK_CONNECT, HOOK_EGRESS,
+    HOOK_INGRESS, HOOK_SENDMSG, HostV4Key, HostV6Key, HostValue, InstanceState, KEY_HEADER_BITS,
+    MAX_ALLOW_ENTRIES, MAX_DNS_ORIGINS, MAX_HOST_ENTRIES, MAX_INSTANCES, MAX_LISTEN_ENTRIES,
+    PROTO_OTHER, PROTO_TCP, PROTO_UDP, V4Key, V6Key,
 };
 
 /// Return values of a cgroup sock_addr program.
@@ -59,6 +61,13 @@ static BLOCKED: PerCpuHashMap<CounterKey, u64> =
 
 #[map(name = "EVENTS")]
 static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+
+/// Created by user space with the instance's counters, like them.
+#[map(name = "EVENT_BUDGET")]
+static EVENT_BUDGET: PerCpuHashMap<u32, EventBudget> =
+    PerCpuHashMap::with_max_entries(MAX_INSTANCES, BPF_F_NO_PREALLOC);
+
+const WINDOW_NS: u64 = 1_000_000_000;
 
 #[map(name = "DNS_REDIRECT")]
 static DNS_REDIRECT: HashMap<u32, DnsRedirect> =
@@ -750,8 +759,9 @@ fn protocol_bit(protocol: u32) -> u8 {
     }
 }
 
-/// Counts the blocked attempt and queues an event for the audit trail. A full ring buffer
-/// loses the event, never the verdict or the count.
+/// Counts the blocked attempt and queues an event for the audit trail, within the UID's
+/// event budget. An event not sent (budget spent, ring buffer full) is counted as unsent:
+/// never the verdict or the count is lost, and every event is either sent or counted.
 #[inline(always)]
 fn record_block<const IN_TASK: bool>(
     uid: u32,
@@ -769,36 +779,88 @@ fn record_block<const IN_TASK: bool>(
         _pad: 0,
     };
     if let Some(count) = BLOCKED.get_ptr_mut(&counter) {
-        // SAFETY: a per-CPU slot, written only by this CPU.
-        unsafe { *count += 1 };
+        add_one(count);
     } else {
         let _ = BLOCKED.insert(&counter, &1, 0);
     }
-    if let Some(mut entry) = EVENTS.reserve::<BlockEvent>(0) {
-        // Packet hooks run outside the sender's task on older kernels, which refuse these
-        // helpers there (6.1: pid_tgid, 6.12: comm); their events carry no pid or comm.
-        let (pid, comm) = if IN_TASK {
-            let pid_tgid = bpf_get_current_pid_tgid();
-            (
-                (pid_tgid >> 32) as u32,
-                bpf_get_current_comm().unwrap_or_default(),
-            )
-        } else {
-            (0, [0; 16])
-        };
-        entry.write(BlockEvent {
-            timestamp_ns: unsafe { bpf_ktime_get_ns() },
-            uid,
-            pid,
-            comm,
-            addr,
-            port,
-            family,
-            protocol,
-            hook,
-            _pad: [0; 3],
-        });
-        entry.submit(0);
+    // SAFETY: a helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if !within_budget(uid, now) {
+        return;
+    }
+    let Some(mut entry) = EVENTS.reserve::<BlockEvent>(0) else {
+        count_unsent(uid);
+        return;
+    };
+    // Packet hooks run outside the sender's task on older kernels, which refuse these
+    // helpers there (6.1: pid_tgid, 6.12: comm); their events carry no pid or comm.
+    let (pid, comm) = if IN_TASK {
+        let pid_tgid = bpf_get_current_pid_tgid();
+        (
+            (pid_tgid >> 32) as u32,
+            bpf_get_current_comm().unwrap_or_default(),
+        )
+    } else {
+        (0, [0; 16])
+    };
+    entry.write(BlockEvent {
+        timestamp_ns: now,
+        uid,
+        pid,
+        comm,
+        addr,
+        port,
+        family,
+        protocol,
+        hook,
+        _pad: [0; 3],
+    });
+    entry.submit(0);
+}
+
+/// Takes one event from this CPU's budget of `uid` for the second; when it is spent, counts
+/// the event as unsent instead. A UID without a budget (user space creates it with the
+/// instance's counters) sends every event. Not inlined: inlined into the packet programs, it
+/// made LLVM spill a register left undefined on one path, which the verifier refuses.
+#[inline(never)]
+fn within_budget(uid: u32, now: u64) -> bool {
+    let Some(budget) = EVENT_BUDGET.get_ptr_mut(&uid) else {
+        return true;
+    };
+    // SAFETY: this CPU's slot of a live map value.
+    let budget = unsafe { &mut *budget };
+    if now.wrapping_sub(budget.window_start_ns) >= WINDOW_NS {
+        budget.window_start_ns = now;
+        budget.sent = 0;
+    }
+    if budget.sent >= EVENTS_PER_CPU_SECOND {
+        add_one(&raw mut budget.unsent);
+        return false;
+    }
+    budget.sent += 1;
+    true
+}
+
+/// Counts an event of `uid` that could not be sent (the ring buffer was full).
+#[inline(always)]
+fn count_unsent(uid: u32) {
+    if let Some(budget) = EVENT_BUDGET.get_ptr_mut(&uid) {
+        // SAFETY: as in within_budget.
+        add_one(unsafe { &raw mut (*budget).unsent });
+    }
+}
+
+/// Adds one to a per-CPU count atomically: a packet hook in a softirq can interrupt a socket
+/// hook on the same CPU, and a plain read-modify-write would then lose one of the two.
+#[inline(always)]
+fn add_one(count: *mut u64) {
+    // SAFETY: `count` points into a live map value, aligned for u64. The BPF target has
+    // no compare-and-swap, so core's AtomicU64 offers no fetch_add; the intrinsic is the
+    // kernel's atomic add (`lock xadd`).
+    unsafe {
+        core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
+            count, 1,
+        );
     }
 }
 

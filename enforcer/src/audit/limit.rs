@@ -5,21 +5,37 @@ use std::time::Instant;
 use isolate_policy::{Rate, RateUnit};
 
 /// Admits up to `rate.count` records at once, then `rate.count` per unit of time, and counts
-/// what it turns away.
+/// what it turns away, and what never reached it (events the kernel did not send).
 #[derive(Debug, Clone)]
 pub(super) struct TokenBucket {
     rate: Rate,
     tokens: f64,
+    /// The last record offered.
     last: Instant,
-    suppressed: u64,
+    suppressed: Suppressed,
+}
+
+/// Records left out since the last report.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) struct Suppressed {
+    /// Turned away by the bucket.
+    pub by_rate: u64,
+    /// Never sent by the kernel (the instance's event budget there).
+    pub by_kernel: u64,
+}
+
+impl Suppressed {
+    pub(super) fn total(self) -> u64 {
+        self.by_rate + self.by_kernel
+    }
 }
 
 /// The verdict on one record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Admit {
-    /// Log it; `suppressed` records were turned away since the last one admitted.
+    /// Log it; `suppressed` records were left out since the last one admitted.
     Yes {
-        suppressed: u64,
+        suppressed: Suppressed,
     },
     No,
 }
@@ -31,7 +47,7 @@ impl TokenBucket {
             rate,
             tokens: f64::from(rate.count),
             last: now,
-            suppressed: 0,
+            suppressed: Suppressed::default(),
         }
     }
 
@@ -51,13 +67,29 @@ impl TokenBucket {
                 suppressed: std::mem::take(&mut self.suppressed),
             }
         } else {
-            self.suppressed += 1;
+            self.suppressed.by_rate += 1;
             Admit::No
         }
     }
 
-    /// Hands over the count of records turned away (for a final report).
-    pub(super) fn take_suppressed(&mut self) -> u64 {
+    /// Counts records the kernel never sent, reported with the next one admitted.
+    pub(super) fn add_unsent(&mut self, count: u64) {
+        self.suppressed.by_kernel += count;
+    }
+
+    /// Takes over what another bucket of the same instance left out.
+    pub(super) fn restore(&mut self, left_out: Suppressed) {
+        self.suppressed.by_rate += left_out.by_rate;
+        self.suppressed.by_kernel += left_out.by_kernel;
+    }
+
+    /// Whether no record was offered for `quiet` before `now`.
+    pub(super) fn quiet_since(&self, now: Instant, quiet: std::time::Duration) -> bool {
+        now.saturating_duration_since(self.last) >= quiet
+    }
+
+    /// Hands over the count of records left out (for a report of its own).
+    pub(super) fn take_suppressed(&mut self) -> Suppressed {
         std::mem::take(&mut self.suppressed)
     }
 }
@@ -91,9 +123,16 @@ mod tests {
         assert_eq!(admitted, 10);
         // 100 ms later one token is back, and the 90 turned away are reported once.
         let later = start + Duration::from_millis(100);
-        assert_eq!(bucket.admit(later), Admit::Yes { suppressed: 90 });
+        let ninety = Suppressed {
+            by_rate: 90,
+            by_kernel: 0,
+        };
+        assert_eq!(bucket.admit(later), Admit::Yes { suppressed: ninety });
         assert_eq!(bucket.admit(later), Admit::No);
-        assert_eq!(bucket.take_suppressed(), 1);
+        bucket.add_unsent(5);
+        assert_eq!(bucket.take_suppressed().total(), 6);
+        assert!(!bucket.quiet_since(later, Duration::from_secs(1)));
+        assert!(bucket.quiet_since(later + Duration::from_secs(1), Duration::from_secs(1)));
     }
 
     #[test]

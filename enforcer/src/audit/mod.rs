@@ -1,7 +1,10 @@
 //! The audit trail: every blocked attempt becomes a structured journald record
 //! (`ISOLATE_INSTANCE`, `ISOLATE_DEST`, … — `journalctl ISOLATE_INSTANCE=NAME`), or, where
 //! journald is absent, one line on stderr. Records are rate-limited per instance by the policy's
-//! `log.rate`; what the limit turns away is counted and reported when logging resumes.
+//! `log.rate`; what the limit turns away is counted and reported when logging resumes, or once
+//! the instance has been quiet for a second. So are the events the kernel did not send (each
+//! instance's event budget there), so that records and suppressed counts together account for
+//! every refusal the eBPF layer counted.
 
 mod journal;
 mod limit;
@@ -10,13 +13,16 @@ mod record;
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::PathBuf;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use isolate_policy::Rate;
 
 use crate::bpf::BlockedAttempt;
 use journal::Journal;
-use limit::{Admit, TokenBucket};
+use limit::{Admit, Suppressed, TokenBucket};
+
+/// How long an instance offers no record before what was left out of its trail is reported.
+const QUIET: Duration = Duration::from_secs(1);
 use record::Entry;
 
 /// Where audit records go: journald, or the fallback writer (stderr unless replaced).
@@ -53,19 +59,10 @@ impl AuditSink {
     /// through `tracing` and carries on.
     pub fn record(&mut self, instance: &str, rate: &Rate, attempt: &BlockedAttempt) {
         let now = Instant::now();
-        let bucket = match self.buckets.get_mut(instance) {
-            // A reloaded policy with another rate starts a fresh bucket.
-            Some(bucket) if bucket.rate() == *rate => bucket,
-            _ => self
-                .buckets
-                .entry(instance.to_owned())
-                .insert_entry(TokenBucket::new(*rate, now))
-                .into_mut(),
-        };
-        match bucket.admit(now) {
+        match self.bucket(instance, *rate, now).admit(now) {
             Admit::No => {}
             Admit::Yes { suppressed } => {
-                if suppressed > 0 {
+                if suppressed.total() > 0 {
                     self.emit(&record::suppressed(instance, suppressed, *rate));
                 }
                 self.emit(&record::blocked(instance, attempt));
@@ -73,19 +70,56 @@ impl AuditSink {
         }
     }
 
+    /// Counts `count` refusals of `instance` whose events the kernel did not send (its event
+    /// budget there was spent): reported with the records it suppressed.
+    pub fn unsent(&mut self, instance: &str, rate: &Rate, count: u64) {
+        if count > 0 {
+            self.bucket(instance, *rate, Instant::now())
+                .add_unsent(count);
+        }
+    }
+
+    /// Reports what was left out of the trail of each instance that has been quiet for a
+    /// second, so that a flood that stopped is accounted for without waiting for its next
+    /// record.
+    pub fn flush_quiet(&mut self) {
+        let now = Instant::now();
+        self.flush_where(|bucket| bucket.quiet_since(now, QUIET));
+    }
+
     /// Reports the records still being suppressed (e.g. when an instance stops), so that none
     /// goes uncounted.
     pub fn flush_suppressed(&mut self) {
-        let mut pending: Vec<(String, u64, Rate)> = self
+        self.flush_where(|_| true);
+    }
+
+    fn flush_where(&mut self, due: impl Fn(&TokenBucket) -> bool) {
+        let mut pending: Vec<(String, Suppressed, Rate)> = self
             .buckets
             .iter_mut()
+            .filter(|(_, bucket)| due(bucket))
             .map(|(instance, bucket)| (instance.clone(), bucket.take_suppressed(), bucket.rate()))
-            .filter(|(_, count, _)| *count > 0)
+            .filter(|(_, suppressed, _)| suppressed.total() > 0)
             .collect();
         pending.sort_by(|a, b| a.0.cmp(&b.0));
-        for (instance, count, rate) in pending {
-            self.emit(&record::suppressed(&instance, count, rate));
+        for (instance, suppressed, rate) in pending {
+            self.emit(&record::suppressed(&instance, suppressed, rate));
         }
+    }
+
+    /// The bucket of `instance`; a reloaded policy with another rate starts a fresh one
+    /// (keeping what was left out of the trail so far).
+    fn bucket(&mut self, instance: &str, rate: Rate, now: Instant) -> &mut TokenBucket {
+        let bucket = self
+            .buckets
+            .entry(instance.to_owned())
+            .or_insert_with(|| TokenBucket::new(rate, now));
+        if bucket.rate() != rate {
+            let left_out = bucket.take_suppressed();
+            *bucket = TokenBucket::new(rate, now);
+            bucket.restore(left_out);
+        }
+        bucket
     }
 
     fn emit(&mut self, entry: &Entry) {

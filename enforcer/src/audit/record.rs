@@ -2,7 +2,10 @@
 
 use std::fmt::Write as _;
 
+use isolate_ebpf_common::EVENTS_PER_CPU_SECOND;
 use isolate_policy::Rate;
+
+use super::limit::Suppressed;
 
 use crate::bpf::BlockedAttempt;
 
@@ -78,9 +81,15 @@ pub(super) fn blocked(instance: &str, attempt: &BlockedAttempt) -> Entry {
 }
 
 /// The record that follows a gap: `isolate-NAME-blocked: N records suppressed …`.
-pub(super) fn suppressed(instance: &str, count: u64, rate: Rate) -> Entry {
-    let message =
-        format!("isolate-{instance}-blocked: {count} records suppressed (audit log rate {rate})");
+pub(super) fn suppressed(instance: &str, suppressed: Suppressed, rate: Rate) -> Entry {
+    let count = suppressed.total();
+    let why = match suppressed.by_kernel {
+        0 => format!("audit log rate {rate}"),
+        by_kernel => format!(
+            "audit log rate {rate}; {by_kernel} beyond the kernel's {EVENTS_PER_CPU_SECOND} events per second and CPU"
+        ),
+    };
+    let message = format!("isolate-{instance}-blocked: {count} records suppressed ({why})");
     Entry {
         fields: vec![
             ("MESSAGE", message.clone()),
@@ -88,6 +97,10 @@ pub(super) fn suppressed(instance: &str, count: u64, rate: Rate) -> Entry {
             ("SYSLOG_IDENTIFIER", SYSLOG_IDENTIFIER.to_owned()),
             ("ISOLATE_INSTANCE", instance.to_owned()),
             ("ISOLATE_SUPPRESSED", count.to_string()),
+            (
+                "ISOLATE_SUPPRESSED_KERNEL",
+                suppressed.by_kernel.to_string(),
+            ),
         ],
         line: message,
     }

@@ -1,31 +1,69 @@
 //! Block events from the ring buffer, decoded for people and logs.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use aya::maps::{MapData, RingBuf};
+use aya::maps::{MapData, PerCpuHashMap, RingBuf};
 use isolate_ebpf_common::map_names;
 
-use super::{BpfError, PinDir, open_map};
+use super::{BpfError, PinDir, map_error, open_map};
 use isolate_ebpf_common::{
-    BlockEvent, FAMILY_OTHER, FAMILY_UNIX, FAMILY_V4, FAMILY_V6, HOOK_BIND, HOOK_CONNECT, HOOK_DNS,
-    HOOK_EGRESS, HOOK_INGRESS, HOOK_SENDMSG, HOOK_SOCKET, HOOK_UNIX, PROTO_DGRAM, PROTO_OTHER,
-    PROTO_STREAM, PROTO_TCP, PROTO_UDP, UNIX_PEER_ABSTRACT, UNIX_PEER_PATH,
+    BlockEvent, EventBudget, FAMILY_OTHER, FAMILY_UNIX, FAMILY_V4, FAMILY_V6, HOOK_BIND,
+    HOOK_CONNECT, HOOK_DNS, HOOK_EGRESS, HOOK_INGRESS, HOOK_SENDMSG, HOOK_SOCKET, HOOK_UNIX,
+    PROTO_DGRAM, PROTO_OTHER, PROTO_STREAM, PROTO_TCP, PROTO_UDP, UNIX_PEER_ABSTRACT,
+    UNIX_PEER_PATH,
 };
 
 use super::unix::split_kernel_dev;
 
-/// Reads an attachment's block events. Only one reader at a time should exist per attachment
-/// (the ring buffer hands each event to one consumer).
+/// Reads an attachment's block events, and the counts of the events its programs did not send
+/// (each UID's event budget, see `EVENTS_PER_CPU_SECOND`). Only one reader at a time should
+/// exist per attachment (the ring buffer hands each event to one consumer).
 pub struct EventReader {
     ring: RingBuf<MapData>,
+    budgets: PerCpuHashMap<MapData, u32, EventBudget>,
+    /// Per UID, the unsent total already handed over by [`EventReader::unsent_since`].
+    reported: HashMap<u32, u64>,
 }
 
 impl EventReader {
+    /// Opens the attachment's ring buffer. What the programs left unsent before this reader
+    /// existed is not its to report (a restarted daemon's predecessor reported it).
     pub fn open(pins: &PinDir) -> Result<Self, BpfError> {
-        Ok(Self {
+        let mut reader = Self {
             ring: open_map(pins, map_names::EVENTS)?,
+            budgets: open_map(pins, map_names::EVENT_BUDGET)?,
+            reported: HashMap::new(),
+        };
+        let uids: Vec<u32> = reader.budgets.keys().filter_map(Result::ok).collect();
+        for uid in uids {
+            let total = reader.unsent_total(uid)?;
+            reader.reported.insert(uid, total);
+        }
+        Ok(reader)
+    }
+
+    /// Events of `uid` the programs did not send since the last call (its event budget was
+    /// spent, or the ring buffer was full): with the events read, they account for every
+    /// refusal the eBPF layer counted.
+    pub fn unsent_since(&mut self, uid: u32) -> Result<u64, BpfError> {
+        let total = self.unsent_total(uid)?;
+        let before = self.reported.insert(uid, total).unwrap_or(0);
+        // Smaller than before: the instance was removed and confined again, counting anew.
+        Ok(if total >= before {
+            total - before
+        } else {
+            total
         })
+    }
+
+    fn unsent_total(&self, uid: u32) -> Result<u64, BpfError> {
+        match self.budgets.get(&uid, 0) {
+            Ok(values) => Ok(values.iter().map(|b| b.unsent).sum()),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(0),
+            Err(e) => Err(map_error(map_names::EVENT_BUDGET)(e)),
+        }
     }
 
     /// Takes every event queued so far.

@@ -31,9 +31,10 @@ use aya::programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock
 use aya::{Btf, Ebpf, EbpfLoader};
 use ipnet::{Ipv4Net, Ipv6Net};
 use isolate_ebpf_common::{
-    AllowValue, CounterKey, FAMILY_OTHER, FAMILY_UNIX, FAMILY_V4, FAMILY_V6, HOOK_SOCKET,
-    HOOK_UNIX, INET_HOOKS, InstanceState, KEY_HEADER_BITS, PROTO_DGRAM, PROTO_OTHER, PROTO_STREAM,
-    PROTO_TCP, PROTO_UDP, UNIX_CONFIG_GLOBAL, UnixKey, V4Key, V6Key, map_names, program_names,
+    AllowValue, CounterKey, EventBudget, FAMILY_OTHER, FAMILY_UNIX, FAMILY_V4, FAMILY_V6,
+    HOOK_SOCKET, HOOK_UNIX, INET_HOOKS, InstanceState, KEY_HEADER_BITS, PROTO_DGRAM, PROTO_OTHER,
+    PROTO_STREAM, PROTO_TCP, PROTO_UDP, UNIX_CONFIG_GLOBAL, UnixKey, V4Key, V6Key, map_names,
+    program_names,
 };
 use thiserror::Error;
 
@@ -142,6 +143,7 @@ pub struct BpfLayer {
     unix_allow: Option<HashMap<MapData, UnixKey, u32>>,
     unix: UnixSupport,
     counters: PerCpuHashMap<MapData, CounterKey, u64>,
+    budgets: PerCpuHashMap<MapData, u32, EventBudget>,
     /// The attachment's links, held open by the process that attached (or adopted) it: a pin
     /// is a link's only other reference, so one removed behind this process's back would
     /// otherwise detach its program at once. Empty for layers only opened (status, readers).
@@ -192,6 +194,7 @@ impl BpfLayer {
             ("ingress program", pins.link(program_names::INGRESS)),
             ("DNS redirect", pins.link(program_names::RECVMSG4)),
             ("host-name maps", pins.map(map_names::HOSTS_V4)),
+            ("event budgets", pins.map(map_names::EVENT_BUDGET)),
         ] {
             if !pinned.exists() {
                 return Err(BpfError::Outdated {
@@ -230,6 +233,7 @@ impl BpfLayer {
             unix_allow,
             unix,
             counters: open_map(&pins, map_names::BLOCKED)?,
+            budgets: open_map(&pins, map_names::EVENT_BUDGET)?,
             held_links: Vec::new(),
             pins,
         })
@@ -411,6 +415,7 @@ impl BpfLayer {
             map_names::UNIX_ALLOW,
             map_names::BLOCKED,
             map_names::EVENTS,
+            map_names::EVENT_BUDGET,
             map_names::DNS_REDIRECT,
             map_names::DNS_ORIGINS,
             map_names::HOSTS_V4,
@@ -489,6 +494,7 @@ impl BpfLayer {
         for key in counter_keys(uid) {
             let _ = self.counters.remove(&key);
         }
+        let _ = self.budgets.remove(&uid);
         Ok(())
     }
 
@@ -663,20 +669,32 @@ impl BpfLayer {
         Ok(())
     }
 
-    /// Creates every counter of `uid` at zero, so the programs only ever increment.
+    /// Creates every counter of `uid` at zero, and its event budget, so the programs only
+    /// ever increment.
     fn create_counters(&mut self, uid: u32) -> Result<(), BpfError> {
         let cpus = aya::util::nr_cpus().map_err(|(_, e)| BpfError::Cpus(e))?;
         for key in counter_keys(uid) {
             let zeros = PerCpuValues::try_from(vec![0u64; cpus]).map_err(BpfError::Cpus)?;
-            match self.counters.insert(key, zeros, BPF_NOEXIST) {
-                Ok(()) => {}
-                // Already there (an earlier apply, or a program invocation): keep counting.
-                Err(aya::maps::MapError::SyscallError(ref s))
-                    if s.io_error.raw_os_error() == Some(libc::EEXIST) => {}
-                Err(e) => return Err(map_error(map_names::BLOCKED)(e)),
-            }
+            keep_existing(self.counters.insert(key, zeros, BPF_NOEXIST))
+                .map_err(map_error(map_names::BLOCKED))?;
         }
-        Ok(())
+        let fresh =
+            PerCpuValues::try_from(vec![EventBudget::default(); cpus]).map_err(BpfError::Cpus)?;
+        keep_existing(self.budgets.insert(uid, fresh, BPF_NOEXIST))
+            .map_err(map_error(map_names::EVENT_BUDGET))
+    }
+}
+
+/// A `BPF_NOEXIST` insert whose key was already there (an earlier apply, or a program
+/// invocation) is no failure: the value keeps counting.
+fn keep_existing(inserted: Result<(), aya::maps::MapError>) -> Result<(), aya::maps::MapError> {
+    match inserted {
+        Err(aya::maps::MapError::SyscallError(ref s))
+            if s.io_error.raw_os_error() == Some(libc::EEXIST) =>
+        {
+            Ok(())
+        }
+        other => other,
     }
 }
 

@@ -61,6 +61,11 @@ pub struct InstanceStatus {
     pub counters: Vec<BlockedCount>,
     /// The latest blocked attempts (only known to a running daemon).
     pub recent: Vec<String>,
+    /// Blocked attempts the eBPF layer counted but sent no event for (the instance's event
+    /// budget in the kernel was spent, or the ring buffer was full), since the daemon started;
+    /// the audit trail counts them among its suppressed records (only known to a running daemon).
+    #[serde(default)]
+    pub events_unsent: u64,
     /// Set when the instance runs on its last good policy because its file (or the policy
     /// directory) failed: why.
     #[serde(default)]
@@ -186,6 +191,14 @@ impl fmt::Display for Status {
                         .collect();
                     writeln!(f, "    name {}: {}", name.name, addresses.join(", "))?;
                 }
+            }
+            if i.events_unsent > 0 {
+                writeln!(
+                    f,
+                    "    events not sent by the kernel (beyond the instance's budget): {} \
+                     (counted, and reported as suppressed records)",
+                    i.events_unsent
+                )?;
             }
             for recent in &i.recent {
                 writeln!(f, "    last blocked: {recent}")?;

@@ -15,6 +15,7 @@
 //!   layers' counters through handles of its own, on the blocking pool.
 
 mod following;
+mod pump;
 pub mod registry;
 mod server;
 pub mod state;
@@ -32,7 +33,6 @@ use std::time::{Duration, Instant};
 use thiserror::Error;
 use tokio::signal::unix::{SignalKind, signal};
 
-use crate::audit::AuditSink;
 use crate::bpf::UnixSupport;
 use crate::bpf::{self, BpfLayer, PinDir};
 use crate::control::{
@@ -42,12 +42,8 @@ use crate::layer::{InstanceId, LayerError, LayerSet, Layers, NetworkLayer, NftLa
 use registry::{Lookups, Registry};
 use state::Enforced;
 
-/// How often events move from the ring buffer to the audit trail.
-const EVENT_PERIOD: Duration = Duration::from_millis(200);
 /// How often host names are re-resolved.
 const REFRESH_PERIOD: Duration = Duration::from_mins(1);
-/// How many recent blocked destinations `status` shows per instance.
-const RECENT_BLOCKS: usize = 10;
 
 #[derive(Debug, Clone)]
 pub struct DaemonConfig {
@@ -162,6 +158,9 @@ struct Shared {
     /// Latest blocked attempts, by UID (the pump's).
     recent: Mutex<BTreeMap<u32, VecDeque<String>>>,
     events_received: AtomicU64,
+    /// Refusals whose event the kernel did not send, by UID, since the daemon started (the
+    /// pump's).
+    unsent: Mutex<BTreeMap<u32, u64>>,
     /// The layers as the readers see them: handles apart from the worker's.
     readers: LayerSet,
     /// What the layers offer, found when they were opened.
@@ -185,6 +184,11 @@ impl Shared {
         let view = self.view();
         let recent = self
             .recent
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let unsent = self
+            .unsent
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone();
@@ -214,6 +218,7 @@ impl Shared {
                         .map(|r| r.iter().cloned().collect())
                         .unwrap_or_default(),
                     kept: i.kept.clone(),
+                    events_unsent: unsent.get(&i.id.uid).copied().unwrap_or_default(),
                     dns: resolvers
                         .get(&i.id.name)
                         .map(|resolver| resolver.report().into()),
@@ -284,6 +289,7 @@ pub fn run(config: &DaemonConfig) -> Result<(), DaemonError> {
         view: RwLock::new(Arc::new(View::of(&registry, &layer_names))),
         recent: Mutex::default(),
         events_received: AtomicU64::new(0),
+        unsent: Mutex::default(),
         readers,
         availability,
         resolvers,
@@ -307,7 +313,7 @@ pub fn run(config: &DaemonConfig) -> Result<(), DaemonError> {
         Some(
             std::thread::Builder::new()
                 .name("events".into())
-                .spawn(move || run_pump(pins.as_ref(), &drain_queue, &refused, &shared))
+                .spawn(move || pump::run(pins.as_ref(), &drain_queue, &refused, &shared))
                 .map_err(io_error("event thread"))?,
         )
     } else {
@@ -455,77 +461,6 @@ fn ensured(
                 |f| f.reason.clone(),
             ),
         },
-    }
-}
-
-/// The event pump: every period, or when asked (`status` wants current records), moves the
-/// ring buffer's events to the audit trail and the recent list.
-fn run_pump(
-    pins: Option<&PinDir>,
-    queue: &mpsc::Receiver<tokio::sync::oneshot::Sender<()>>,
-    refused: &mpsc::Receiver<bpf::BlockedAttempt>,
-    shared: &Shared,
-) {
-    let mut reader = match pins.map(bpf::EventReader::open).transpose() {
-        Ok(reader) => reader,
-        Err(e) => {
-            tracing::error!("block events cannot be read, so none is recorded: {e}");
-            return;
-        }
-    };
-    let mut audit = AuditSink::new();
-    loop {
-        let asked = match queue.recv_timeout(EVENT_PERIOD) {
-            Ok(asked) => Some(asked),
-            Err(mpsc::RecvTimeoutError::Timeout) => None,
-            Err(mpsc::RecvTimeoutError::Disconnected) => {
-                pump_once(reader.as_mut(), refused, &mut audit, shared);
-                return;
-            }
-        };
-        pump_once(reader.as_mut(), refused, &mut audit, shared);
-        if let Some(asked) = asked {
-            let _ = asked.send(());
-        }
-    }
-}
-
-fn pump_once(
-    reader: Option<&mut bpf::EventReader>,
-    refused: &mpsc::Receiver<bpf::BlockedAttempt>,
-    audit: &mut AuditSink,
-    shared: &Shared,
-) {
-    // The kernel's refusals, then the resolvers' (DNS questions).
-    let mut events = reader.map(bpf::EventReader::read).unwrap_or_default();
-    events.extend(refused.try_iter());
-    if events.is_empty() {
-        return;
-    }
-    let view = shared.view();
-    let resolvers = shared
-        .resolvers
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .clone();
-    let mut recent = shared.recent.lock().unwrap_or_else(PoisonError::into_inner);
-    for mut event in events {
-        shared.events_received.fetch_add(1, Ordering::Relaxed);
-        let Some(instance) = view.instances.iter().find(|i| i.id.uid == event.uid) else {
-            continue;
-        };
-        // A refused connect to an address an answer admitted names the host.
-        if event.host.is_none()
-            && let Some(resolver) = resolvers.get(&instance.id.name)
-        {
-            event.host = resolver.name_of(event.destination);
-        }
-        audit.record(&instance.id.name, &instance.rate, &event);
-        let list = recent.entry(event.uid).or_default();
-        if list.len() == RECENT_BLOCKS {
-            list.pop_front();
-        }
-        list.push_back(event.to_string());
     }
 }
 

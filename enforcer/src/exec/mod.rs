@@ -515,12 +515,17 @@ pub fn run(plan: ExecPlan, command: &[OsString]) -> Result<i32, ExecError> {
                 }
                 audit.record(&instance, &rate, &event);
             }
+            match events.unsent_since(plan.user.uid) {
+                Ok(count) => audit.unsent(&instance, &rate, count),
+                Err(e) => tracing::warn!(instance, "eBPF layer: {e}"),
+            }
         }
         if let Some(refusals) = &applied.refusals {
             for refusal in refusals.try_iter() {
                 audit.record(&instance, &rate, &refusal);
             }
         }
+        audit.flush_quiet();
     })
     .map_err(ExecError::Supervise)?;
     audit.flush_suppressed();

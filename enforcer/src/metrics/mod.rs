@@ -2,9 +2,7 @@
 //! counters at each scrape, so the numbers are the counters themselves, never a copy that
 //! drifts. Labels never carry a destination address (that would make the series unbounded).
 
-use prometheus::{
-    Encoder as _, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
-};
+use prometheus::{Encoder as _, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
 
 use crate::control::Status;
 use crate::layer::LayerKind;
@@ -58,10 +56,11 @@ pub fn render(status: &Status) -> String {
         "1 when the instance runs on its last good policy because its file failed to load or apply",
         &[INSTANCE_LABEL],
     );
-    let dropped = counter(
+    let dropped = counter_vec(
         &registry,
         "isolate_events_dropped_total",
-        "Blocked attempts counted by the eBPF layer whose event did not reach the daemon (ring buffer full)",
+        "Blocked attempts counted by the eBPF layer that the kernel sent no event for (the instance's budget of events per second and CPU was spent, or the ring buffer was full); the audit trail counts them among its suppressed records",
+        &[INSTANCE_LABEL],
     );
     let build = gauge_vec(
         &registry,
@@ -77,7 +76,6 @@ pub fn render(status: &Status) -> String {
     reloads
         .with_label_values(&["failed"])
         .inc_by(daemon.reloads_failed);
-    let mut ebpf_total = 0;
     for instance in &status.instances {
         let name = instance.name.as_str();
         entries
@@ -88,6 +86,9 @@ pub fn render(status: &Status) -> String {
             .set(gauge_value(instance.entries_v6));
         kept.with_label_values(&[name])
             .set(i64::from(instance.kept.is_some()));
+        dropped
+            .with_label_values(&[name])
+            .inc_by(instance.events_unsent);
 
         for counted in &instance.counters {
             blocked
@@ -101,11 +102,9 @@ pub fn render(status: &Status) -> String {
             if counted.layer == LayerKind::Ebpf {
                 let hook = counted.hook.as_deref().unwrap_or("unknown");
                 hooks.with_label_values(&[name, hook]).inc_by(counted.count);
-                ebpf_total += counted.count;
             }
         }
     }
-    dropped.inc_by(ebpf_total.saturating_sub(daemon.events_received));
     render_dns(&registry, status);
 
     let mut out = Vec::new();
@@ -164,14 +163,6 @@ fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> In
     vec
 }
 
-fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
-    let counter = IntCounter::new(name, help).expect("valid metric");
-    registry
-        .register(Box::new(counter.clone()))
-        .expect("registered once");
-    counter
-}
-
 fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
     let gauge = IntGauge::new(name, help).expect("valid metric");
     registry
@@ -206,6 +197,7 @@ mod tests {
         let mut a = InstanceStatus {
             name: "a".into(),
             entries_v4: 3,
+            events_unsent: 2,
             ..InstanceStatus::default()
         };
         a.set_counters(vec![
@@ -272,8 +264,8 @@ mod tests {
                 r#"isolate_instance_on_last_good_policy{isolate_instance="b"}"#,
                 1,
             ),
-            // 5 counted by eBPF, 3 events received.
-            ("isolate_events_dropped_total", 2),
+            (r#"isolate_events_dropped_total{isolate_instance="a"}"#, 2),
+            (r#"isolate_events_dropped_total{isolate_instance="b"}"#, 0),
             (r#"isolate_layer_available{layer="ebpf"}"#, 1),
             (r#"isolate_layer_available{layer="unix"}"#, 0),
         ];

@@ -7,6 +7,7 @@
 
 pub mod dns_upstream;
 pub mod probe;
+pub mod records;
 pub mod sandbox;
 pub mod users;
 

@@ -85,6 +85,41 @@ pub fn run_loop(
         .expect("start probe loop")
 }
 
+/// Starts `flood` mode as `uid`: connects to `forbidden` as fast as it can for `seconds`, each
+/// connect expected to be refused with EPERM; prints how many were (see [`flood_count`]).
+pub fn start_flood(
+    cgroup: &std::path::Path,
+    uid: u32,
+    forbidden: SocketAddr,
+    seconds: u32,
+) -> std::process::Child {
+    let exe = std::env::current_exe().unwrap();
+    super::sandbox::command_in(cgroup, uid, &exe)
+        .args([
+            "probe",
+            "flood",
+            &forbidden.to_string(),
+            &seconds.to_string(),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start probe flood")
+}
+
+/// The refused connects of a flood started by [`start_flood`], once it ends; panics when any
+/// connect went otherwise.
+pub fn flood_count(flood: std::process::Child) -> u64 {
+    let out = flood.wait_with_output().expect("wait for probe flood");
+    assert!(
+        out.status.success(),
+        "the flood's connects were not all refused"
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .expect("probe flood prints its count")
+}
+
 /// The client side, in the re-executed process. `None` when this process is not a probe.
 pub fn main_if_probe() -> Option<ExitCode> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -103,6 +138,7 @@ pub fn main_if_probe() -> Option<ExitCode> {
         }
         Some("icmp-sendto") => icmp_echo(addr(2)),
         Some("loop") => return Some(connect_loop(addr(2), addr(3), args[4].parse().unwrap())),
+        Some("flood") => return Some(flood(addr(2), args[3].parse().unwrap())),
         Some("serve") => serve(&args[2], &args[3]),
         Some("udp-source-routed") => {
             return Some(udp_source_routed(
@@ -346,6 +382,22 @@ fn connect_loop(allowed: SocketAddr, forbidden: SocketAddr, rounds: u32) -> Exit
     } else {
         ExitCode::FAILURE
     }
+}
+
+fn flood(forbidden: SocketAddr, seconds: u64) -> ExitCode {
+    let until = Instant::now() + Duration::from_secs(seconds);
+    let mut refused: u64 = 0;
+    while Instant::now() < until {
+        match TcpStream::connect_timeout(&forbidden, Duration::from_secs(5)) {
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) => refused += 1,
+            other => {
+                eprintln!("flood: {forbidden} was not refused: {other:?}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    println!("{refused}");
+    ExitCode::SUCCESS
 }
 
 /// Accepts a pending TCP connection on a non-blocking listener, if one arrived.

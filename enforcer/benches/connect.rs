@@ -1,5 +1,7 @@
 //! What enforcement costs a TCP connect: no enforcement vs the eBPF layer vs the nftables layer
-//! vs both, at 10 / 1,000 / 10,000 allowed CIDRs, measured in one run (`cargo xtask bench`).
+//! vs both, at 10 / 1,000 / 10,000 allowed CIDRs, measured in one run (`cargo xtask bench`),
+//! with the per-UID rule shape of hand-written nftables modules as the peer: one
+//! `meta skuid UID ip daddr CIDR … accept` rule per CIDR, then a drop.
 //!
 //! Everything happens in a private network namespace (the nftables tables live there, never in
 //! the host's ruleset) and in two child cgroups of this run: the eBPF layer is attached to one of
@@ -52,6 +54,8 @@ use isolate_policy::{LogSettings, NetRule, PortRange, Protocol, Rate, RateUnit, 
 const UID: u32 = 65524;
 /// The nftables table is `inet isolate-bench`, in this run's network namespace.
 const INSTANCE: &str = "bench";
+/// The peer's table (the per-CIDR rule shape), in the same namespace.
+const PEER_TABLE: &str = "peer-rules";
 const SIZES: [usize; 3] = [10, 1_000, 10_000];
 /// Connects each client makes before it starts timing.
 const WARMUP: u32 = 50;
@@ -72,10 +76,18 @@ enum Config {
     Ebpf,
     Nftables,
     Both,
+    /// One rule per CIDR, evaluated in order for every packet of the UID.
+    PeerRules,
 }
 
 impl Config {
-    const ALL: [Config; 4] = [Config::None, Config::Ebpf, Config::Nftables, Config::Both];
+    const ALL: [Config; 5] = [
+        Config::None,
+        Config::Ebpf,
+        Config::Nftables,
+        Config::Both,
+        Config::PeerRules,
+    ];
 
     fn ebpf(self) -> bool {
         matches!(self, Config::Ebpf | Config::Both)
@@ -91,6 +103,7 @@ impl Config {
             Config::Ebpf => "eBPF",
             Config::Nftables => "nftables",
             Config::Both => "both",
+            Config::PeerRules => "peer: rule per CIDR",
         }
     }
 }
@@ -234,6 +247,11 @@ fn measure(options: &Options) -> anyhow::Result<()> {
                     nft::apply(&nft_policy).context("apply the nftables table")?;
                     record(&mut samples.load, ("nftables", size), ms(started.elapsed()));
                 }
+                if config == Config::PeerRules {
+                    let started = Instant::now();
+                    peer::apply(rules)?;
+                    record(&mut samples.load, ("peer", size), ms(started.elapsed()));
+                }
                 let cgroup = if config.ebpf() { &confined } else { &plain };
                 let (median, mean) = client_in(cgroup)
                     .with_context(|| format!("{} at {size} CIDRs", config.name()))?;
@@ -241,6 +259,9 @@ fn measure(options: &Options) -> anyhow::Result<()> {
                 record(&mut samples.connect_mean, (size, config), mean);
                 if config.nft() {
                     nft::remove(INSTANCE).context("remove the nftables table")?;
+                }
+                if config == Config::PeerRules {
+                    peer::remove()?;
                 }
             }
         }
@@ -479,6 +500,86 @@ impl Drop for TableGuard {
         if let Err(e) = nft::remove(INSTANCE) {
             eprintln!("bench: remove the nftables table: {e}");
         }
+        if let Err(e) = peer::remove() {
+            eprintln!("bench: {e:#}");
+        }
+    }
+}
+
+/// The peer's rule shape, as per-UID nftables modules write it: an output chain with one
+/// `meta skuid UID ip daddr CIDR [protocol and ports] accept` rule per CIDR, in the policy's
+/// order, then `meta skuid UID drop`. Every packet of the UID walks the rules until one matches.
+mod peer {
+    use std::fmt::Write as _;
+    use std::io::Write as _;
+    use std::process::{Command, Stdio};
+
+    use anyhow::{Context as _, bail};
+    use ipnet::Ipv4Net;
+    use isolate_policy::{NetRule, Protocol};
+
+    use super::{PEER_TABLE, UID};
+
+    pub fn apply(rules: &[NetRule<Ipv4Net>]) -> anyhow::Result<()> {
+        let mut script = format!(
+            "table inet {PEER_TABLE} {{\n chain output {{\n  type filter hook output priority 0; policy accept;\n"
+        );
+        for rule in rules {
+            let ports = match rule.ports {
+                Some(p) if p.first == p.last => format!("{}", p.first),
+                Some(p) => format!("{}-{}", p.first, p.last),
+                None => String::new(),
+            };
+            let transport = match (rule.protocol, ports.is_empty()) {
+                (Protocol::Any, true) => String::new(),
+                (Protocol::Any, false) => format!("meta l4proto {{ tcp, udp }} th dport {ports} "),
+                (Protocol::Tcp, true) => "meta l4proto tcp ".to_owned(),
+                (Protocol::Tcp, false) => format!("tcp dport {ports} "),
+                (Protocol::Udp, true) => "meta l4proto udp ".to_owned(),
+                (Protocol::Udp, false) => format!("udp dport {ports} "),
+            };
+            let _ = writeln!(
+                script,
+                "  meta skuid {UID} ip daddr {} {transport}accept",
+                rule.net
+            );
+        }
+        let _ = write!(script, "  meta skuid {UID} drop\n }}\n}}\n");
+        nft_script(&script).context("apply the peer's per-CIDR rules")
+    }
+
+    pub fn remove() -> anyhow::Result<()> {
+        // `destroy` would need nft 1.0.8; deleting an absent table is not an error here.
+        let listed = Command::new("nft")
+            .args(["list", "table", "inet", PEER_TABLE])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .context("run nft")?;
+        if listed.success() {
+            nft_script(&format!("delete table inet {PEER_TABLE}\n"))
+                .context("remove the peer's table")?;
+        }
+        Ok(())
+    }
+
+    fn nft_script(script: &str) -> anyhow::Result<()> {
+        let mut child = Command::new("nft")
+            .args(["-f", "-"])
+            .stdin(Stdio::piped())
+            .spawn()
+            .context("run nft")?;
+        child
+            .stdin
+            .take()
+            .expect("piped")
+            .write_all(script.as_bytes())
+            .context("write to nft")?;
+        let status = child.wait().context("wait for nft")?;
+        if !status.success() {
+            bail!("nft -f - failed: {status}");
+        }
+        Ok(())
     }
 }
 
@@ -583,6 +684,7 @@ fn report(samples: &Samples, options: &Options) {
                 Config::Ebpf => format!("{:.1} ms", load("eBPF")),
                 Config::Nftables => format!("{:.1} ms", load("nftables")),
                 Config::Both => format!("{:.1} ms", load("eBPF") + load("nftables")),
+                Config::PeerRules => format!("{:.1} ms", load("peer")),
             };
             println!(
                 "| {} | {} | {:.2} | ±{:.1}% | {ratio} | {:.2} | {load} |",
@@ -598,8 +700,9 @@ fn report(samples: &Samples, options: &Options) {
     println!(
         "eBPF programs' own cost (kernel run-time statistics over {} connects per size, in a \
          pass of their own). Load: eBPF = compile_rules + apply_instance into empty maps, \
-         nftables = `nft -j -f` of the whole table into an empty namespace; loading, verifying \
-         and attaching the programs took {:.0} ms once.",
+         nftables = `nft -j -f` of the whole table into an empty namespace, peer = `nft -f` of \
+         its chain of one rule per CIDR; loading, verifying and attaching the programs took \
+         {:.0} ms once.",
         options.connects + WARMUP,
         samples.attach_ms
     );

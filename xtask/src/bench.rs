@@ -1,7 +1,8 @@
 //! `cargo xtask bench`: the project's performance record, as Markdown tables.
 //!
 //! - `enforcer/benches/connect.rs`: what enforcement costs a connect — no enforcement vs the
-//!   eBPF layer vs the nftables layer vs both, at 10 / 1,000 / 10,000 CIDRs;
+//!   eBPF layer vs the nftables layer vs both, at 10 / 1,000 / 10,000 CIDRs, with the
+//!   per-UID rule shape of hand-written nftables modules (a rule per CIDR) as the peer;
 //! - `enforcer/benches/farm.rs`: the daemon's start, status, scrape, restart and memory at 10 /
 //!   100 / 1,000 instances, and `isolate exec`'s start against a bare user switch.
 //!

@@ -6,13 +6,16 @@ use std::collections::BTreeMap;
 use std::io::{ErrorKind, Write};
 use std::net::IpAddr;
 use std::os::unix::net::UnixDatagram;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use isolate_enforcer::audit::AuditSink;
 use isolate_enforcer::bpf::BlockedAttempt;
 use isolate_policy::{Rate, RateUnit};
+
+/// The policy file the fixes name.
+const POLICY: &str = "/etc/isolate/instances/demo.toml";
 
 const TEN_PER_SECOND: Rate = Rate {
     count: 10,
@@ -136,6 +139,7 @@ fn a_blocked_attempt_becomes_a_journal_entry_with_every_field() {
     sink.record(
         "my-project",
         &TEN_PER_SECOND,
+        Path::new(POLICY),
         &attempt("203.0.113.7", "curl"),
     );
 
@@ -144,7 +148,8 @@ fn a_blocked_attempt_becomes_a_journal_entry_with_every_field() {
     let expected = BTreeMap::from([
         (
             "MESSAGE",
-            "isolate-my-project-blocked tcp 203.0.113.7:443 pid=4242 comm=curl",
+            "isolate-my-project-blocked tcp 203.0.113.7:443 pid=4242 comm=curl fix: add \
+             \"203.0.113.7:443/tcp\" to network.allow in /etc/isolate/instances/demo.toml",
         ),
         ("PRIORITY", "4"),
         ("SYSLOG_IDENTIFIER", "isolate"),
@@ -157,6 +162,10 @@ fn a_blocked_attempt_becomes_a_journal_entry_with_every_field() {
         ("ISOLATE_PID", "4242"),
         ("ISOLATE_COMM", "curl"),
         ("ISOLATE_UID", "65534"),
+        (
+            "ISOLATE_FIX",
+            "add \"203.0.113.7:443/tcp\" to network.allow in /etc/isolate/instances/demo.toml",
+        ),
     ]);
     assert_eq!(as_map(&entries[0]), expected);
     assert_eq!(
@@ -179,14 +188,15 @@ fn inbound_refusals_name_the_sender_or_the_local_address() {
     let mut bind = attempt("0.0.0.0", "server");
     bind.hook = "bind";
     bind.port = 9000;
-    sink.record("demo", &TEN_PER_SECOND, &inbound);
-    sink.record("demo", &TEN_PER_SECOND, &bind);
+    sink.record("demo", &TEN_PER_SECOND, Path::new(POLICY), &inbound);
+    sink.record("demo", &TEN_PER_SECOND, Path::new(POLICY), &bind);
 
     let entries = journal.entries();
     let inbound = as_map(&entries[0]);
     assert_eq!(
         inbound["MESSAGE"],
-        "isolate-demo-blocked tcp inbound from 198.51.100.9 to port 8080 pid=0 comm="
+        "isolate-demo-blocked tcp inbound from 198.51.100.9 to port 8080 pid=0 comm= fix: add \
+         \"0.0.0.0:8080/tcp\" to network.listen in /etc/isolate/instances/demo.toml"
     );
     assert_eq!(inbound["ISOLATE_DIRECTION"], "inbound");
     assert_eq!(inbound["ISOLATE_PEER"], "198.51.100.9");
@@ -195,7 +205,8 @@ fn inbound_refusals_name_the_sender_or_the_local_address() {
     let bind = as_map(&entries[1]);
     assert_eq!(
         bind["MESSAGE"],
-        "isolate-demo-blocked tcp bind 0.0.0.0:9000 pid=4242 comm=server"
+        "isolate-demo-blocked tcp bind 0.0.0.0:9000 pid=4242 comm=server fix: add \
+         \"0.0.0.0:9000/tcp\" to network.listen in /etc/isolate/instances/demo.toml"
     );
     assert_eq!(bind["ISOLATE_LOCAL"], "0.0.0.0");
     assert_eq!(bind["ISOLATE_LAYER"], "ebpf-bind");
@@ -206,13 +217,19 @@ fn ipv6_is_bracketed_and_a_hostile_comm_cannot_forge_fields() {
     let journal = FakeJournal::new();
     let (mut sink, _) = journal.sink();
     let comm = "x\nMESSAGE=forged";
-    sink.record("demo", &TEN_PER_SECOND, &attempt("2001:db8::7", comm));
+    sink.record(
+        "demo",
+        &TEN_PER_SECOND,
+        Path::new(POLICY),
+        &attempt("2001:db8::7", comm),
+    );
 
     let entries = journal.entries();
     let fields = as_map(&entries[0]);
     assert_eq!(
         fields["MESSAGE"],
-        "isolate-demo-blocked tcp [2001:db8::7]:443 pid=4242 comm=x\\u{a}MESSAGE=forged"
+        "isolate-demo-blocked tcp [2001:db8::7]:443 pid=4242 comm=x\\u{a}MESSAGE=forged fix: \
+         add \"[2001:db8::7]:443/tcp\" to network.allow in /etc/isolate/instances/demo.toml"
     );
     assert_eq!(fields["ISOLATE_DEST"], "2001:db8::7");
     assert_eq!(
@@ -227,12 +244,24 @@ fn without_journald_the_record_is_one_stderr_line() {
     let capture = Capture::default();
     let mut sink =
         AuditSink::with_journal_socket(dir.path().join("absent")).with_fallback(capture.clone());
-    sink.record("demo", &TEN_PER_SECOND, &attempt("1.2.3.4", "curl"));
-    sink.record("demo", &TEN_PER_SECOND, &attempt("::1", "two words"));
+    sink.record(
+        "demo",
+        &TEN_PER_SECOND,
+        Path::new(POLICY),
+        &attempt("1.2.3.4", "curl"),
+    );
+    sink.record(
+        "demo",
+        &TEN_PER_SECOND,
+        Path::new(POLICY),
+        &attempt("::1", "two words"),
+    );
     assert_eq!(
         capture.text(),
-        "isolate-demo-blocked tcp 1.2.3.4:443 uid=65534 pid=4242 comm=curl layer=ebpf-connect\n\
-         isolate-demo-blocked tcp [::1]:443 uid=65534 pid=4242 comm=two\\u{20}words layer=ebpf-connect\n"
+        "isolate-demo-blocked tcp 1.2.3.4:443 uid=65534 pid=4242 comm=curl layer=ebpf-connect \
+         fix: add \"1.2.3.4:443/tcp\" to network.allow in /etc/isolate/instances/demo.toml\n\
+         isolate-demo-blocked tcp [::1]:443 uid=65534 pid=4242 comm=two\\u{20}words layer=ebpf-connect \
+         fix: add \"[::1]:443/tcp\" to network.allow in /etc/isolate/instances/demo.toml\n"
     );
 }
 
@@ -242,19 +271,19 @@ fn a_flood_is_cut_to_the_rate_and_the_gap_is_reported() {
     let (mut sink, fallback) = journal.sink();
     let blocked = attempt("203.0.113.7", "curl");
     for _ in 0..100 {
-        sink.record("demo", &TEN_PER_SECOND, &blocked);
+        sink.record("demo", &TEN_PER_SECOND, Path::new(POLICY), &blocked);
     }
     // The bucket holds 10; the loop takes well under the 100 ms that refills one more.
     let delivered = journal.entries().len();
     assert!((10..=11).contains(&delivered), "{delivered} delivered");
 
     // Another instance has a bucket of its own.
-    sink.record("other", &TEN_PER_SECOND, &blocked);
+    sink.record("other", &TEN_PER_SECOND, Path::new(POLICY), &blocked);
     assert_eq!(journal.entries().len(), 1);
 
     // Logging resumes: first the count of what was left out, then the record.
     std::thread::sleep(Duration::from_millis(150));
-    sink.record("demo", &TEN_PER_SECOND, &blocked);
+    sink.record("demo", &TEN_PER_SECOND, Path::new(POLICY), &blocked);
     let entries = journal.entries();
     assert_eq!(entries.len(), 2, "{entries:?}");
     let notice = as_map(&entries[0]);
@@ -311,7 +340,12 @@ fn flushing_reports_what_is_still_suppressed() {
         per: RateUnit::Hour,
     };
     for _ in 0..5 {
-        sink.record("demo", &per_hour, &attempt("203.0.113.7", "curl"));
+        sink.record(
+            "demo",
+            &per_hour,
+            Path::new(POLICY),
+            &attempt("203.0.113.7", "curl"),
+        );
     }
     assert_eq!(journal.entries().len(), 1);
     sink.flush_suppressed();

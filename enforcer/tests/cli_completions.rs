@@ -26,7 +26,15 @@ fn each_shell_gets_a_script_naming_every_subcommand() {
         let (script, stderr, code) = completions(shell);
         assert_eq!(code, Some(0), "{shell}: {stderr}");
         assert!(script.contains(marker), "{shell}:\n{script}");
-        for subcommand in ["exec", "daemon", "check", "status", "reload", "completions"] {
+        for subcommand in [
+            "exec",
+            "daemon",
+            "check",
+            "status",
+            "reload",
+            "log",
+            "completions",
+        ] {
             assert!(script.contains(subcommand), "{shell} lacks {subcommand}");
         }
     }

@@ -706,8 +706,82 @@ fn side_by_side() {
         2,
         "{status}"
     );
+    // Each names the entry of alpha's own file that would allow it.
+    let fix = format!(
+        "fix: add \"127.0.0.1:{}/tcp\" to network.allow in {}",
+        port_b.port(),
+        daemon.policy_dir().join("alpha.toml").display()
+    );
+    assert!(
+        by_name(&status, "alpha")["recent"][0]
+            .as_str()
+            .is_some_and(|r| r.ends_with(&fix)),
+        "{status}\nshould end with: {fix}"
+    );
+    log_shows_the_records(&daemon, port_b, &fix, &user_b);
 
     reloads(&daemon, (&user_a, port_a), (&user_b, port_b));
+}
+
+/// `isolate log`: alpha's latest refusals as the trail records them, with their fix; then,
+/// following beta, a refusal that happens while it follows.
+fn log_shows_the_records(daemon: &Daemon, port_b: SocketAddr, fix: &str, user_b: &TestUser) {
+    let socket = daemon.socket().to_string_lossy().into_owned();
+    let (text, ok) = run_isolate(&["log", "alpha", "--control-socket", &socket]);
+    assert!(ok, "isolate log failed: {text}");
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    for line in &lines {
+        assert!(
+            line.starts_with(&format!("isolate-alpha-blocked tcp {port_b} "))
+                && line.ends_with(fix),
+            "{line}"
+        );
+    }
+    let (text, ok) = run_isolate(&["log", "nosuch", "--control-socket", &socket]);
+    assert!(
+        !ok && text.is_empty(),
+        "an unknown instance is an error: {text}"
+    );
+
+    let mut follower = Command::new(common::isolate_binary())
+        .args(["log", "--follow", "beta", "--control-socket", &socket])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (lines, received) = std::sync::mpsc::channel();
+    let stdout = follower.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)).map_while(Result::ok) {
+            if lines.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    // Refused while following (or, if before the follower asked, among its history).
+    let elsewhere = SocketAddr::from(([127, 0, 0, 1], 9));
+    let refused = probe::run_in(daemon.cgroup(), user_b.uid, Mode::Tcp, elsewhere);
+    assert_eq!(refused.code, libc::EPERM);
+    let wanted = format!("isolate-beta-blocked tcp {elsewhere} ");
+    let started = std::time::Instant::now();
+    let seen = loop {
+        let left = Duration::from_mins(1).saturating_sub(started.elapsed());
+        match received.recv_timeout(left) {
+            Ok(line) if line.starts_with(&wanted) => break Some(line),
+            Ok(_) => {}
+            Err(_) => break None,
+        }
+    };
+    let _ = follower.kill();
+    let _ = follower.wait();
+    let seen = seen.unwrap_or_else(|| panic!("`isolate log -f beta` never showed {wanted}"));
+    assert!(
+        seen.ends_with(&format!(
+            "fix: add \"{elsewhere}/tcp\" to network.allow in {}",
+            daemon.policy_dir().join("beta.toml").display()
+        )),
+        "{seen}"
+    );
 }
 
 /// Reload with a bad policy, a good change, and a removed file.

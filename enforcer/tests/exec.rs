@@ -84,7 +84,51 @@ fn main() -> ExitCode {
             "a_flood_of_refusals_is_accounted_for_exactly",
             flood_accounting,
         ),
+        (
+            "the_fix_a_refusal_names_allows_it_once_applied",
+            fix_in_refusal,
+        ),
     ])
+}
+
+/// A refusal's record names the policy entry that would allow it, in the instance's own file:
+/// typed in as it stands, it lets the same connect through on the next run.
+fn fix_in_refusal() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let instance = Instance::new("", "");
+    let connect = format!("echo > /dev/tcp/127.0.0.1/{port} && echo connected");
+    let out = instance.run(&["/bin/bash", "-c", &connect]);
+    assert!(!out.status.success(), "refused first: {}", stdout(&out));
+    let records = record_messages(&instance.name, &stderr(&out), 1);
+    let fix = format!(
+        "fix: add \"127.0.0.1:{port}/tcp\" to network.allow in {}",
+        instance.policy.display()
+    );
+    let record = records
+        .iter()
+        .find(|r| r.contains(&format!("127.0.0.1:{port} ")))
+        .unwrap_or_else(|| panic!("no record of the refusal: {records:#?}"));
+    assert!(record.ends_with(&fix), "{record}\nshould end with: {fix}");
+
+    // Typed in as the fix says.
+    let entry = record
+        .rsplit_once("fix: add ")
+        .and_then(|(_, rest)| rest.split_once(" to network.allow in "))
+        .map(|(entry, _)| entry.to_owned())
+        .unwrap();
+    let policy = std::fs::read_to_string(&instance.policy).unwrap().replace(
+        "dns = \"none\"\n",
+        &format!("dns = \"none\"\nallow = [{entry}]\n"),
+    );
+    std::fs::write(&instance.policy, policy).unwrap();
+    let out = instance.run(&["/bin/bash", "-c", &connect]);
+    assert!(
+        out.status.success() && stdout(&out).contains("connected"),
+        "allowed once fixed: {}",
+        stderr(&out)
+    );
+    assert!(accept_one(&listener).is_some());
 }
 
 /// Under `isolate exec` alone: a burst of refused connects far beyond the kernel's event

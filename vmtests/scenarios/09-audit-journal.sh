@@ -216,11 +216,21 @@ check "$name: exactly one record (one blocked attempt)" [ "${#records[@]}" = 1 ]
 for rec in "${records[@]}"; do
     for want in ISOLATE_INSTANCE="$name" ISOLATE_LAYER=ebpf-connect ISOLATE_DEST=127.0.0.1 \
         ISOLATE_PORT="$forbidden" ISOLATE_PROTO=tcp ISOLATE_COMM=curl ISOLATE_UID="$uid" \
-        ISOLATE_PID="$r_forbidden_pid" PRIORITY=4 SYSLOG_IDENTIFIER=isolate \
-        MESSAGE="isolate-$name-blocked tcp 127.0.0.1:$forbidden pid=$r_forbidden_pid comm=curl"; do
+        ISOLATE_PID="$r_forbidden_pid" PRIORITY=4 SYSLOG_IDENTIFIER=isolate; do
         field "$rec" "${want%%=*}"
         check "$name: record ${want%%=*}=$v" [ "$v" = "${want#*=}" ]
     done
+    # The message and ISOLATE_FIX name the entry that would allow it (JSON escapes its quotes).
+    fix="add \\\"127.0.0.1:$forbidden/tcp\\\" to network.allow in $PWD/$name.toml"
+    case $rec in
+    *"\"MESSAGE\":\"isolate-$name-blocked tcp 127.0.0.1:$forbidden pid=$r_forbidden_pid comm=curl fix: $fix\""*)
+        ok "$name: record MESSAGE names the fix" ;;
+    *) fail "$name: record MESSAGE with the fix ($fix): $rec" ;;
+    esac
+    case $rec in
+    *"\"ISOLATE_FIX\":\"$fix\""*) ok "$name: record ISOLATE_FIX" ;;
+    *) fail "$name: record ISOLATE_FIX=$fix: $rec" ;;
+    esac
     case $rec in
     *"\"ISOLATE_PORT\":\"$allowed\""*) fail "$name: a record for the allowed port: $rec" ;;
     esac

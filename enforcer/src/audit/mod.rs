@@ -6,24 +6,32 @@
 //! instance's event budget there), so that records and suppressed counts together account for
 //! every refusal the eBPF layer counted.
 
+mod fix;
 mod journal;
 mod limit;
 mod record;
 
 use std::collections::HashMap;
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use isolate_policy::Rate;
 
 use crate::bpf::BlockedAttempt;
+pub use fix::Fix;
 use journal::Journal;
 use limit::{Admit, Suppressed, TokenBucket};
 
 /// How long an instance offers no record before what was left out of its trail is reported.
 const QUIET: Duration = Duration::from_secs(1);
 use record::Entry;
+
+/// The one-line form of the record of `attempt` (as on stderr, with its fix), for the status
+/// and `isolate log`.
+pub fn record_line(instance: &str, attempt: &BlockedAttempt, policy_file: &Path) -> String {
+    record::blocked(instance, attempt, &Fix::of(attempt, policy_file)).line
+}
 
 /// Where audit records go: journald, or the fallback writer (stderr unless replaced).
 pub struct AuditSink {
@@ -54,10 +62,17 @@ impl AuditSink {
         self
     }
 
-    /// Records one blocked attempt of `instance`, unless `rate` (the instance's `log.rate`) is
-    /// exhausted; then it is only counted. Never fails: an audit sink that cannot write says so
-    /// through `tracing` and carries on.
-    pub fn record(&mut self, instance: &str, rate: &Rate, attempt: &BlockedAttempt) {
+    /// Records one blocked attempt of `instance`, with the entry of its `policy_file` that
+    /// would allow it, unless `rate` (the instance's `log.rate`) is exhausted; then it is only
+    /// counted. Never fails: an audit sink that cannot write says so through `tracing` and
+    /// carries on.
+    pub fn record(
+        &mut self,
+        instance: &str,
+        rate: &Rate,
+        policy_file: &Path,
+        attempt: &BlockedAttempt,
+    ) {
         let now = Instant::now();
         match self.bucket(instance, *rate, now).admit(now) {
             Admit::No => {}
@@ -65,7 +80,8 @@ impl AuditSink {
                 if suppressed.total() > 0 {
                     self.emit(&record::suppressed(instance, suppressed, *rate));
                 }
-                self.emit(&record::blocked(instance, attempt));
+                let fix = Fix::of(attempt, policy_file);
+                self.emit(&record::blocked(instance, attempt, &fix));
             }
         }
     }

@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 use isolate_ebpf_common::EVENTS_PER_CPU_SECOND;
 use isolate_policy::Rate;
 
+use super::Fix;
 use super::limit::Suppressed;
 
 use crate::bpf::BlockedAttempt;
@@ -23,10 +24,11 @@ pub(super) struct Entry {
 }
 
 /// The record of one blocked attempt:
-/// `isolate-NAME-blocked tcp 203.0.113.7:443 pid=… comm=…` plus `ISOLATE_*` fields. Inbound
+/// `isolate-NAME-blocked tcp 203.0.113.7:443 pid=… comm=… fix: add "203.0.113.7:443/tcp" to
+/// network.allow in FILE` plus `ISOLATE_*` fields (the fix in `ISOLATE_FIX`). Inbound
 /// refusals say so (`tcp inbound from 203.0.113.7 to port 8080`, `tcp bind 0.0.0.0:8080`),
 /// and `ISOLATE_DIRECTION` tells them apart from outbound ones.
-pub(super) fn blocked(instance: &str, attempt: &BlockedAttempt) -> Entry {
+pub(super) fn blocked(instance: &str, attempt: &BlockedAttempt, fix: &Fix) -> Entry {
     let port = attempt.port;
     // A unix socket is named by its device and inode (the event has no room for its path).
     let address = match attempt.unix {
@@ -59,7 +61,10 @@ pub(super) fn blocked(instance: &str, attempt: &BlockedAttempt) -> Entry {
     let (uid, pid) = (attempt.uid, attempt.pid);
     Entry {
         fields: vec![
-            ("MESSAGE", format!("{head} pid={pid} comm={comm}")),
+            (
+                "MESSAGE",
+                format!("{head} pid={pid} comm={comm} fix: {fix}"),
+            ),
             ("PRIORITY", PRIORITY_WARNING.to_owned()),
             ("SYSLOG_IDENTIFIER", SYSLOG_IDENTIFIER.to_owned()),
             ("ISOLATE_INSTANCE", instance.to_owned()),
@@ -72,11 +77,12 @@ pub(super) fn blocked(instance: &str, attempt: &BlockedAttempt) -> Entry {
             // The raw name: journal fields are binary-safe.
             ("ISOLATE_COMM", attempt.comm.clone()),
             ("ISOLATE_UID", uid.to_string()),
+            ("ISOLATE_FIX", fix.to_string()),
         ]
         .into_iter()
         .chain(attempt.host.clone().map(|host| ("ISOLATE_HOST", host)))
         .collect(),
-        line: format!("{head} uid={uid} pid={pid} comm={comm} layer={layer}"),
+        line: format!("{head} uid={uid} pid={pid} comm={comm} layer={layer} fix: {fix}"),
     }
 }
 

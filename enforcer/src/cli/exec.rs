@@ -4,7 +4,7 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::bail;
+use anyhow::{Context as _, bail};
 use isolate_enforcer::exec::{self, ExecPlan};
 use isolate_enforcer::layer::Layers;
 use isolate_enforcer::paths;
@@ -65,7 +65,9 @@ pub fn run(args: &ExecArgs) -> anyhow::Result<ExitCode> {
 
 fn load_policy(args: &ExecArgs) -> anyhow::Result<Policy> {
     let path = match (&args.policy, &args.instance) {
-        (Some(path), _) => path.clone(),
+        // Absolute: refusals name this file as the place of their fix.
+        (Some(path), _) => std::path::absolute(path)
+            .with_context(|| format!("{}: cannot make the path absolute", path.display()))?,
         (None, Some(name)) => args.policy_dir.join(format!("{name}.toml")),
         (None, None) => {
             bail!("name an instance (--instance NAME) or a policy file (--policy FILE)")

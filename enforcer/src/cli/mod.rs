@@ -3,6 +3,7 @@
 mod check;
 mod daemon;
 mod exec;
+mod log;
 
 use std::process::ExitCode;
 
@@ -51,6 +52,13 @@ enum Command {
     Status(daemon::StatusArgs),
     /// Ask the running daemon to re-read the policy directory (as SIGHUP does).
     Reload(daemon::ReloadArgs),
+    /// Show the daemon's latest refusals, each with the policy entry that would allow it.
+    ///
+    /// The same records as the audit trail (journald, or stderr without it), read from the
+    /// running daemon: the last ten of each instance, and with `--follow` every new one as it
+    /// happens, not limited by `network.log.rate` (the kernel still sends at most 100 per
+    /// second and CPU of each instance).
+    Log(log::LogArgs),
     /// Print the shell completion script for SHELL.
     ///
     /// For example `isolate completions bash > /etc/bash_completion.d/isolate`, or
@@ -69,6 +77,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Daemon(args) => daemon::run_daemon(&args),
         Command::Status(args) => daemon::run_status(&args),
         Command::Reload(args) => daemon::run_reload(&args),
+        Command::Log(args) => log::run(&args),
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,

@@ -28,6 +28,13 @@ pub enum Request {
     Ensure {
         instance: String,
     },
+    /// The latest refusals of `instance` (of every instance when `None`), one
+    /// [`Response::Refusal`] each; with `follow`, then every new one as it arrives, until the
+    /// client hangs up.
+    Log {
+        instance: Option<String>,
+        follow: bool,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -49,6 +56,15 @@ pub enum Response {
         /// The layers (or parts) the daemon cannot put in force on this kernel, and why.
         #[serde(default)]
         not_enforced: Vec<LayerAvailability>,
+    },
+    /// One refusal, as the audit trail records it (with the fix).
+    Refusal {
+        instance: String,
+        record: String,
+    },
+    /// A follower fell behind: `count` refusals were not sent to it.
+    Missed {
+        count: u64,
     },
     Error {
         message: String,
@@ -162,6 +178,40 @@ pub fn request(path: &Path, request: &Request) -> Result<Option<Response>, Contr
             path: path.to_path_buf(),
             source,
         })
+}
+
+/// Sends `request` and hands each answer line to `each` until the daemon closes the
+/// connection or `each` returns `false`. Without a read timeout: a follower waits as long as
+/// nothing is refused. `Ok(false)` when no daemon listens at `path`.
+pub fn stream(
+    path: &Path,
+    request: &Request,
+    mut each: impl FnMut(Response) -> bool,
+) -> Result<bool, ControlError> {
+    let Ok(stream) = UnixStream::connect(path) else {
+        return Ok(false);
+    };
+    let io_error = |source| ControlError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    stream
+        .set_write_timeout(Some(SEND_TIMEOUT))
+        .map_err(io_error)?;
+    let mut line = serde_json::to_vec(request).expect("requests serialise");
+    line.push(b'\n');
+    (&stream).write_all(&line).map_err(io_error)?;
+    for answer in io::BufReader::new(&stream).lines() {
+        let answer = answer.map_err(io_error)?;
+        let response = serde_json::from_str(&answer).map_err(|source| ControlError::Protocol {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        if !each(response) {
+            break;
+        }
+    }
+    Ok(true)
 }
 
 #[cfg(test)]

@@ -119,6 +119,8 @@ pub struct InstanceView {
     pub entries_v4: usize,
     pub entries_v6: usize,
     pub rate: isolate_policy::Rate,
+    /// The instance's policy file, which a refusal's fix names.
+    pub policy_file: PathBuf,
     pub kept: Option<String>,
 }
 
@@ -142,6 +144,7 @@ impl View {
                     entries_v4: i.rules.v4.len(),
                     entries_v6: i.rules.v6.len(),
                     rate: i.policy.network.log.rate,
+                    policy_file: i.policy.source.clone(),
                     kept: i.kept.clone(),
                 })
                 .collect(),
@@ -151,16 +154,29 @@ impl View {
     }
 }
 
+/// Refusals a slow `isolate log -f` follower may fall behind by before it misses some.
+const REFUSALS_QUEUED: usize = 1024;
+
+/// A refusal as `isolate log` shows it.
+#[derive(Debug, Clone)]
+struct Refusal {
+    instance: String,
+    /// The audit record's one-line form.
+    record: String,
+}
+
 /// What the three parts share. Each lock is held only to copy or swap small values, never
 /// across work, and a panic elsewhere never makes it unusable.
 struct Shared {
     view: RwLock<Arc<View>>,
-    /// Latest blocked attempts, by UID (the pump's).
+    /// Latest blocked attempts, by UID, as record lines (the pump's).
     recent: Mutex<BTreeMap<u32, VecDeque<String>>>,
     events_received: AtomicU64,
     /// Refusals whose event the kernel did not send, by UID, since the daemon started (the
     /// pump's).
     unsent: Mutex<BTreeMap<u32, u64>>,
+    /// Every refusal the pump takes in, for the followers of `isolate log -f`.
+    refusals: tokio::sync::broadcast::Sender<Refusal>,
     /// The layers as the readers see them: handles apart from the worker's.
     readers: LayerSet,
     /// What the layers offer, found when they were opened.
@@ -290,6 +306,7 @@ pub fn run(config: &DaemonConfig) -> Result<(), DaemonError> {
         recent: Mutex::default(),
         events_received: AtomicU64::new(0),
         unsent: Mutex::default(),
+        refusals: tokio::sync::broadcast::channel(REFUSALS_QUEUED).0,
         readers,
         availability,
         resolvers,

@@ -1,5 +1,5 @@
 //! The event pump: moves the kernel's block events and the resolvers' refusals to the audit
-//! trail and the recent list, and counts the events the kernel did not send (each instance's
+//! trail, the recent list and the followers of `isolate log -f`, and counts the events the kernel did not send (each instance's
 //! event budget there), so that for every instance the records and the suppressed counts
 //! together account for every refusal the eBPF layer counted.
 
@@ -9,8 +9,8 @@ use std::sync::atomic::Ordering;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use super::{Shared, View};
-use crate::audit::AuditSink;
+use super::{Refusal, Shared, View};
+use crate::audit::{self, AuditSink};
 use crate::bpf::{self, PinDir};
 
 /// How often events move from the ring buffer to the audit trail.
@@ -119,12 +119,23 @@ impl Pump {
             {
                 event.host = resolver.name_of(event.destination);
             }
-            self.audit.record(&instance.id.name, &instance.rate, &event);
+            self.audit.record(
+                &instance.id.name,
+                &instance.rate,
+                &instance.policy_file,
+                &event,
+            );
             let list = recent.entry(event.uid).or_default();
             if list.len() == RECENT_BLOCKS {
                 list.pop_front();
             }
-            list.push_back(event.to_string());
+            let record = audit::record_line(&instance.id.name, &event, &instance.policy_file);
+            list.push_back(record.clone());
+            // No follower listening is no failure.
+            let _ = shared.refusals.send(Refusal {
+                instance: instance.id.name.clone(),
+                record,
+            });
         }
     }
 

@@ -77,6 +77,9 @@ impl Server {
         BufReader::new(read).read_line(&mut line).await?;
         let response = if peer.uid() == 0 {
             match serde_json::from_str::<Request>(&line) {
+                Ok(Request::Log { instance, follow }) => {
+                    return self.log(&mut write, instance, follow).await;
+                }
                 Ok(request) => self.answer(request).await,
                 Err(e) => Response::Error {
                     message: format!("bad request: {e}"),
@@ -87,9 +90,78 @@ impl Server {
                 message: "the control socket answers root only".into(),
             }
         };
-        let mut out = serde_json::to_vec(&response).map_err(std::io::Error::other)?;
-        out.push(b'\n');
-        write.write_all(&out).await
+        send(&mut write, &response).await
+    }
+
+    /// `isolate log`: the latest refusals of `instance` (or of all), then, when following,
+    /// every new one until the client hangs up.
+    async fn log(
+        &self,
+        write: &mut (impl tokio::io::AsyncWrite + Unpin),
+        instance: Option<String>,
+        follow: bool,
+    ) -> std::io::Result<()> {
+        // Subscribed before the history is read: nothing falls between the two.
+        let mut refusals = self.shared.refusals.subscribe();
+        let view = self.shared.view();
+        if let Some(name) = &instance
+            && !view.instances.iter().any(|i| &i.id.name == name)
+        {
+            let known: Vec<&str> = view.instances.iter().map(|i| i.id.name.as_str()).collect();
+            let message = format!(
+                "no instance `{name}` is enforced (enforced: {})",
+                if known.is_empty() {
+                    "none".to_owned()
+                } else {
+                    known.join(", ")
+                }
+            );
+            return send(write, &Response::Error { message }).await;
+        }
+        let wanted = |name: &str| instance.as_deref().is_none_or(|i| i == name);
+        let history: Vec<Response> =
+            {
+                let recent = self
+                    .shared
+                    .recent
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                view.instances
+                    .iter()
+                    .filter(|i| wanted(&i.id.name))
+                    .flat_map(|i| {
+                        recent.get(&i.id.uid).into_iter().flatten().map(|record| {
+                            Response::Refusal {
+                                instance: i.id.name.clone(),
+                                record: record.clone(),
+                            }
+                        })
+                    })
+                    .collect()
+            };
+        for response in &history {
+            send(write, response).await?;
+        }
+        if !follow {
+            return Ok(());
+        }
+        loop {
+            let response = match refusals.recv().await {
+                Ok(refusal) if wanted(&refusal.instance) => Response::Refusal {
+                    instance: refusal.instance,
+                    record: refusal.record,
+                },
+                Ok(_) => continue,
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(count)) => {
+                    Response::Missed { count }
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return Ok(()),
+            };
+            // A write error is the client hanging up.
+            if send(write, &response).await.is_err() {
+                return Ok(());
+            }
+        }
     }
 
     async fn answer(&self, request: Request) -> Response {
@@ -107,6 +179,7 @@ impl Server {
                 self.to_worker(Work::Ensure { instance, answer }, response, |r| r)
                     .await
             }
+            Request::Log { .. } => unreachable!("`handle` streams the log itself"),
         }
     }
 
@@ -141,6 +214,16 @@ impl Server {
                 }
             })
     }
+}
+
+/// One answer line.
+async fn send(
+    write: &mut (impl tokio::io::AsyncWrite + Unpin),
+    response: &Response,
+) -> std::io::Result<()> {
+    let mut out = serde_json::to_vec(response).map_err(std::io::Error::other)?;
+    out.push(b'\n');
+    write.write_all(&out).await
 }
 
 fn stopped() -> Response {

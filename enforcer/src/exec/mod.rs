@@ -513,7 +513,7 @@ pub fn run(plan: ExecPlan, command: &[OsString]) -> Result<i32, ExecError> {
                 if let Some(resolver) = &applied.resolver {
                     event.host = resolver.name_of(event.destination);
                 }
-                audit.record(&instance, &rate, &event);
+                audit.record(&instance, &rate, &plan.policy.source, &event);
             }
             match events.unsent_since(plan.user.uid) {
                 Ok(count) => audit.unsent(&instance, &rate, count),
@@ -522,7 +522,7 @@ pub fn run(plan: ExecPlan, command: &[OsString]) -> Result<i32, ExecError> {
         }
         if let Some(refusals) = &applied.refusals {
             for refusal in refusals.try_iter() {
-                audit.record(&instance, &rate, &refusal);
+                audit.record(&instance, &rate, &plan.policy.source, &refusal);
             }
         }
         audit.flush_quiet();

@@ -91,6 +91,11 @@ const BAD_POLICIES: &[(&str, &str, &str)] = &[
         "name = \"Bad Name\"\nuser = \"a\"\n",
         ":1:8: name:",
     ),
+    (
+        "unknown-preset",
+        "user = \"a\"\npresets = [\"opencod\"]\n",
+        ":2:12: presets[0]: no preset is called `opencod`",
+    ),
 ];
 
 #[test]
@@ -213,4 +218,61 @@ fn the_kernel_report_tries_loading_each_kind_of_program() {
     }
     let missing = text.lines().any(|l| l.starts_with("MISSING"));
     assert_eq!(out.status.success(), !missing, "{text}");
+}
+
+/// `isolate check` shows where each preset's entries came from; `isolate presets` lists every
+/// preset with what it adds, and prints one as shipped.
+#[test]
+fn presets_are_listed_and_their_entries_shown_by_origin() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(
+        dir.path(),
+        "web.toml",
+        "user = \"dynamic\"\npresets = [\"opencode\", \"npm\"]\n",
+    );
+    let out = isolate_check(&[&file]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("\"registry.npmjs.org:443/tcp\",  # preset npm\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("\"127.0.0.1/32:4096/tcp\",  # preset opencode\n"),
+        "{text}"
+    );
+
+    let presets = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_isolate"))
+            .arg("presets")
+            .args(args)
+            .output()
+            .expect("run isolate presets")
+    };
+    let out = presets(&[]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    for preset in &isolate_policy::PRESETS {
+        assert!(
+            text.contains(&format!("\n{:<12} ", preset.name)),
+            "{}: {text}",
+            preset.name
+        );
+    }
+    assert!(
+        text.contains("network.allow += \"api.anthropic.com:443/tcp\""),
+        "{text}"
+    );
+    let out = presets(&["crates"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        include_str!("../../presets/crates.toml")
+    );
+    let out = presets(&["nosuch"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("opencode, claude-code, codex"));
 }

@@ -29,6 +29,7 @@ fn each_shell_gets_a_script_naming_every_subcommand() {
         for subcommand in [
             "exec",
             "daemon",
+            "presets",
             "check",
             "status",
             "reload",

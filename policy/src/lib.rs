@@ -27,6 +27,7 @@ mod load;
 mod locate;
 mod model;
 mod normalise;
+mod presets;
 mod print;
 mod raw;
 mod validate;
@@ -40,6 +41,7 @@ pub use model::{
     PortRange, Protocol, Rate, RateUnit, Resources, UserSpec, expand_home,
 };
 pub use normalise::{normalise_v4, normalise_v6};
+pub use presets::{Grants, PRESETS, Preset, PresetKind, preset};
 pub use validate::is_variable_name;
 
 /// Parse and validate a policy file's text. `source` names the file in errors

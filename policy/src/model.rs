@@ -35,6 +35,8 @@ pub struct Policy {
     pub landlock: LandlockSettings,
     /// Limits of the instance's cgroup.
     pub resources: Resources,
+    /// The presets merged into the lists above (`presets = [...]`), in the file's order.
+    pub presets: Vec<String>,
     /// The file this policy was read from (not part of the file's content).
     pub source: PathBuf,
 }

@@ -2,15 +2,39 @@
 //! shows). Every setting is written out, defaults included, so the output is
 //! the effective policy; parsing it gives the same [`Policy`] back.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
-use crate::model::{DnsSetting, Policy};
+use crate::model::{DnsSetting, Network, Policy};
+
+/// Which presets an entry came from: (field, entry as printed) → preset names.
+type Origins = BTreeMap<(&'static str, String), Vec<&'static str>>;
 
 impl Policy {
     /// The normalised policy as TOML, in the format of the policy files.
     /// `source` is not part of it.
     pub fn to_toml(&self) -> String {
+        self.render(&Origins::new())
+    }
+
+    /// As [`Policy::to_toml`], each entry a preset added followed by a comment naming it
+    /// (`# preset opencode`), for people reading what a policy comes to.
+    pub fn to_toml_with_origins(&self) -> String {
+        let mut origins = Origins::new();
+        for name in &self.presets {
+            let Some(grants) = crate::presets::preset(name).and_then(|p| p.grants().ok()) else {
+                continue;
+            };
+            let preset = crate::presets::preset(name).map_or("?", |p| p.name);
+            for (field, entry) in grants.entries() {
+                origins.entry((field, entry)).or_default().push(preset);
+            }
+        }
+        self.render(&origins)
+    }
+
+    fn render(&self, origins: &Origins) -> String {
         let mut out = String::new();
         let net = &self.network;
         line(&mut out, "name", &quote(&self.name));
@@ -38,13 +62,25 @@ impl Policy {
                 &quote(&file.to_string_lossy()),
             );
         }
+        // Written only when set; the lists below already hold what they add (merging them
+        // again on a re-read changes nothing).
+        if !self.presets.is_empty() {
+            line(&mut out, "presets", &inline_array(&self.presets));
+        }
 
         out.push_str("\n[network]\n");
-        let allow: Vec<String> = (net.allow_v4.iter().map(ToString::to_string))
-            .chain(net.allow_v6.iter().map(ToString::to_string))
-            .chain(net.hosts.iter().map(ToString::to_string))
-            .collect();
-        line(&mut out, "allow", &array(&allow));
+        let list = |field: &'static str, items: &[String]| {
+            let notes: Vec<Option<String>> = items
+                .iter()
+                .map(|item| {
+                    origins
+                        .get(&(field, item.clone()))
+                        .map(|names| format!("preset {}", names.join(", ")))
+                })
+                .collect();
+            array(items, &notes)
+        };
+        line(&mut out, "allow", &list("network.allow", &allow_items(net)));
         let dns = match &net.dns {
             DnsSetting::System => quote("system"),
             DnsSetting::None => quote("none"),
@@ -55,16 +91,36 @@ impl Policy {
         line(&mut out, "dns", &dns);
         let rate = format!("{{ rate = {} }}", quote(&net.log.rate.to_string()));
         line(&mut out, "log", &rate);
-        line(&mut out, "unix_sockets", &paths(&net.unix_sockets));
-        let listen: Vec<String> = (net.listen_v4.iter().map(ToString::to_string))
-            .chain(net.listen_v6.iter().map(ToString::to_string))
-            .collect();
-        line(&mut out, "listen", &array(&listen));
+        let sockets = path_items(&net.unix_sockets);
+        line(
+            &mut out,
+            "unix_sockets",
+            &list("network.unix_sockets", &sockets),
+        );
+        line(
+            &mut out,
+            "listen",
+            &list("network.listen", &listen_items(net)),
+        );
 
         out.push_str("\n[filesystem]\n");
-        line(&mut out, "read_only", &paths(&self.filesystem.read_only));
-        line(&mut out, "read_write", &paths(&self.filesystem.read_write));
-        line(&mut out, "exec", &paths(&self.filesystem.exec));
+        let fs = &self.filesystem;
+        let (read_only, read_write) = (path_items(&fs.read_only), path_items(&fs.read_write));
+        line(
+            &mut out,
+            "read_only",
+            &list("filesystem.read_only", &read_only),
+        );
+        line(
+            &mut out,
+            "read_write",
+            &list("filesystem.read_write", &read_write),
+        );
+        line(
+            &mut out,
+            "exec",
+            &list("filesystem.exec", &path_items(&fs.exec)),
+        );
 
         out.push_str("\n[landlock]\n");
         line(
@@ -90,22 +146,44 @@ fn quote(text: &str) -> String {
     toml::Value::String(text.to_owned()).to_string()
 }
 
-fn paths(paths: &[PathBuf]) -> String {
-    let items: Vec<String> = paths
-        .iter()
-        .map(|p| p.to_string_lossy().into_owned())
-        .collect();
-    array(&items)
+/// `network.allow` as printed: IPv4, IPv6, then host names.
+pub(crate) fn allow_items(net: &Network) -> Vec<String> {
+    (net.allow_v4.iter().map(ToString::to_string))
+        .chain(net.allow_v6.iter().map(ToString::to_string))
+        .chain(net.hosts.iter().map(ToString::to_string))
+        .collect()
 }
 
-/// Short lists on one line, longer ones one item a line.
-fn array(items: &[String]) -> String {
-    if items.len() <= 1 {
+/// `network.listen` as printed.
+pub(crate) fn listen_items(net: &Network) -> Vec<String> {
+    (net.listen_v4.iter().map(ToString::to_string))
+        .chain(net.listen_v6.iter().map(ToString::to_string))
+        .collect()
+}
+
+pub(crate) fn path_items(paths: &[PathBuf]) -> Vec<String> {
+    paths
+        .iter()
+        .map(|p| p.to_string_lossy().into_owned())
+        .collect()
+}
+
+/// Short lists without notes on one line, others one item a line, each with its note as a
+/// comment.
+fn array(items: &[String], notes: &[Option<String>]) -> String {
+    if items.len() <= 1 && notes.iter().all(Option::is_none) {
         return inline_array(items);
     }
     let mut out = String::from("[\n");
-    for item in items {
-        let _ = writeln!(out, "    {},", quote(item));
+    for (item, note) in items.iter().zip(notes) {
+        match note {
+            Some(note) => {
+                let _ = writeln!(out, "    {},  # {note}", quote(item));
+            }
+            None => {
+                let _ = writeln!(out, "    {},", quote(item));
+            }
+        }
     }
     out.push(']');
     out

@@ -21,6 +21,9 @@ pub(crate) struct RawPolicy {
     pub directory: Option<Spanned<String>>,
     pub environment: Option<Spanned<std::collections::BTreeMap<String, String>>>,
     pub environment_file: Option<Spanned<String>>,
+    /// Shipped fragments to merge (`crate::presets`).
+    #[serde(default)]
+    pub presets: Vec<Spanned<String>>,
     #[serde(default)]
     pub network: RawNetwork,
     #[serde(default)]

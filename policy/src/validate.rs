@@ -38,10 +38,7 @@ pub(crate) fn parse(
 ) -> Result<Parsed, Vec<PolicyError>> {
     let doc = Doc { text, path: source };
     let raw: RawPolicy = toml::from_str(text).map_err(|e| vec![locate::toml_error(doc, &e)])?;
-    let mut v = Validator {
-        doc,
-        errors: Vec::new(),
-    };
+    let mut v = Validator::new(doc);
     let (name, name_at) = v.name(raw.name.as_ref(), stem_must_match);
     let user = v.user(&raw.user);
     let directory = raw.directory.as_ref().and_then(|d| v.path(d, "directory"));
@@ -54,15 +51,13 @@ pub(crate) fn parse(
         .environment_file
         .as_ref()
         .and_then(|f| v.absolute_path(f, "environment_file"));
-    let network = v.network(&raw.network);
-    let filesystem = v.filesystem(&raw.filesystem);
+    let mut network = v.network(&raw.network);
+    let mut filesystem = v.filesystem(&raw.filesystem);
+    let presets = v.presets(&raw.presets, &mut network, &mut filesystem);
     let landlock = v.landlock(&raw.landlock);
     let resources = v.resources(&raw.resources);
-    if !v.errors.is_empty() {
-        // Checks run field by field; report in the order of the file.
-        v.errors.sort_by_key(|e| (e.line, e.col));
-        return Err(v.errors);
-    }
+    // Checks run field by field; report in the order of the file.
+    v.finish()?;
     let mut policy = Policy {
         name,
         user,
@@ -73,6 +68,7 @@ pub(crate) fn parse(
         filesystem,
         landlock,
         resources,
+        presets,
         source: source.to_path_buf(),
     };
     policy.normalise();
@@ -125,13 +121,35 @@ fn is_valid_user(user: &str) -> bool {
 const NAME_HELP: &str = "instance names are 1 to 32 characters of a-z, 0-9, `_` and `-`, \
      starting with a letter or digit";
 
-struct Validator<'a> {
+pub(crate) struct Validator<'a> {
     doc: Doc<'a>,
     errors: Vec<PolicyError>,
 }
 
-impl Validator<'_> {
-    fn error(&mut self, span: &Range<usize>, field: &str, message: String, help: Option<String>) {
+impl<'a> Validator<'a> {
+    pub(crate) fn new(doc: Doc<'a>) -> Self {
+        Self {
+            doc,
+            errors: Vec::new(),
+        }
+    }
+
+    /// Every problem found, in the order of the file.
+    pub(crate) fn finish(mut self) -> Result<(), Vec<PolicyError>> {
+        if self.errors.is_empty() {
+            return Ok(());
+        }
+        self.errors.sort_by_key(|e| (e.line, e.col));
+        Err(self.errors)
+    }
+
+    pub(crate) fn error(
+        &mut self,
+        span: &Range<usize>,
+        field: &str,
+        message: String,
+        help: Option<String>,
+    ) {
         self.errors.push(self.doc.error(span, field, message, help));
     }
 
@@ -288,7 +306,7 @@ impl Validator<'_> {
         out
     }
 
-    fn network(&mut self, raw: &RawNetwork) -> Network {
+    pub(crate) fn network(&mut self, raw: &RawNetwork) -> Network {
         let mut network = Network::default();
         for (i, item) in raw.allow.iter().enumerate() {
             let field = format!("network.allow[{i}]");
@@ -537,7 +555,74 @@ impl Validator<'_> {
         Some(Path::new(text).components().collect())
     }
 
-    fn filesystem(&mut self, raw: &RawFilesystem) -> Filesystem {
+    /// `presets`: each name a shipped preset, listed once, at most one agent; what each grants
+    /// is added to the policy's own lists. Returns the names, in order.
+    fn presets(
+        &mut self,
+        names: &[Spanned<String>],
+        network: &mut Network,
+        filesystem: &mut Filesystem,
+    ) -> Vec<String> {
+        let mut merged: Vec<String> = Vec::new();
+        let mut agent: Option<&str> = None;
+        for (i, item) in names.iter().enumerate() {
+            let field = format!("presets[{i}]");
+            let name = item.get_ref();
+            let Some(preset) = crate::presets::preset(name) else {
+                let known: Vec<&str> = crate::presets::PRESETS.iter().map(|p| p.name).collect();
+                let help = format!(
+                    "use one of {} (`isolate presets` says what each adds)",
+                    known.join(", ")
+                );
+                self.error(
+                    &item.span(),
+                    &field,
+                    format!("no preset is called `{name}`"),
+                    Some(help),
+                );
+                continue;
+            };
+            if merged.iter().any(|m| m == name) {
+                let help = "list each preset once".to_owned();
+                self.error(
+                    &item.span(),
+                    &field,
+                    format!("`{name}` is listed twice"),
+                    Some(help),
+                );
+                continue;
+            }
+            if preset.kind == crate::presets::PresetKind::Agent {
+                if let Some(first) = agent {
+                    let message = format!("`{first}` and `{name}` are both agents");
+                    let help = "an instance runs one agent: keep one agent preset, and give                                 each agent an instance of its own"
+                        .to_owned();
+                    self.error(&item.span(), &field, message, Some(help));
+                    continue;
+                }
+                agent = Some(preset.name);
+            }
+            match preset.grants() {
+                Ok(grants) => {
+                    let net = grants.network;
+                    network.allow_v4.extend(net.allow_v4);
+                    network.allow_v6.extend(net.allow_v6);
+                    network.hosts.extend(net.hosts);
+                    network.unix_sockets.extend(net.unix_sockets);
+                    network.listen_v4.extend(net.listen_v4);
+                    network.listen_v6.extend(net.listen_v6);
+                    filesystem.read_only.extend(grants.filesystem.read_only);
+                    filesystem.read_write.extend(grants.filesystem.read_write);
+                    filesystem.exec.extend(grants.filesystem.exec);
+                }
+                Err(errors) => self.errors.extend(errors),
+            }
+            merged.push(name.clone());
+        }
+        merged
+    }
+
+    pub(crate) fn filesystem(&mut self, raw: &RawFilesystem) -> Filesystem {
         Filesystem {
             read_only: self.paths(&raw.read_only, "filesystem.read_only"),
             read_write: self.paths(&raw.read_write, "filesystem.read_write"),

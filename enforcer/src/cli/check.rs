@@ -55,7 +55,7 @@ pub fn run(args: &CheckArgs) -> ExitCode {
             if !args.quiet {
                 for policy in &policies {
                     println!("# {}", policy.source.display());
-                    println!("{}", policy.to_toml());
+                    println!("{}", policy.to_toml_with_origins());
                 }
             }
             let count = policies.len();

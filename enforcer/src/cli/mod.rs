@@ -4,6 +4,7 @@ mod check;
 mod daemon;
 mod exec;
 mod log;
+mod presets;
 
 use std::process::ExitCode;
 
@@ -46,6 +47,12 @@ enum Command {
     /// Exits non-zero when any policy has an error; each error names the file, line, column,
     /// field and what to change.
     Check(check::CheckArgs),
+    /// List the presets a policy can merge (`presets = [...]`), and what each adds.
+    ///
+    /// Per agent (opencode, claude-code, codex): the files, programs and own port it needs; per
+    /// destination group (anthropic, openai, github, npm, ...): the hosts. `isolate presets
+    /// NAME` prints one as shipped, with what was verified and what was read from documentation.
+    Presets(presets::PresetsArgs),
     /// Show what is enforced: instances, UIDs, layers in force and blocked counts.
     ///
     /// Asks the daemon when it runs; otherwise reads what is pinned in the kernel.
@@ -73,6 +80,7 @@ enum Command {
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Check(args) => Ok(check::run(&args)),
+        Command::Presets(args) => presets::run(&args),
         Command::Exec(args) => exec::run(&args),
         Command::Daemon(args) => daemon::run_daemon(&args),
         Command::Status(args) => daemon::run_status(&args),

@@ -607,6 +607,35 @@ fn run_isolate(args: &[&str]) -> (String, bool) {
     )
 }
 
+/// `promtool check metrics` finds nothing to say about the exposition (names, units, types,
+/// help) of the scrape `response`.
+fn promtool_accepts(response: &str) {
+    let Some(promtool) = common::promtool() else {
+        return;
+    };
+    let (_, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
+    let mut check = Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    check
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(body.as_bytes())
+        .unwrap();
+    let out = check.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}\n{body}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// The value of the metric line `name{labels}` (labels as Prometheus sorts them).
 fn metric(text: &str, series: &str) -> Option<u64> {
     text.lines()
@@ -659,6 +688,7 @@ fn side_by_side() {
 
     // Metrics equal the attempts.
     let text = daemon.metrics();
+    promtool_accepts(&text);
     assert_eq!(metric(&text, &blocked_series("alpha")), Some(2), "{text}");
     assert_eq!(metric(&text, &blocked_series("beta")), Some(1), "{text}");
     assert_eq!(metric(&text, "isolate_instances"), Some(2), "{text}");

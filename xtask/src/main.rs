@@ -5,6 +5,7 @@ mod build;
 mod demo;
 mod layering;
 mod opencode;
+mod promtool;
 mod setup;
 mod test;
 mod util;

@@ -44,6 +44,7 @@ pub fn run(args: &SetupArgs) -> anyhow::Result<()> {
     install_apt_packages()?;
     ensure_build_tools()?;
     crate::opencode::ensure_installed()?;
+    crate::promtool::ensure_installed()?;
     if !args.no_vm {
         crate::vm::setup_assets()?;
     }

@@ -14,6 +14,33 @@ pub mod users;
 use std::process::ExitCode;
 
 /// The binary under test: `$ISOLATE` (the VM suite shares it there) or the one cargo built.
+/// Prometheus's own checker: `$PROMTOOL`, else where `cargo xtask setup` unpacks it. `None` in
+/// the VM guests, which do not have it (the host suite runs the checks).
+pub fn promtool() -> Option<std::path::PathBuf> {
+    if std::env::var_os("ISOLATE_IN_VM").is_some() {
+        return None;
+    }
+    let path = std::env::var_os("PROMTOOL").map_or_else(
+        || {
+            std::env::var_os("XDG_CACHE_HOME")
+                .map(std::path::PathBuf::from)
+                .or_else(|| {
+                    std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".cache"))
+                })
+                .unwrap_or_else(|| std::path::PathBuf::from("/var/cache"))
+                .join("isolate/prometheus/usr/bin/promtool")
+        },
+        std::path::PathBuf::from,
+    );
+    assert!(
+        path.is_file(),
+        "promtool is not at {}: run `cargo xtask setup` (it unpacks Debian's prometheus \
+         package there), or point PROMTOOL at one",
+        path.display()
+    );
+    Some(path)
+}
+
 pub fn isolate_binary() -> std::path::PathBuf {
     std::env::var_os("ISOLATE").map_or_else(
         || std::path::PathBuf::from(env!("CARGO_BIN_EXE_isolate")),

@@ -19,6 +19,8 @@ const APT_PACKAGES: &[&str] = &[
     "iproute2",
     "util-linux",
     "passwd",
+    // Checks the manual pages (`mandoc -T lint`).
+    "mandoc",
     // VM suite.
     "qemu-system-x86",
     "busybox-static",

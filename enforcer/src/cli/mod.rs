@@ -4,6 +4,7 @@ mod check;
 mod daemon;
 mod exec;
 mod log;
+mod man;
 mod presets;
 
 use std::process::ExitCode;
@@ -75,6 +76,12 @@ enum Command {
         /// The shell to complete for.
         shell: clap_complete::Shell,
     },
+    /// Write the manual pages (isolate(1), one per subcommand, isolate.toml(5)) into DIR.
+    #[command(hide = true)]
+    ManPages {
+        /// Where the pages go (created if need be).
+        dir: std::path::PathBuf,
+    },
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -93,6 +100,12 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 "isolate",
                 &mut std::io::stdout(),
             );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::ManPages { dir } => {
+            for page in man::write_all(Cli::command(), &dir)? {
+                eprintln!("isolate: wrote {}", page.display());
+            }
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -1,17 +1,46 @@
 #!/bin/bash
 # vmtest-guest: systemd
 # vmtest-timeout: 300
-# The shipped systemd units: isolate.service starts the daemon, which enforces an instance from
+# The Debian package and its systemd units: `dpkg -i` installs the binary, units, manual pages,
+# completions and presets; isolate.service starts the daemon, which enforces an instance from
 # /etc/isolate/instances, serves /metrics and answers `isolate status`; opencode@.service wraps
 # a server for that instance with `isolate exec` (a stand-in `opencode` that serves HTTP, so the
-# unit itself is what is tested). Stopping the daemon keeps enforcement.
+# unit itself is what is tested). Stopping the daemon keeps enforcement; `dpkg --purge` takes
+# it away and leaves nothing of isolate behind.
 set -u
 failed=0
 ok() { echo "ok   $*"; }
 fail() { echo "FAIL $*"; failed=1; }
 
-install -m 0755 "$ISOLATE" /usr/local/bin/isolate
-install -m 0644 "$VMTESTS/../dist/systemd/isolate.service" "$VMTESTS/../dist/systemd/opencode@.service" /etc/systemd/system/
+if dpkg -i "$VMTESTS/../isolate.deb" >"$RESULTS/dpkg-install.log" 2>&1; then
+    ok "dpkg -i installs the package"
+else
+    fail "dpkg -i: $(cat "$RESULTS/dpkg-install.log")"
+fi
+# The guest image's dpkg skips manual pages (path-exclude): they are looked for in the package.
+contents=$(dpkg-deb -c "$VMTESTS/../isolate.deb")
+for page in man1/isolate.1.gz man1/isolate-exec.1.gz man5/isolate.toml.5.gz; do
+    case $contents in
+    *"./usr/share/man/$page"*) ok "the package has $page" ;;
+    *) fail "the package lacks /usr/share/man/$page" ;;
+    esac
+done
+for file in /usr/bin/isolate /usr/lib/systemd/system/isolate.service \
+    /usr/lib/systemd/system/opencode@.service /usr/share/bash-completion/completions/isolate /usr/share/zsh/vendor-completions/_isolate \
+    /usr/share/fish/vendor_completions.d/isolate.fish /usr/share/isolate/presets/opencode.toml \
+    /usr/share/isolate/examples/opencode.toml /usr/share/isolate/prometheus/isolate-rules.yml; do
+    if [ -f "$file" ]; then ok "installed $file"; else fail "not installed: $file"; fi
+done
+if [ "$(stat -c %a /etc/isolate/instances)" = 700 ]; then
+    ok "/etc/isolate/instances is root's alone"
+else
+    fail "/etc/isolate/instances has mode $(stat -c %a /etc/isolate/instances)"
+fi
+if grep -q "^ExecStart=/usr/bin/isolate " /usr/lib/systemd/system/opencode@.service; then
+    ok "the units run the packaged binary"
+else
+    fail "opencode@.service: $(grep ExecStart /usr/lib/systemd/system/opencode@.service)"
+fi
 useradd --system --home-dir /srv/unitdemo --create-home --shell /usr/sbin/nologin unitdemo
 mkdir -p /etc/isolate/instances /etc/isolate/opencode
 cat >/etc/isolate/instances/unitdemo.toml <<'POLICY'
@@ -62,11 +91,18 @@ if su -s /bin/bash unitdemo -c 'echo > /dev/tcp/127.0.0.1/9' 2>&1 | grep -q "Ope
 else
     fail "enforcement went away with the daemon"
 fi
-isolate daemon --cleanup
-if su -s /bin/bash unitdemo -c 'echo > /dev/tcp/127.0.0.1/9' 2>&1 | grep -q "Operation not permitted"; then
-    fail "enforcement stayed after --cleanup"
+if dpkg --purge isolate >"$RESULTS/dpkg-purge.log" 2>&1; then
+    ok "dpkg --purge removes the package"
 else
-    ok "--cleanup removed enforcement"
+    fail "dpkg --purge: $(cat "$RESULTS/dpkg-purge.log")"
 fi
+if su -s /bin/bash unitdemo -c 'echo > /dev/tcp/127.0.0.1/9' 2>&1 | grep -q "Operation not permitted"; then
+    fail "enforcement stayed after the package was removed"
+else
+    ok "removing the package removed enforcement"
+fi
+left=$(ls -d /usr/bin/isolate /usr/lib/systemd/system/isolate.service /sys/fs/bpf/isolate/daemon 2>/dev/null)
+tables=$(nft list tables 2>/dev/null | grep isolate)
+if [ -z "$left$tables" ]; then ok "nothing of isolate is left"; else fail "left behind: $left $tables"; fi
 journalctl -b -u isolate.service -u opencode@unitdemo.service >"$RESULTS/units.journal" 2>&1
 exit "$failed"

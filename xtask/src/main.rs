@@ -5,6 +5,7 @@ mod build;
 mod demo;
 mod layering;
 mod opencode;
+mod package;
 mod promtool;
 mod setup;
 mod test;
@@ -27,7 +28,8 @@ enum Command {
     Setup(setup::SetupArgs),
     /// Build the eBPF object and the `isolate` binary that embeds it.
     Build(build::BuildArgs),
-    /// Run every test: fmt, layering, clippy, unit, host integration, then the VM suite.
+    /// Run every test: fmt, layering, clippy, unit, host integration, the Debian package
+    /// (lintian), then the VM suite.
     Test(test::TestArgs),
     /// Check only the enforcer's module layering (the step `test` runs after fmt): reports each
     /// forbidden use, e.g. `exec` using `daemon`, or a layer (`bpf`, `nft`, `landlock`) using
@@ -39,6 +41,12 @@ enum Command {
     Demo,
     /// Measure what enforcement costs a connect (none, eBPF, nftables, both; 10 to 10,000 CIDRs).
     Bench(bench::BenchArgs),
+    /// Build the Debian package `target/debian/isolate_VERSION_amd64.deb` and check it with
+    /// lintian.
+    Package,
+    /// Install from source below /usr/local (units in /etc/systemd/system), for systems without
+    /// Debian packages.
+    Install(package::InstallArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -50,5 +58,7 @@ fn main() -> anyhow::Result<()> {
         Command::Vmtest(args) => vm::run(&args),
         Command::Demo => demo::run(),
         Command::Bench(args) => bench::run(&args),
+        Command::Package => package::run().map(|_| ()),
+        Command::Install(args) => package::install(&args),
     }
 }

@@ -19,8 +19,9 @@ const APT_PACKAGES: &[&str] = &[
     "iproute2",
     "util-linux",
     "passwd",
-    // Checks the manual pages (`mandoc -T lint`).
+    // Checks the manual pages (`mandoc -T lint`) and the Debian package (`lintian`).
     "mandoc",
+    "lintian",
     // VM suite.
     "qemu-system-x86",
     "busybox-static",

@@ -1,5 +1,6 @@
 //! `cargo xtask test`: every test, in the order that fails fastest — format, module layering,
-//! lints, unit and host integration tests, then the VM suite. Installs what it needs first.
+//! lints, unit and host integration tests, the Debian package (lintian), then the VM suite.
+//! Installs what it needs first.
 
 use clap::{Args, FromArgMatches as _};
 
@@ -18,6 +19,7 @@ pub fn run(args: &TestArgs) -> anyhow::Result<()> {
     layering::run()?;
     util::run(util::cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
     util::run(util::cargo().args(["test"]))?;
+    crate::package::run()?;
     if !args.no_vm {
         vm::run(&default_vm_args())?;
     }

@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! share/bin/isolate          the freshly built release binary
+//! share/isolate.deb          the Debian package around it (11-systemd-units.sh installs it)
 //! share/testbin/<target>     the test executables named in vmtests/testbins.txt
 //! share/lib/                 libraries those binaries need and the initramfs lacks
 //! share/vmtests/             a copy of vmtests/ (scenarios, policies, guest scripts)
@@ -24,6 +25,7 @@ use crate::{build, util};
 /// The binaries to share in.
 pub struct Binaries {
     pub isolate: Option<PathBuf>,
+    pub deb: Option<PathBuf>,
     /// (target name, executable)
     pub testbins: Vec<(String, PathBuf)>,
 }
@@ -37,6 +39,7 @@ pub fn build(no_build: bool) -> anyhow::Result<Binaries> {
         return Ok(existing_binaries(&wanted));
     }
     let isolate = build::run(&build::BuildArgs { release: true })?;
+    let deb = crate::package::build_deb(&isolate)?;
     let json = util::output(util::cargo().args([
         "test",
         "--release",
@@ -70,6 +73,7 @@ pub fn build(no_build: bool) -> anyhow::Result<Binaries> {
     }
     Ok(Binaries {
         isolate: Some(isolate),
+        deb: Some(deb),
         testbins,
     })
 }
@@ -113,7 +117,11 @@ fn existing_binaries(wanted: &BTreeSet<String>) -> Binaries {
             None => eprintln!("vmtest: warning: --no-build and no built test executable {name}"),
         }
     }
-    Binaries { isolate, testbins }
+    Binaries {
+        isolate,
+        deb: crate::package::existing_deb(),
+        testbins,
+    }
 }
 
 /// Fills `share` afresh for this run.
@@ -146,6 +154,10 @@ pub fn stage(
                 fs::copy(&lib, share.join("lib").join(name))?;
             }
         }
+    }
+    if let Some(deb) = &binaries.deb {
+        fs::copy(deb, share.join("isolate.deb"))
+            .with_context(|| format!("cannot copy {}", deb.display()))?;
     }
     crate::opencode::share(share)?;
     for guest in Guest::ALL {

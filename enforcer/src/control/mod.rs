@@ -152,32 +152,19 @@ pub enum ControlError {
 
 /// Sends one request to a running daemon. `Ok(None)` when no daemon listens at `path`.
 pub fn request(path: &Path, request: &Request) -> Result<Option<Response>, ControlError> {
-    let Ok(stream) = UnixStream::connect(path) else {
+    let mut answer = None;
+    let answered = exchange(path, request, Some(ANSWER_TIMEOUT), |response| {
+        answer = Some(response);
+        false
+    })?;
+    if !answered {
         return Ok(None);
-    };
-    let io_error = |source| ControlError::Io {
+    }
+    // Hung up without a word: as much a protocol error as a garbled answer.
+    answer.map(Some).ok_or_else(|| ControlError::Protocol {
         path: path.to_path_buf(),
-        source,
-    };
-    stream
-        .set_write_timeout(Some(SEND_TIMEOUT))
-        .map_err(io_error)?;
-    stream
-        .set_read_timeout(Some(ANSWER_TIMEOUT))
-        .map_err(io_error)?;
-    let mut line = serde_json::to_vec(request).expect("requests serialise");
-    line.push(b'\n');
-    (&stream).write_all(&line).map_err(io_error)?;
-    let mut answer = String::new();
-    io::BufReader::new(&stream)
-        .read_line(&mut answer)
-        .map_err(io_error)?;
-    serde_json::from_str(&answer)
-        .map(Some)
-        .map_err(|source| ControlError::Protocol {
-            path: path.to_path_buf(),
-            source,
-        })
+        source: serde::de::Error::custom("the connection closed before an answer"),
+    })
 }
 
 /// Sends `request` and hands each answer line to `each` until the daemon closes the
@@ -186,6 +173,17 @@ pub fn request(path: &Path, request: &Request) -> Result<Option<Response>, Contr
 pub fn stream(
     path: &Path,
     request: &Request,
+    each: impl FnMut(Response) -> bool,
+) -> Result<bool, ControlError> {
+    exchange(path, request, None, each)
+}
+
+/// One request line, then answer lines to `each` (see [`stream`]), each read within
+/// `read_timeout` when there is one.
+fn exchange(
+    path: &Path,
+    request: &Request,
+    read_timeout: Option<Duration>,
     mut each: impl FnMut(Response) -> bool,
 ) -> Result<bool, ControlError> {
     let Ok(stream) = UnixStream::connect(path) else {
@@ -198,6 +196,7 @@ pub fn stream(
     stream
         .set_write_timeout(Some(SEND_TIMEOUT))
         .map_err(io_error)?;
+    stream.set_read_timeout(read_timeout).map_err(io_error)?;
     let mut line = serde_json::to_vec(request).expect("requests serialise");
     line.push(b'\n');
     (&stream).write_all(&line).map_err(io_error)?;

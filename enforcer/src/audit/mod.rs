@@ -22,10 +22,10 @@ use crate::bpf::BlockedAttempt;
 pub use fix::Fix;
 use journal::Journal;
 use limit::{Admit, Suppressed, TokenBucket};
+use record::Entry;
 
 /// How long an instance offers no record before what was left out of its trail is reported.
 const QUIET: Duration = Duration::from_secs(1);
-use record::Entry;
 
 /// The one-line form of the record of `attempt` (as on stderr, with its fix), for the status
 /// and `isolate log`.

@@ -155,6 +155,7 @@ fn lay_out(
         ("presets", "presets"),
         ("examples", "examples"),
         ("dist/prometheus", "prometheus"),
+        ("dist/grafana", "grafana"),
     ] {
         for entry in fs::read_dir(project.join(from))? {
             let path = entry?.path();

@@ -1,7 +1,7 @@
 //! The Prometheus rules shipped in `dist/prometheus/` and the Grafana dashboard in
 //! `dist/grafana/`, checked by Prometheus's own tool: the rules parse (`promtool check rules`)
 //! and each alert fires on what it is about, and not otherwise (`promtool test rules`, against
-//! the unit tests beside them); every dashboard query parses as PromQL; both name only metrics
+//! the unit tests beside them); every dashboard query parses as a Prometheus query; both name only metrics
 //! isolate exposes.
 
 mod common;
@@ -72,7 +72,7 @@ fn the_rules_name_real_metrics() {
     assert_names_real_metrics("isolate-rules.yml", &rules);
 }
 
-/// Each panel's query, with Grafana's variables filled in, parses as PromQL (as a recording
+/// Each panel's query, with Grafana's variables filled in, parses as a Prometheus query (as a recording
 /// rule of a scratch file, for `promtool check rules`) and names only real metrics.
 #[test]
 fn every_dashboard_query_parses_and_names_real_metrics() {

@@ -297,6 +297,12 @@ impl Boot<'_> {
                         waited.as_secs()
                     );
                 }
+                qemu::Ending::DiedBooting(why) if attempt == 1 => {
+                    eprintln!(
+                        "vmtest: {label}: {why}: the guest died while booting; retrying once"
+                    );
+                }
+                qemu::Ending::DiedBooting(why) => break format!("{why}, twice"),
                 qemu::Ending::Hung(why) => break format!("the guest hung: {why}"),
                 qemu::Ending::Died(why) => break why,
             }

@@ -200,6 +200,15 @@ impl Vm<'_> {
         Ok(match ending {
             Err(hang) => hang,
             Ok(_) if progress.done => Ending::Finished,
+            // The kernel itself fell over before the runner started (seen under TCG: a
+            // panic while the kernel patches its text); nothing of the scenarios ran.
+            Ok(status)
+                if !progress.started
+                    && progress.init_failure.is_none()
+                    && qemu_stderr.trim().is_empty() =>
+            {
+                Ending::DiedBooting(describe_death(status, &progress, &qemu_stderr))
+            }
             Ok(status) => Ending::Died(describe_death(status, &progress, &qemu_stderr)),
         })
     }
@@ -228,6 +237,8 @@ pub enum Ending {
     BootHang(Duration),
     /// The guest stopped making progress after it started the scenarios.
     Hung(String),
+    /// The guest stopped before it started the runner, with no word from its init or QEMU.
+    DiedBooting(String),
     /// QEMU exited before the runner finished.
     Died(String),
 }

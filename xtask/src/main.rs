@@ -3,6 +3,7 @@
 mod bench;
 mod build;
 mod demo;
+mod kubernetes_validate;
 mod layering;
 mod opencode;
 mod package;

@@ -22,6 +22,9 @@ const APT_PACKAGES: &[&str] = &[
     // Checks the manual pages (`mandoc -T lint`) and the Debian package (`lintian`).
     "mandoc",
     "lintian",
+    // Parses the NixOS module in dist/nixos (`nix-instantiate --parse`, tests/dist_fleet.rs);
+    // no Nix daemon or store is set up: the tests use a scratch directory.
+    "nix-bin",
     // VM suite.
     "qemu-system-x86",
     "busybox-static",
@@ -48,6 +51,7 @@ pub fn run(args: &SetupArgs) -> anyhow::Result<()> {
     ensure_build_tools()?;
     crate::opencode::ensure_installed()?;
     crate::promtool::ensure_installed()?;
+    crate::kubernetes_validate::ensure_installed()?;
     if !args.no_vm {
         crate::vm::setup_assets()?;
     }

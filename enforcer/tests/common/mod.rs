@@ -13,7 +13,6 @@ pub mod users;
 
 use std::process::ExitCode;
 
-/// The binary under test: `$ISOLATE` (the VM suite shares it there) or the one cargo built.
 /// Prometheus's own checker: `$PROMTOOL`, else where `cargo xtask setup` unpacks it. `None` in
 /// the VM guests, which do not have it (the host suite runs the checks).
 pub fn promtool() -> Option<std::path::PathBuf> {
@@ -41,6 +40,29 @@ pub fn promtool() -> Option<std::path::PathBuf> {
     Some(path)
 }
 
+/// `name` found on `$PATH` (or at `$VAR` when set). `None` in the VM guests, which do not have
+/// the fleet checkers (the host suite runs those checks); on the host a missing one fails,
+/// saying how to install it.
+pub fn host_tool(name: &str, var: &str, installed_by: &str) -> Option<std::path::PathBuf> {
+    if std::env::var_os("ISOLATE_IN_VM").is_some() {
+        return None;
+    }
+    if let Some(path) = std::env::var_os(var) {
+        return Some(std::path::PathBuf::from(path));
+    }
+    let found = std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .map(|dir| dir.join(name))
+            .find(|candidate| candidate.is_file())
+    });
+    assert!(
+        found.is_some(),
+        "{name} is not on PATH: run `cargo xtask setup` ({installed_by}), or point {var} at one"
+    );
+    found
+}
+
+/// The binary under test: `$ISOLATE` (the VM suite shares it there) or the one cargo built.
 pub fn isolate_binary() -> std::path::PathBuf {
     std::env::var_os("ISOLATE").map_or_else(
         || std::path::PathBuf::from(env!("CARGO_BIN_EXE_isolate")),

@@ -31,8 +31,8 @@ const TIMEOUT_SECONDS: u64 = 10;
 
 #[derive(Args)]
 pub struct FuzzArgs {
-    /// How long to run each target.
-    #[arg(long, default_value_t = 60)]
+    /// How long to run each target (libFuzzer reads 0 as "for ever").
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
     pub seconds: u64,
     /// Run only this target (default: all).
     #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(TARGETS))]

@@ -9,7 +9,7 @@ use std::net::IpAddr;
 
 use ipnet::{Ipv4Net, Ipv6Net};
 
-use crate::model::{PortRange, Protocol};
+use crate::model::{HostRule, NetRule, PortRange, Protocol};
 
 /// What is wrong with a value, and how to fix it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,6 +90,67 @@ pub(crate) fn parse_entry(text: &str) -> Result<Entry, Problem> {
         target,
         ports,
         protocol,
+    })
+}
+
+/// One string of `network.allow`, parsed on its own: the rule it stands for, before the
+/// policy's normalisation. Displays as the entry that [`crate::Policy::to_toml`] prints, which
+/// parses back to the same rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AllowEntry {
+    /// An IPv4 network (IPv4-mapped IPv6 networks included).
+    V4(NetRule<Ipv4Net>),
+    /// An IPv6 network.
+    V6(NetRule<Ipv6Net>),
+    /// A hostname or `*.` pattern.
+    Host(HostRule),
+}
+
+impl std::fmt::Display for AllowEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AllowEntry::V4(rule) => rule.fmt(f),
+            AllowEntry::V6(rule) => rule.fmt(f),
+            AllowEntry::Host(rule) => rule.fmt(f),
+        }
+    }
+}
+
+/// Why a string is not an allow entry: what is wrong and, where we can tell, the fix. In a
+/// policy file the same problem becomes a [`crate::PolicyError`] at the entry.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct AllowEntryError {
+    /// What is wrong.
+    pub message: String,
+    /// How to fix it.
+    pub help: Option<String>,
+}
+
+/// Parse an allow entry, `ADDR_OR_CIDR_OR_HOST[:PORT[-PORT]][/tcp|/udp]`, as an item of
+/// `network.allow` would be.
+pub fn parse_allow_entry(text: &str) -> Result<AllowEntry, AllowEntryError> {
+    let Entry {
+        target,
+        ports,
+        protocol,
+    } = parse_entry(text).map_err(|Problem { message, help }| AllowEntryError { message, help })?;
+    Ok(match target {
+        Target::V4(net) => AllowEntry::V4(NetRule {
+            net,
+            ports,
+            protocol,
+        }),
+        Target::V6(net) => AllowEntry::V6(NetRule {
+            net,
+            ports,
+            protocol,
+        }),
+        Target::Host(pattern) => AllowEntry::Host(HostRule {
+            pattern,
+            ports,
+            protocol,
+        }),
     })
 }
 
@@ -502,5 +563,27 @@ mod tests {
         assert_eq!(port_number(22), Ok(PortRange::single(22)));
         assert_eq!(parse_protocol("any"), Ok(Protocol::Any));
         assert!(parse_protocol("sctp").is_err());
+    }
+
+    #[test]
+    fn public_entries_print_as_they_parse() {
+        for text in [
+            "10.0.0.0/8",
+            "[::ffff:10.0.0.0/104]:53/udp",
+            "[2001:db8::/32]:443-444/tcp",
+            "*.GitHub.com.:443",
+        ] {
+            let entry = parse_allow_entry(text).unwrap();
+            assert_eq!(parse_allow_entry(&entry.to_string()), Ok(entry), "{text}");
+        }
+        assert_eq!(
+            parse_allow_entry("[::ffff:10.0.0.0/104]:53/udp")
+                .unwrap()
+                .to_string(),
+            "10.0.0.0/8:53/udp"
+        );
+        let error = parse_allow_entry("10.0.0.1/8").unwrap_err();
+        assert_eq!(error.to_string(), "`10.0.0.1/8` has host bits set");
+        assert!(error.help.unwrap().starts_with("did you mean 10.0.0.0/8?"));
     }
 }

@@ -34,6 +34,7 @@ mod validate;
 
 use std::path::Path;
 
+pub use allow::{AllowEntry, AllowEntryError, parse_allow_entry};
 pub use error::{Errors, PolicyError};
 pub use load::{DirLoad, load_dir, load_dir_partly, load_file, load_paths};
 pub use model::{

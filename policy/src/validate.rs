@@ -9,7 +9,7 @@ use ipnet::{Ipv4Net, Ipv6Net};
 use toml::Spanned;
 
 use crate::allow::{self, Entry, Net, Problem, Target};
-use crate::error::{Doc, PolicyError, Pos};
+use crate::error::{Cursor, Doc, PolicyError, Pos};
 use crate::locate;
 use crate::model::{
     DnsSetting, Filesystem, HostRule, LandlockSettings, LogSettings, NetRule, Network, Policy,
@@ -124,6 +124,9 @@ const NAME_HELP: &str = "instance names are 1 to 32 characters of a-z, 0-9, `_` 
 pub(crate) struct Validator<'a> {
     doc: Doc<'a>,
     errors: Vec<PolicyError>,
+    /// Where the last error was: checks go through a list in order, so each error's position
+    /// is found from the one before.
+    cursor: Cursor,
 }
 
 impl<'a> Validator<'a> {
@@ -131,6 +134,7 @@ impl<'a> Validator<'a> {
         Self {
             doc,
             errors: Vec::new(),
+            cursor: Cursor::default(),
         }
     }
 
@@ -150,7 +154,9 @@ impl<'a> Validator<'a> {
         message: String,
         help: Option<String>,
     ) {
-        self.errors.push(self.doc.error(span, field, message, help));
+        let pos = self.doc.pos_from(&mut self.cursor, span.start);
+        self.errors
+            .push(self.doc.error_at(pos, field, message, help));
     }
 
     fn problem(&mut self, span: &Range<usize>, field: &str, problem: Problem) {

@@ -3,6 +3,7 @@
 mod bench;
 mod build;
 mod demo;
+mod fuzz;
 mod kubernetes_validate;
 mod layering;
 mod opencode;
@@ -24,18 +25,21 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Install every prerequisite (apt packages, nightly rust-src, bpf-linker, VM kernels and
-    /// images). Idempotent: a second run takes seconds.
+    /// Install every prerequisite (apt packages, nightly rust-src, bpf-linker, cargo-fuzz, VM
+    /// kernels and images). Idempotent: a second run takes seconds.
     Setup(setup::SetupArgs),
     /// Build the eBPF object and the `isolate` binary that embeds it.
     Build(build::BuildArgs),
-    /// Run every test: fmt, layering, clippy, unit, host integration, the Debian package
+    /// Run every test: fmt, layering, clippy, unit, host integration, fuzzing, the Debian package
     /// (lintian), then the VM suite.
     Test(test::TestArgs),
     /// Check only the enforcer's module layering (the step `test` runs after fmt): reports each
     /// forbidden use, e.g. `exec` using `daemon`, or a layer (`bpf`, `nft`, `landlock`) using
     /// the modules that compose it. Reads the sources; builds nothing.
     Layering,
+    /// Fuzz the policy parser (`parse_str`, the allow-entry parser) with cargo-fuzz on nightly:
+    /// no panic, no hang, memory bounded, on inputs up to 1 MiB; a crash fails, naming its input.
+    Fuzz(fuzz::FuzzArgs),
     /// Boot real kernels in QEMU and run the VM scenarios.
     Vmtest(vm::VmTestArgs),
     /// The main job: show isolate confining a workload.
@@ -56,6 +60,7 @@ fn main() -> anyhow::Result<()> {
         Command::Build(args) => build::run(&args).map(|_| ()),
         Command::Test(args) => test::run(&args),
         Command::Layering => layering::run(),
+        Command::Fuzz(args) => fuzz::run(&args),
         Command::Vmtest(args) => vm::run(&args),
         Command::Demo => demo::run(),
         Command::Bench(args) => bench::run(&args),

@@ -52,6 +52,7 @@ pub fn run(args: &SetupArgs) -> anyhow::Result<()> {
     crate::opencode::ensure_installed()?;
     crate::promtool::ensure_installed()?;
     crate::kubernetes_validate::ensure_installed()?;
+    crate::fuzz::ensure_cargo_fuzz()?;
     if !args.no_vm {
         crate::vm::setup_assets()?;
     }
@@ -101,7 +102,7 @@ fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-fn ensure_nightly_rust_src() -> anyhow::Result<()> {
+pub fn ensure_nightly_rust_src() -> anyhow::Result<()> {
     let installed = util::output(Command::new("rustup").args([
         "component",
         "list",

@@ -1,10 +1,14 @@
 //! `cargo xtask test`: every test, in the order that fails fastest — format, module layering,
-//! lints, unit and host integration tests, the Debian package (lintian), then the VM suite.
-//! Installs what it needs first.
+//! lints, unit and host integration tests, a short fuzzing run of the policy parser, the Debian
+//! package (lintian), then the VM suite. Installs what it needs first.
 
 use clap::{Args, FromArgMatches as _};
 
-use crate::{layering, setup, util, vm};
+use crate::{fuzz, layering, setup, util, vm};
+
+/// Seconds each fuzz target runs in `test`: long enough to replay the corpus and try a few
+/// hundred thousand new inputs, short enough for CI (`cargo xtask fuzz` runs longer).
+const FUZZ_SECONDS: u64 = 20;
 
 #[derive(Args)]
 pub struct TestArgs {
@@ -19,6 +23,10 @@ pub fn run(args: &TestArgs) -> anyhow::Result<()> {
     layering::run()?;
     util::run(util::cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
     util::run(util::cargo().args(["test"]))?;
+    fuzz::run(&fuzz::FuzzArgs {
+        seconds: FUZZ_SECONDS,
+        target: None,
+    })?;
     crate::package::run()?;
     if !args.no_vm {
         vm::run(&default_vm_args())?;

@@ -1,12 +1,13 @@
 #!/bin/bash
 # vmtest-guest: systemd
-# vmtest-timeout: 300
+# vmtest-timeout: 420
 # The Debian package and its systemd units: `dpkg -i` installs the binary, units, manual pages,
 # completions and presets; isolate.service starts the daemon, which enforces an instance from
 # /etc/isolate/instances, serves /metrics and answers `isolate status`; opencode@.service wraps
 # a server for that instance with `isolate exec` (a stand-in `opencode` that serves HTTP, so the
-# unit itself is what is tested). Stopping the daemon keeps enforcement; `dpkg --purge` takes
-# it away and leaves nothing of isolate behind.
+# unit itself is what is tested). A real Prometheus scrapes the daemon with the packaged rules,
+# and its API gives the refusal back under isolate's labels. Stopping the daemon keeps
+# enforcement; `dpkg --purge` takes it away and leaves nothing of isolate behind.
 set -u
 failed=0
 ok() { echo "ok   $*"; }
@@ -83,6 +84,58 @@ if journalctl -u isolate.service ISOLATE_INSTANCE=unitdemo -o cat | grep -q "iso
 else
     fail "no audit record in the journal"
 fi
+
+# A real Prometheus (the server of Debian's package, shared in by the host) scrapes the
+# packaged daemon with the packaged alerting rules, and its own API gives the counter back
+# under isolate's label, with `instance` left to Prometheus (the scrape target).
+mkdir -p /tmp/prometheus
+cat >/tmp/prometheus/prometheus.yml <<'CONFIG'
+global:
+  scrape_interval: 1s
+  evaluation_interval: 1s
+rule_files: [/usr/share/isolate/prometheus/isolate-rules.yml]
+scrape_configs:
+  - job_name: isolate
+    static_configs: [{targets: ["127.0.0.1:9477"]}]
+CONFIG
+/share/prometheus/prometheus --config.file=/tmp/prometheus/prometheus.yml \
+    --storage.tsdb.path=/tmp/prometheus/data --web.listen-address=127.0.0.1:9090 \
+    >"$RESULTS/prometheus.log" 2>&1 &
+prometheus_pid=$!
+query() { curl -fsS --get --data-urlencode "query=$1" http://127.0.0.1:9090/api/v1/query 2>/dev/null; }
+# One line per series: its labels (sorted, without __name__) and its value.
+series() { python3 -c 'import json,sys
+text = sys.stdin.read()
+for s in json.loads(text)["data"]["result"] if text else []:
+    m = s["metric"]; m.pop("__name__", None)
+    print(",".join(f"{k}={v}" for k, v in sorted(m.items())), s["value"][1])'; }
+answer=
+for _ in $(seq 120); do
+    answer=$(query 'isolate_blocked_total{isolate_instance="unitdemo",layer="ebpf",family="ipv4",protocol="tcp"}' | series)
+    [ -n "$answer" ] && break
+    sleep 0.5
+done
+if [ "$answer" = "family=ipv4,instance=127.0.0.1:9477,isolate_instance=unitdemo,job=isolate,layer=ebpf,protocol=tcp 1" ]; then
+    ok "Prometheus's API gives the refusal back: $answer"
+else
+    fail "Prometheus's API: '$answer' (log: $(tail -5 "$RESULTS/prometheus.log"))"
+fi
+if [ -z "$(query '{exported_instance!=""}' | series)" ]; then
+    ok "no series arrives with exported_instance"
+else
+    fail "series renamed on ingestion: $(query '{exported_instance!=""}' | series)"
+fi
+rules=$(curl -fsS http://127.0.0.1:9090/api/v1/rules 2>/dev/null | python3 -c 'import json,sys
+groups = json.load(sys.stdin)["data"]["groups"]
+rules = [r for g in groups for r in g["rules"]]
+print(len(rules), sorted({r["health"] for r in rules}))')
+case $rules in
+"0 "*) fail "Prometheus loaded no rule: $rules" ;;
+*"['ok']") ok "Prometheus evaluates the packaged rules without error: $rules" ;;
+*) fail "rules: $rules (log: $(grep -i error "$RESULTS/prometheus.log" | tail -3))" ;;
+esac
+kill "$prometheus_pid"
+wait "$prometheus_pid" 2>/dev/null
 systemctl stop opencode@unitdemo.service
 
 systemctl stop isolate.service

@@ -8,6 +8,7 @@
 //! share/vmtests/             a copy of vmtests/ (scenarios, policies, guest scripts)
 //! share/dist/                a copy of dist/ (the shipped systemd units)
 //! share/opencode/opencode    the opencode binary `cargo xtask setup` installed (07-opencode.sh)
+//! share/prometheus/prometheus  the server of Debian's prometheus package (11-systemd-units.sh)
 //! share/run-<guest>.list     the scenarios each guest runs (see runner.sh)
 //! ```
 
@@ -160,6 +161,7 @@ pub fn stage(
             .with_context(|| format!("cannot copy {}", deb.display()))?;
     }
     crate::opencode::share(share)?;
+    crate::prometheus::share(share)?;
     for guest in Guest::ALL {
         let list: Vec<&Scenario> = scenarios
             .iter()

@@ -1,9 +1,10 @@
-//! Prometheus's checker for the tests (`promtool check metrics`, `check rules`, `test rules`):
-//! unpacked from Debian's `prometheus` package into the cache rather than installed, so that
-//! setup starts no Prometheus server on the machine.
+//! Debian's `prometheus` package, unpacked into the cache rather than installed (so that setup
+//! starts no Prometheus server on the machine): its checker for the host tests (`promtool check
+//! metrics`, `check rules`, `test rules`), and its server for the VM guests, where
+//! 11-systemd-units scrapes the packaged daemon with it.
 
 use std::fs;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context as _, bail};
@@ -11,7 +12,7 @@ use anyhow::{Context as _, bail};
 use crate::util;
 
 /// Where the package is unpacked: `<cache>/prometheus`.
-fn dir() -> PathBuf {
+pub fn dir() -> PathBuf {
     util::cache_dir().join("prometheus")
 }
 
@@ -20,12 +21,37 @@ pub fn binary() -> PathBuf {
     dir().join("usr/bin/promtool")
 }
 
-/// Unpacks promtool unless it is there and runs.
+/// The server, statically linked but for libc (the guests have that).
+fn server() -> PathBuf {
+    dir().join("usr/bin/prometheus")
+}
+
+/// Links (or copies) the server to `share/prometheus/prometheus` for the VM guests; the
+/// scenario fails, naming the missing binary, when setup has not unpacked it.
+pub fn share(share: &Path) -> anyhow::Result<()> {
+    let server = server();
+    if !server.is_file() {
+        eprintln!(
+            "vmtest: warning: {} is missing (run `cargo xtask setup`): 11-systemd-units will fail",
+            server.display()
+        );
+        return Ok(());
+    }
+    let dest = share.join("prometheus/prometheus");
+    fs::create_dir_all(share.join("prometheus"))?;
+    if fs::hard_link(&server, &dest).is_err() {
+        fs::copy(&server, &dest).with_context(|| format!("cannot copy {}", server.display()))?;
+    }
+    Ok(())
+}
+
+/// Unpacks the package unless it is there and runs.
 pub fn ensure_installed() -> anyhow::Result<()> {
-    if Command::new(binary())
-        .arg("--version")
-        .output()
-        .is_ok_and(|out| out.status.success())
+    if server().is_file()
+        && Command::new(binary())
+            .arg("--version")
+            .output()
+            .is_ok_and(|out| out.status.success())
     {
         return Ok(());
     }

@@ -1,7 +1,8 @@
 //! The Kubernetes manifests' checker for the tests (`kubernetes-validate`, in
 //! `tests/dist_fleet.rs`): installed from the Python package index with the `python3` on PATH,
-//! whose YAML module (`PyYAML`, a dependency) the tests also use to read the manifests. Pinned, so the Kubernetes schema version it validates against (its default, the
-//! newest it ships) changes only with this number.
+//! whose YAML module (`PyYAML`, a dependency) the tests also use to read the manifests. Pinned,
+//! so the Kubernetes schema version it validates against (its default, the newest it ships)
+//! changes only with this number.
 
 use std::process::Command;
 

@@ -4,11 +4,12 @@ mod bench;
 mod build;
 mod demo;
 mod fuzz;
+mod idempotence;
 mod kubernetes_validate;
 mod layering;
 mod opencode;
 mod package;
-mod promtool;
+mod prometheus;
 mod setup;
 mod test;
 mod util;
@@ -25,13 +26,14 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Install every prerequisite (apt packages, nightly rust-src, bpf-linker, cargo-fuzz, VM
-    /// kernels and images). Idempotent: a second run takes seconds.
+    /// Install every prerequisite (apt packages, nightly rust-src, bpf-linker, cargo-fuzz,
+    /// opencode, Prometheus's package, the fleet checkers, VM kernels and images). Idempotent:
+    /// a second run takes seconds.
     Setup(setup::SetupArgs),
     /// Build the eBPF object and the `isolate` binary that embeds it.
     Build(build::BuildArgs),
-    /// Run every test: fmt, layering, clippy, unit, host integration, fuzzing, the Debian package
-    /// (lintian), then the VM suite.
+    /// Run every test: setup and its idempotence, fmt, layering, clippy, unit, host
+    /// integration, fuzzing, the demo, the Debian package (lintian), then the VM suite.
     Test(test::TestArgs),
     /// Check only the enforcer's module layering (the step `test` runs after fmt): reports each
     /// forbidden use, e.g. `exec` using `daemon`, or a layer (`bpf`, `nft`, `landlock`) using
@@ -42,7 +44,7 @@ enum Command {
     Fuzz(fuzz::FuzzArgs),
     /// Boot real kernels in QEMU and run the VM scenarios.
     Vmtest(vm::VmTestArgs),
-    /// The main job: show isolate confining a workload.
+    /// The main job: show isolate confining a workload, a one-off command and `opencode serve`.
     Demo,
     /// Measure what enforcement costs a connect (none, eBPF, nftables, both; 10 to 10,000 CIDRs).
     Bench(bench::BenchArgs),
@@ -56,6 +58,7 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
+        Command::Setup(args) if args.check => idempotence::run(&args),
         Command::Setup(args) => setup::run(&args),
         Command::Build(args) => build::run(&args).map(|_| ()),
         Command::Test(args) => test::run(&args),

@@ -44,13 +44,17 @@ pub struct SetupArgs {
     /// Skip the VM kernels and guest images.
     #[arg(long)]
     pub no_vm: bool,
+    /// Then check setup itself: run again, it must change nothing; with Prometheus's unpacked
+    /// package removed, it must restore exactly that.
+    #[arg(long)]
+    pub check: bool,
 }
 
 pub fn run(args: &SetupArgs) -> anyhow::Result<()> {
     install_apt_packages()?;
     ensure_build_tools()?;
     crate::opencode::ensure_installed()?;
-    crate::promtool::ensure_installed()?;
+    crate::prometheus::ensure_installed()?;
     crate::kubernetes_validate::ensure_installed()?;
     crate::fuzz::ensure_cargo_fuzz()?;
     if !args.no_vm {

@@ -1,10 +1,11 @@
-//! `cargo xtask test`: every test, in the order that fails fastest — format, module layering,
-//! lints, unit and host integration tests, a short fuzzing run of the policy parser, the Debian
-//! package (lintian), then the VM suite. Installs what it needs first.
+//! `cargo xtask test`: every test, in the order that fails fastest — setup (which installs what
+//! the rest needs) and that running it again changes nothing, format, module layering, lints,
+//! unit and host integration tests, a short fuzzing run of the policy parser, the demo, the
+//! Debian package (lintian), then the VM suite.
 
 use clap::{Args, FromArgMatches as _};
 
-use crate::{fuzz, layering, setup, util, vm};
+use crate::{fuzz, idempotence, layering, setup, util, vm};
 
 /// Seconds each fuzz target runs in `test`: long enough to replay the corpus and try a few
 /// hundred thousand new inputs, short enough for CI (`cargo xtask fuzz` runs longer).
@@ -18,7 +19,10 @@ pub struct TestArgs {
 }
 
 pub fn run(args: &TestArgs) -> anyhow::Result<()> {
-    setup::run(&setup::SetupArgs { no_vm: args.no_vm })?;
+    idempotence::run(&setup::SetupArgs {
+        no_vm: args.no_vm,
+        check: true,
+    })?;
     util::run(util::cargo().args(["fmt", "--all", "--check"]))?;
     layering::run()?;
     util::run(util::cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
@@ -27,6 +31,8 @@ pub fn run(args: &TestArgs) -> anyhow::Result<()> {
         seconds: FUZZ_SECONDS,
         target: None,
     })?;
+    // The README's first command, as a user runs it: it fails if any step of it fails.
+    crate::demo::run()?;
     crate::package::run()?;
     if !args.no_vm {
         vm::run(&default_vm_args())?;

@@ -40,6 +40,15 @@ impl Mirrors {
         })
     }
 
+    /// The `deb` line of one suite of the archive (main only), e.g. `trixie-backports`.
+    pub fn deb_line(&self, suite: &str, keyring: &Path) -> String {
+        format!(
+            "deb [signed-by={}] {} {suite} main",
+            keyring.display(),
+            self.archive
+        )
+    }
+
     /// `deb` lines for `release`, its `-updates` and its `-security` suites (main only).
     pub fn deb_lines(&self, release: &str, keyring: &Path) -> Vec<String> {
         let signed = format!("[signed-by={}]", keyring.display());
@@ -62,7 +71,12 @@ pub struct PrivateApt {
 impl PrivateApt {
     /// Creates (or reuses) the configuration for `release` and refreshes its package lists.
     pub fn open(release: &str, mirrors: &Mirrors, keyring: &Path) -> anyhow::Result<Self> {
-        let root = super::cache::root().join("apt").join(release);
+        Self::open_sources(release, &mirrors.deb_lines(release, keyring))
+    }
+
+    /// As `open`, for the suites of `sources` (`deb` lines), named `name` in the cache.
+    pub fn open_sources(name: &str, sources: &[String]) -> anyhow::Result<Self> {
+        let root = super::cache::root().join("apt").join(name);
         for dir in [
             "etc/sources.list.d",
             "etc/preferences.d",
@@ -75,14 +89,14 @@ impl PrivateApt {
         if !status.exists() {
             fs::write(&status, "")?;
         }
-        let mut sources = mirrors.deb_lines(release, keyring).join("\n");
+        let mut sources = sources.join("\n");
         sources.push('\n');
         fs::write(root.join("etc/sources.list"), sources)?;
         write_config(&root)?;
         let apt = PrivateApt { root };
-        eprintln!("vmtest: refreshing the package lists of Debian {release} (private apt)");
+        eprintln!("vmtest: refreshing the package lists of Debian {name} (private apt)");
         util::run(apt.command("apt-get").args(["-q", "update"]))
-            .with_context(|| format!("cannot read Debian {release}'s package lists"))?;
+            .with_context(|| format!("cannot read Debian {name}'s package lists"))?;
         Ok(apt)
     }
 

@@ -19,19 +19,37 @@ use crate::util;
 /// A kernel the suite boots: its short name, and the Debian release that ships it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct KernelSpec {
+    /// `6.1`, `6.12`: the series a stable release keeps for its life; or [`NEWEST`].
     pub series: &'static str,
+    /// The release (whose keys sign the archive).
     pub release: &'static str,
+    /// The suite the kernel comes from: the release itself, or e.g. its backports.
+    pub suite: &'static str,
 }
+
+/// The series name of the kernel that follows Debian's newest: whatever version the suite
+/// has when the cache is filled (the cached one stays until its directory is removed).
+pub const NEWEST: &str = "newest";
 
 /// Every kernel the suite knows, oldest first.
 pub const KERNELS: &[KernelSpec] = &[
     KernelSpec {
         series: "6.1",
         release: "bookworm",
+        suite: "bookworm",
     },
     KernelSpec {
         series: "6.12",
         release: "trixie",
+        suite: "trixie",
+    },
+    // Newer than unstable's own at times (backports get the newest stable series first):
+    // where new kernels differ (Landlock ABI 7+, new LSM hooks, verifier changes) users meet
+    // them here first.
+    KernelSpec {
+        series: NEWEST,
+        release: "trixie",
+        suite: "trixie-backports",
     },
 ];
 
@@ -56,7 +74,7 @@ impl Kernel {
     }
 
     /// The module files (relative to `modules_dir`) of the modules `names`. Built-in modules
-    /// need no file; unknown names are an error.
+    /// need no file; unknown names are an error, but for those marked optional (`name?`).
     pub fn module_files<'a>(
         &self,
         names: impl IntoIterator<Item = &'a str>,
@@ -71,10 +89,14 @@ impl Kernel {
             .collect::<BTreeSet<_>>();
         let mut files = Vec::new();
         for name in names {
+            let (name, optional) = match name.strip_suffix('?') {
+                Some(name) => (name, true),
+                None => (name, false),
+            };
             let name = name.replace('-', "_");
             match by_name.get(&name) {
                 Some(path) => files.push((*path).clone()),
-                None if builtin.contains(&name) => {}
+                None if builtin.contains(&name) || optional => {}
                 None => bail!("kernel {} has no module `{name}`", self.version),
             }
         }
@@ -127,6 +149,14 @@ fn module_name(path: &str) -> String {
     file.split(".ko").next().unwrap_or(file).replace('-', "_")
 }
 
+/// The version of `spec`'s kernel in the cache, if it was fetched.
+pub fn cached_version(spec: &KernelSpec) -> Option<String> {
+    let dir = cache::root().join("kernels").join(spec.series);
+    fs::read_to_string(dir.join("version"))
+        .ok()
+        .map(|v| v.trim().to_owned())
+}
+
 /// Returns the cached kernel of `spec`, downloading and unpacking it on first use.
 pub fn ensure(
     spec: &KernelSpec,
@@ -148,14 +178,19 @@ pub fn ensure(
 
 fn fetch(spec: &KernelSpec, mirrors: &apt::Mirrors, out: &Path) -> anyhow::Result<()> {
     let keyring = apt::keyring_for(spec.release, mirrors)?;
-    let apt = apt::PrivateApt::open(spec.release, mirrors, &keyring)?;
+    let apt = if spec.suite == spec.release {
+        apt::PrivateApt::open(spec.release, mirrors, &keyring)?
+    } else {
+        // The suite alone: its kernel is then the candidate, whatever the release has.
+        apt::PrivateApt::open_sources(spec.suite, &[mirrors.deb_line(spec.suite, &keyring)])?
+    };
     let package = apt
         .depends("linux-image-amd64")?
         .into_iter()
         .find(|dep| dep.starts_with("linux-image-") && dep.ends_with("-amd64"))
-        .with_context(|| format!("linux-image-amd64 in {} names no kernel", spec.release))?;
+        .with_context(|| format!("linux-image-amd64 in {} names no kernel", spec.suite))?;
     let version = package.trim_start_matches("linux-image-").to_string();
-    if !version.starts_with(&format!("{}.", spec.series)) {
+    if spec.series != NEWEST && !version.starts_with(&format!("{}.", spec.series)) {
         bail!(
             "Debian {}'s kernel is now {version}, not {}.x: update KERNELS in {}",
             spec.release,
@@ -165,11 +200,22 @@ fn fetch(spec: &KernelSpec, mirrors: &apt::Mirrors, out: &Path) -> anyhow::Resul
     }
     eprintln!(
         "vmtest: fetching kernel {version} from Debian {}",
-        spec.release
+        spec.suite
     );
-    let deb = apt.download(&package, &out.join("download"))?;
+    // Newer kernels (7.x) split the image, which then only depends on the parts:
+    // linux-binary-V (vmlinuz), linux-base-V (config, modules.builtin, modules.order) and
+    // linux-modules-V, all under /usr/lib/modules/V.
+    let parts = ["binary", "base", "modules"].map(|part| format!("linux-{part}-{version}"));
+    let split: Vec<String> = apt
+        .depends(&package)?
+        .into_iter()
+        .filter(|dep| parts.contains(dep))
+        .collect();
     let unpacked = out.join("unpacked");
-    util::run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&unpacked))?;
+    for part in std::iter::once(&package).chain(&split) {
+        let deb = apt.download(part, &out.join("download"))?;
+        util::run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&unpacked))?;
+    }
 
     // Trixie's packages put modules under /usr/lib (merged /usr), bookworm's under /lib;
     // bookworm's depmod only looks under <base>/lib/modules.
@@ -177,7 +223,7 @@ fn fetch(spec: &KernelSpec, mirrors: &apt::Mirrors, out: &Path) -> anyhow::Resul
         .iter()
         .map(|dir| unpacked.join(dir).join(&version))
         .find(|dir| dir.is_dir())
-        .with_context(|| format!("{} has no modules for {version}", deb.display()))?;
+        .with_context(|| format!("{package} has no modules for {version}"))?;
     let modules_parent = out.join("root/lib/modules");
     fs::create_dir_all(&modules_parent)?;
     fs::rename(&modules, modules_parent.join(&version))?;
@@ -189,12 +235,20 @@ fn fetch(spec: &KernelSpec, mirrors: &apt::Mirrors, out: &Path) -> anyhow::Resul
             .arg(&version),
     )?;
 
+    // Where the image was split, vmlinuz and config came with the modules (and stay there).
+    let modules_dir = modules_parent.join(&version);
     let boot = unpacked.join("boot");
-    extract_vmlinux(
-        &boot.join(format!("vmlinuz-{version}")),
-        &out.join("vmlinux"),
-    )?;
-    fs::copy(boot.join(format!("config-{version}")), out.join("config"))?;
+    let (vmlinuz, config) = if modules_dir.join("vmlinuz").exists() {
+        (modules_dir.join("vmlinuz"), modules_dir.join("config"))
+    } else {
+        (
+            boot.join(format!("vmlinuz-{version}")),
+            boot.join(format!("config-{version}")),
+        )
+    };
+    extract_vmlinux(&vmlinuz, &out.join("vmlinux"))?;
+    fs::copy(&config, out.join("config"))
+        .with_context(|| format!("cannot copy {}", config.display()))?;
     fs::write(out.join("version"), format!("{version}\n"))?;
     cache::remove(&unpacked)?;
     cache::remove(&out.join("download"))?;

@@ -1,5 +1,6 @@
 #!/bin/sh
-# Runs the scenarios listed in /share/run-<guest>.list (written by xtask: one line per scenario,
+# Runs the scenarios listed in /share/$VMTEST_LIST (run-<guest>-<boot>.list, written by xtask,
+# named on the kernel command line: one line per scenario,
 # `name<TAB>timeout-seconds<TAB>path`), one after another, in both guests:
 #   /results/<name>.log    the scenario's stdout and stderr
 #   /results/<name>.rc     `<exit code> <elapsed centiseconds>`
@@ -57,7 +58,7 @@ while IFS=$tab read -r name timeout path; do
     now
     echo "$rc $((now - start))" >"/results/$name.rc"
     say "end $name rc=$rc"
-done <"/share/run-$VMTEST_GUEST.list"
+done <"/share/${VMTEST_LIST:-run-$VMTEST_GUEST.list}"
 sync
 
 if [ "$VMTEST_GUEST" = systemd ]; then

@@ -1,6 +1,7 @@
 #!/bin/sh
 # vmtest-guest: systemd
 # vmtest-timeout: 600
+# vmtest-boot: 2
 # The real `opencode serve` (npm opencode-ai, installed by `cargo xtask setup` and shared as
 # /share/opencode/opencode) under `isolate exec` with examples/opencode.toml
 # (enforcer/tests/opencode.rs): it answers on loopback, its calls to models.opencode.ai and

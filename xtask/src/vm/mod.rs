@@ -32,7 +32,8 @@ use scenario::{Guest, Scenario, Status};
 #[derive(clap::Args, Default)]
 #[allow(clippy::struct_excessive_bools)]
 pub struct VmTestArgs {
-    /// Boot only this kernel (repeatable): 6.1 or 6.12. Default: all.
+    /// Boot only this kernel (repeatable): 6.1, 6.12 or newest (Debian's newest, from
+    /// trixie-backports). Default: all.
     #[arg(long = "kernel", value_name = "SERIES")]
     pub kernels: Vec<String>,
     /// Run only scenarios whose name contains this (repeatable).
@@ -41,7 +42,8 @@ pub struct VmTestArgs {
     /// Boot only this kind of guest. Default: each kind some selected scenario needs.
     #[arg(long, value_enum)]
     pub guest: Option<Guest>,
-    /// List the scenarios (name, guests, timeout) and exit.
+    /// List the kernels (series, Debian suite, cached version) and the scenarios (name,
+    /// guests, timeout), and exit.
     #[arg(long)]
     pub list: bool,
     /// Boot one guest into an interactive root shell with the test environment (no scenarios).
@@ -59,6 +61,10 @@ pub struct VmTestArgs {
     /// Guest memory in MiB (default 2048).
     #[arg(long, value_name = "MIB")]
     pub memory: Option<u32>,
+    /// How many guests boot at once (default: 2 where there are 2 cores or more). Under TCG
+    /// a guest mostly keeps one core busy, so a second guest uses the other one.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub jobs: Option<u32>,
     /// Do not build: share target/release/isolate and the test executables as they are.
     #[arg(long)]
     pub no_build: bool,
@@ -172,29 +178,86 @@ pub fn run(args: &VmTestArgs) -> anyhow::Result<()> {
     let accel = qemu::choose_accel(args.accel, &probe_vm(args, &assets[0], &share))?;
     eprintln!("vmtest: accelerator: {accel}");
 
-    let mut outcomes = Vec::new();
+    let mut boots = Vec::new();
     for kernel in &assets {
         for &guest in &guests {
-            let scenarios: Vec<&Scenario> = selected
+            let of_guest: Vec<&Scenario> = selected
                 .iter()
                 .copied()
                 .filter(|s| s.guests.contains(&guest))
                 .collect();
-            let boot = Boot {
-                args,
-                kernel,
-                guest,
-                accel,
-                share: &share,
-            };
             if interactive {
-                boot.interactive(&scenarios)?;
+                let boot = Boot {
+                    args,
+                    kernel,
+                    guest,
+                    part: None,
+                    accel,
+                    share: &share,
+                };
+                boot.interactive(&of_guest)?;
                 return Ok(());
             }
-            outcomes.extend(boot.run(&scenarios)?);
+            for part in scenario::BOOTS {
+                let scenarios: Vec<&Scenario> = of_guest
+                    .iter()
+                    .copied()
+                    .filter(|s| s.boot == part)
+                    .collect();
+                if scenarios.is_empty() {
+                    continue;
+                }
+                let boot = Boot {
+                    args,
+                    kernel,
+                    guest,
+                    part: Some(part),
+                    accel,
+                    share: &share,
+                };
+                boots.push((boot, scenarios));
+            }
         }
     }
+    let outcomes = run_boots(&boots, jobs(args))?;
     report(&outcomes, started.elapsed())
+}
+
+/// Guests booted at once: `--jobs`, else 2 where there are at least 2 cores.
+fn jobs(args: &VmTestArgs) -> usize {
+    args.jobs.map_or_else(
+        || std::thread::available_parallelism().map_or(1, |n| n.get().min(2)),
+        |jobs| jobs as usize,
+    )
+}
+
+/// Runs the boots, `jobs` at a time, the systemd guests' (the long ones) first; the outcomes
+/// come back in the boots' order, whatever order they finished in.
+fn run_boots(boots: &[(Boot<'_>, Vec<&Scenario>)], jobs: usize) -> anyhow::Result<Vec<Labelled>> {
+    let mut order: Vec<usize> = (0..boots.len()).collect();
+    order.sort_by_key(|&i| boots[i].0.guest != Guest::Systemd);
+    let queue = std::sync::Mutex::new(order.into_iter());
+    let results = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for _ in 0..jobs.min(boots.len()) {
+            scope.spawn(|| {
+                loop {
+                    let next = queue.lock().expect("queue lock").next();
+                    let Some(i) = next else { break };
+                    let (boot, scenarios) = &boots[i];
+                    let outcome = boot.run(scenarios);
+                    results.lock().expect("results lock").push((i, outcome));
+                }
+            });
+        }
+    });
+    let mut results = results.into_inner().expect("results lock");
+    results.sort_by_key(|(i, _)| *i);
+    let mut outcomes = Vec::new();
+    for (_, outcome) in results {
+        outcomes.extend(outcome?);
+    }
+    Ok(outcomes)
 }
 
 /// One guest boot: a kernel, a guest kind, the scenarios it runs.
@@ -202,6 +265,9 @@ struct Boot<'a> {
     args: &'a VmTestArgs,
     kernel: &'a KernelAssets,
     guest: Guest,
+    /// Which of the guest's boots (`vmtest-boot`); `None` for an interactive boot, which runs
+    /// every selected scenario of the guest.
+    part: Option<u8>,
     accel: qemu::Accel,
     share: &'a Path,
 }
@@ -213,10 +279,19 @@ struct Labelled {
 }
 
 impl Boot<'_> {
+    /// `target/vmtest/<kernel>/<guest>`, `<guest>-2` for the second boot.
     fn dir(&self) -> PathBuf {
         output_dir()
             .join(self.kernel.kernel.series)
-            .join(self.guest.name())
+            .join(self.name())
+    }
+
+    /// `systemd`, or `systemd-2` for the guest's second boot.
+    fn name(&self) -> String {
+        match self.part {
+            Some(part) if part > 1 => format!("{}-{part}", self.guest.name()),
+            _ => self.guest.name().to_owned(),
+        }
     }
 
     fn vm<'v>(&'v self, results: &'v Path, mode: &str) -> qemu::Vm<'v> {
@@ -230,6 +305,7 @@ impl Boot<'_> {
                 format!("vmtest.guest={}", self.guest.name()),
                 format!("vmtest.mode={mode}"),
                 format!("vmtest.kernel={}", kernel.kernel.series),
+                format!("vmtest.list={}", scenario::list_name(self.guest, self.part)),
             ],
             share: self.share,
             results,
@@ -265,7 +341,7 @@ impl Boot<'_> {
             idle: Duration::from_secs(90),
             verbose: self.args.verbose,
         };
-        let label = format!("{}, {}", self.kernel.kernel.series, self.guest.name());
+        let label = format!("{}, {}", self.kernel.kernel.series, self.name());
         eprintln!(
             "vmtest: booting {} ({label}): {} scenario(s)",
             self.kernel.kernel.version,
@@ -333,7 +409,7 @@ impl Boot<'_> {
         if self.args.keep {
             let outcomes =
                 scenario::collect(&results, scenarios, "the guest stopped before it finished");
-            let label = format!("{}, {}", self.kernel.kernel.series, self.guest.name());
+            let label = format!("{}, {}", self.kernel.kernel.series, self.name());
             let labelled: Vec<Labelled> = outcomes
                 .into_iter()
                 .map(|outcome| Labelled {
@@ -384,12 +460,18 @@ fn selected_kernels(names: &[String]) -> anyhow::Result<Vec<KernelSpec>> {
 
 #[allow(clippy::print_stdout)]
 fn print_list(scenarios: &[&Scenario]) {
+    for spec in KERNELS {
+        let cached = kernel::cached_version(spec)
+            .map_or_else(|| "not fetched yet".to_owned(), |v| format!("cached: {v}"));
+        println!("kernel {:<8} {:<18} {cached}", spec.series, spec.suite);
+    }
     for scenario in scenarios {
         let guests: Vec<&str> = scenario.guests.iter().map(|g| g.name()).collect();
         println!(
-            "{:<32} {:<20} {}s",
+            "{:<32} {:<20} boot {} {}s",
             scenario.name,
             guests.join(","),
+            scenario.boot,
             scenario.timeout_secs
         );
     }

@@ -6,7 +6,12 @@
 //! ```text
 //! # vmtest-guest: initramfs systemd     (required: one or both guests)
 //! # vmtest-timeout: 300                  (optional, seconds; default 120)
+//! # vmtest-boot: 2                       (optional: the guest's second boot; default 1)
 //! ```
+//!
+//! A guest kind boots once per kernel for its scenarios of boot 1, and once more for those of
+//! boot 2 if any: two shorter boots, which two workers run side by side, instead of one long
+//! one (the systemd guest's opencode scenarios take as long as all the others together).
 //!
 //! Exit 0 passes, 77 skips (the scenario does not apply, e.g. a kernel feature is absent),
 //! anything else fails.
@@ -51,7 +56,12 @@ pub struct Scenario {
     pub path: PathBuf,
     pub guests: Vec<Guest>,
     pub timeout_secs: u64,
+    /// Which boot of its guest kind runs it: 1 or 2.
+    pub boot: u8,
 }
+
+/// The boots a guest kind may get per kernel.
+pub const BOOTS: [u8; 2] = [1, 2];
 
 /// The scenarios in `vmtests/scenarios/` (and `vmtests/selfcheck/`, which only the harness's
 /// self-check runs), sorted by name.
@@ -121,6 +131,19 @@ fn parse(vmtests: &Path, path: &Path) -> anyhow::Result<Scenario> {
             .with_context(|| format!("{}: bad vmtest-timeout `{value}`", path.display()))?,
         None => DEFAULT_TIMEOUT_SECS,
     };
+    let boot = match header("vmtest-boot") {
+        Some(value) => value
+            .parse()
+            .ok()
+            .filter(|boot| BOOTS.contains(boot))
+            .with_context(|| {
+                format!(
+                    "{}: vmtest-boot must be 1 or 2, not `{value}`",
+                    path.display()
+                )
+            })?,
+        None => 1,
+    };
     Ok(Scenario {
         name: path
             .file_stem()
@@ -130,7 +153,17 @@ fn parse(vmtests: &Path, path: &Path) -> anyhow::Result<Scenario> {
         path: path.strip_prefix(vmtests)?.to_path_buf(),
         guests,
         timeout_secs,
+        boot,
     })
+}
+
+/// The name of the list one boot of `guest` reads from the share (`vmtest.list=`): boot 1's
+/// and 2's, or, for an interactive boot (`--keep`), every selected scenario of the guest.
+pub fn list_name(guest: Guest, boot: Option<u8>) -> String {
+    match boot {
+        Some(boot) => format!("run-{}-{boot}.list", guest.name()),
+        None => format!("run-{}.list", guest.name()),
+    }
 }
 
 /// The list `runner.sh` reads: `name<TAB>timeout<TAB>path in the guest` per line.

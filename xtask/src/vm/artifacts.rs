@@ -7,9 +7,11 @@
 //! share/lib/                 libraries those binaries need and the initramfs lacks
 //! share/vmtests/             a copy of vmtests/ (scenarios, policies, guest scripts)
 //! share/dist/                a copy of dist/ (the shipped systemd units)
+//! share/examples/            a copy of examples/ (the policies users start from)
 //! share/opencode/opencode    the opencode binary `cargo xtask setup` installed (07-opencode.sh)
 //! share/prometheus/prometheus  the server of Debian's prometheus package (11-systemd-units.sh)
-//! share/run-<guest>.list     the scenarios each guest runs (see runner.sh)
+//! share/run-<guest>-<boot>.list  the scenarios each boot of a guest runs (see runner.sh);
+//!                            run-<guest>.list: all of them, for an interactive boot
 //! ```
 
 use std::collections::BTreeSet;
@@ -136,7 +138,7 @@ pub fn stage(
     for dir in ["bin", "testbin", "lib"] {
         fs::create_dir_all(share.join(dir))?;
     }
-    for dir in ["vmtests", "dist"] {
+    for dir in ["vmtests", "dist", "examples"] {
         copy_tree(&util::project_root().join(dir), &share.join(dir))?;
     }
     let mut shared = Vec::new();
@@ -163,15 +165,26 @@ pub fn stage(
     crate::opencode::share(share)?;
     crate::prometheus::share(share)?;
     for guest in Guest::ALL {
-        let list: Vec<&Scenario> = scenarios
+        let of_guest: Vec<&Scenario> = scenarios
             .iter()
             .copied()
             .filter(|s| s.guests.contains(&guest))
             .collect();
         fs::write(
-            share.join(format!("run-{}.list", guest.name())),
-            scenario::run_list(&list),
+            share.join(scenario::list_name(guest, None)),
+            scenario::run_list(&of_guest),
         )?;
+        for boot in scenario::BOOTS {
+            let list: Vec<&Scenario> = of_guest
+                .iter()
+                .copied()
+                .filter(|s| s.boot == boot)
+                .collect();
+            fs::write(
+                share.join(scenario::list_name(guest, Some(boot))),
+                scenario::run_list(&list),
+            )?;
+        }
     }
     Ok(())
 }

@@ -90,20 +90,7 @@ pub fn ensure_installed() -> anyhow::Result<()> {
 /// Links (or copies) the installed binary to `share/opencode/opencode` for the VM guests, when it
 /// is installed; the scenario says what to do when it is not.
 pub fn share(share: &Path) -> anyhow::Result<()> {
-    let binary = binary();
-    if !binary.is_file() {
-        eprintln!(
-            "vmtest: warning: {} is missing (run `cargo xtask setup`): 07-opencode will fail",
-            binary.display()
-        );
-        return Ok(());
-    }
-    let dest = share.join("opencode/opencode");
-    fs::create_dir_all(share.join("opencode"))?;
-    if fs::hard_link(&binary, &dest).is_err() {
-        fs::copy(&binary, &dest).with_context(|| format!("cannot copy {}", binary.display()))?;
-    }
-    Ok(())
+    util::share_binary(&binary(), &share.join("opencode/opencode"), "07-opencode")
 }
 
 fn installed_version(prefix: &Path) -> Option<String> {

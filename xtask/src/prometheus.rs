@@ -26,23 +26,13 @@ fn server() -> PathBuf {
     dir().join("usr/bin/prometheus")
 }
 
-/// Links (or copies) the server to `share/prometheus/prometheus` for the VM guests; the
-/// scenario fails, naming the missing binary, when setup has not unpacked it.
+/// Shares the server as `share/prometheus/prometheus` for the VM guests.
 pub fn share(share: &Path) -> anyhow::Result<()> {
-    let server = server();
-    if !server.is_file() {
-        eprintln!(
-            "vmtest: warning: {} is missing (run `cargo xtask setup`): 11-systemd-units will fail",
-            server.display()
-        );
-        return Ok(());
-    }
-    let dest = share.join("prometheus/prometheus");
-    fs::create_dir_all(share.join("prometheus"))?;
-    if fs::hard_link(&server, &dest).is_err() {
-        fs::copy(&server, &dest).with_context(|| format!("cannot copy {}", server.display()))?;
-    }
-    Ok(())
+    util::share_binary(
+        &server(),
+        &share.join("prometheus/prometheus"),
+        "11-systemd-units",
+    )
 }
 
 /// Unpacks the package unless it is there and runs.

@@ -43,6 +43,26 @@ pub fn have(program: &str) -> bool {
         .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()))
 }
 
+/// Puts `binary` at `dest` in the VM share (a hard link, or a copy across file systems). A
+/// binary setup has not installed is only a warning here: `needed_by`, the scenario that
+/// runs it, fails and says so.
+pub fn share_binary(binary: &Path, dest: &Path, needed_by: &str) -> anyhow::Result<()> {
+    if !binary.is_file() {
+        eprintln!(
+            "vmtest: warning: {} is missing (run `cargo xtask setup`): {needed_by} will fail",
+            binary.display()
+        );
+        return Ok(());
+    }
+    if let Some(dir) = dest.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    if std::fs::hard_link(binary, dest).is_err() {
+        std::fs::copy(binary, dest).with_context(|| format!("cannot copy {}", binary.display()))?;
+    }
+    Ok(())
+}
+
 /// A cargo command for this workspace, run from its root.
 pub fn cargo() -> Command {
     let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));

@@ -5,7 +5,11 @@
 //!   `isolate status` lists every instance, one `isolate status`, one `/metrics` scrape, its
 //!   resident memory, and a restart after SIGKILL until status lists every instance again;
 //! - `isolate exec -- /bin/true` with both layers, the eBPF layer and the nftables layer, each
-//!   against a bare user switch (`setpriv`) in the same run.
+//!   against a bare user switch (`setpriv`) in the same run;
+//! - the flood accounting: one instance of the daemon refuses connects at full speed while
+//!   another is refused once; the flooder's counter, its audit records and suppressed counts
+//!   (and how many events the kernel's budget did not send), and whether the quiet
+//!   instance's refusal was recorded.
 //!
 //! Everything happens in a private network namespace (the nftables tables live there), a
 //! child cgroup of this run (the daemon attaches there) and pins of this run's own; the
@@ -21,6 +25,12 @@
     reason = "statistics on small, non-negative counts"
 )]
 
+#[path = "../tests/common/probe.rs"]
+#[allow(dead_code, reason = "the bench uses a part")]
+mod probe;
+#[path = "../tests/common/records.rs"]
+#[allow(dead_code, reason = "the bench uses a part")]
+mod records;
 #[path = "common/report.rs"]
 mod report;
 #[path = "../tests/common/sandbox.rs"]
@@ -41,7 +51,14 @@ const REPEATS: usize = 7;
 /// A daemon that has not listed every instance by then counts as failed.
 const LISTED_TIMEOUT: Duration = Duration::from_mins(10);
 
+/// How long the flood runs.
+const FLOOD_SECONDS: u32 = 3;
+
 fn main() -> ExitCode {
+    // The flood's clients are this program, re-executed as an instance's user.
+    if let Some(code) = probe::main_if_probe() {
+        return code;
+    }
     match run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -65,6 +82,8 @@ fn run() -> anyhow::Result<()> {
     };
     let cgroup = Cgroup::create(&cgroup2_mount()?, &sandbox::unique_name("bench-farm"))?;
 
+    // After the connect bench's tables: a blank line ends its last one.
+    println!();
     println!(
         "| instances × CIDRs | start until status lists all | `isolate status` | `/metrics` scrape | restart after SIGKILL | daemon RSS |"
     );
@@ -84,7 +103,9 @@ fn run() -> anyhow::Result<()> {
         );
     }
     println!();
-    exec_start()
+    exec_start()?;
+    println!();
+    flood(cgroup.path())
 }
 
 /// A daemon's instances, users and directories for one size; all removed on drop.
@@ -253,6 +274,11 @@ impl<'a> Farm<'a> {
     }
 
     fn scrape(&self) -> anyhow::Result<()> {
+        self.metrics().map(drop)
+    }
+
+    /// One `/metrics` scrape, the response as text.
+    fn metrics(&self) -> anyhow::Result<String> {
         let mut stream = TcpStream::connect(self.metrics)?;
         stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: bench\r\n\r\n")?;
         let mut body = String::new();
@@ -260,7 +286,7 @@ impl<'a> Farm<'a> {
         if !body.contains("isolate_") {
             bail!("the scrape returned no isolate metrics: {body:.200}");
         }
-        Ok(())
+        Ok(body)
     }
 }
 
@@ -319,6 +345,119 @@ fn exec_start() -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// What one flood left: the flooder's refused connects and how they were accounted for, and
+/// how the quiet instance's one refusal went.
+struct Flood {
+    refused: u64,
+    elapsed: Duration,
+    counter: Option<u64>,
+    records: u64,
+    suppressed: u64,
+    /// Events the kernel's budget did not send (`isolate_events_dropped_total`).
+    unsent: Option<u64>,
+    quiet_code: i32,
+    quiet_recorded: bool,
+}
+
+/// One instance floods refused connects for `FLOOD_SECONDS` while another is refused once.
+fn flood(cgroup: &Path) -> anyhow::Result<()> {
+    let farm = Farm::new(2, 10, cgroup)?;
+    let uid = |user: &str| -> anyhow::Result<u32> {
+        Ok(nix::unistd::User::from_name(user)?
+            .with_context(|| format!("no user {user}"))?
+            .uid
+            .as_raw())
+    };
+    let (flooder, quiet) = (uid(&farm.users[0])?, uid(&farm.users[1])?);
+    let (flood_name, quiet_name) = (&farm.names[0], &farm.names[1]);
+    // Not in either policy: every connect is refused at once.
+    let forbidden = SocketAddr::from(([127, 0, 0, 1], 9));
+    let mut daemon = farm.start()?;
+    let result = farm.wait_listed(&mut daemon).and_then(|()| {
+        let started = Instant::now();
+        let flood = probe::start_flood(cgroup, flooder, forbidden, FLOOD_SECONDS);
+        std::thread::sleep(Duration::from_secs(1));
+        let quiet_refusal = probe::run_in(cgroup, quiet, probe::Mode::Tcp, forbidden);
+        let refused = probe::flood_count(flood);
+        let elapsed = started.elapsed();
+        let log = || std::fs::read_to_string(farm.log()).unwrap_or_default();
+        let (records, suppressed) = records::trail_once_settled(flood_name, refused, log);
+        let metrics = farm.metrics()?;
+        let counter = metric(
+            &metrics,
+            "isolate_blocked_total",
+            flood_name,
+            "protocol=\"tcp\"",
+        );
+        let unsent = metric(&metrics, "isolate_events_dropped_total", flood_name, "");
+        let quiet_recorded = records::record_messages(quiet_name, &log(), 1)
+            .iter()
+            .any(|r| r.contains(&format!("{forbidden} ")));
+        Ok(Flood {
+            refused,
+            elapsed,
+            counter,
+            records,
+            suppressed,
+            unsent,
+            quiet_code: quiet_refusal.code,
+            quiet_recorded,
+        })
+    });
+    kill(&mut daemon, nix::sys::signal::Signal::SIGTERM);
+    let Flood {
+        refused,
+        elapsed,
+        counter,
+        records,
+        suppressed,
+        unsent,
+        quiet_code,
+        quiet_recorded,
+    } = result?;
+    println!(
+        "| flood ({FLOOD_SECONDS} s, one instance) | refused connects | kernel counter | audit records | suppressed (not sent by the kernel) | records + suppressed = counter | the quiet instance's one refusal |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    println!(
+        "| {} per second | {} | {} | {} | {} ({}) | {} | {} |",
+        report::thousands(
+            usize::try_from(u128::from(refused) * 1000 / elapsed.as_millis().max(1))
+                .unwrap_or(usize::MAX)
+        ),
+        report::thousands(refused as usize),
+        counter.map_or_else(|| "none".to_owned(), |c| report::thousands(c as usize)),
+        report::thousands(records as usize),
+        report::thousands(suppressed as usize),
+        unsent.map_or_else(|| "none".to_owned(), |c| report::thousands(c as usize)),
+        if counter == Some(records + suppressed) {
+            "yes, exactly"
+        } else {
+            "NO"
+        },
+        match (quiet_code == libc::EPERM, quiet_recorded) {
+            (true, true) => "refused (EPERM) and recorded",
+            (true, false) => "refused (EPERM), NOT recorded",
+            (false, _) => "NOT refused",
+        }
+    );
+    Ok(())
+}
+
+/// The value of the series `name{…isolate_instance="INSTANCE"…}` whose labels also contain
+/// `also` (e.g. `protocol="tcp"`), summed over the series that match.
+fn metric(text: &str, name: &str, instance: &str, also: &str) -> Option<u64> {
+    let wanted = format!("isolate_instance=\"{instance}\"");
+    let values: Vec<u64> = text
+        .lines()
+        .filter(|line| line.starts_with(&format!("{name}{{")))
+        .filter(|line| line.contains(&wanted) && line.contains(also))
+        .filter(|line| !line.contains("family=\"unix\""))
+        .filter_map(|line| line.rsplit(' ').next()?.parse().ok())
+        .collect();
+    (!values.is_empty()).then(|| values.iter().sum())
 }
 
 fn run_quietly(command: &mut Command) -> anyhow::Result<()> {

@@ -4,7 +4,8 @@
 //!   eBPF layer vs the nftables layer vs both, at 10 / 1,000 / 10,000 CIDRs, with the
 //!   per-UID rule shape of hand-written nftables modules (a rule per CIDR) as the peer;
 //! - `enforcer/benches/farm.rs`: the daemon's start, status, scrape, restart and memory at 10 /
-//!   100 / 1,000 instances, and `isolate exec`'s start against a bare user switch.
+//!   100 / 1,000 instances, `isolate exec`'s start against a bare user switch, and the flood
+//!   accounting (one instance refusing at full speed, another refused once).
 //!
 //! Each measures in one run and reports figures, ratios and spreads. Needs root; runs in a
 //! private network namespace and child cgroups, and leaves nothing behind. Not part of

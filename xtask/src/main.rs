@@ -46,7 +46,8 @@ enum Command {
     Vmtest(vm::VmTestArgs),
     /// The main job: show isolate confining a workload, a one-off command and `opencode serve`.
     Demo,
-    /// Measure what enforcement costs a connect (none, eBPF, nftables, both; 10 to 10,000 CIDRs).
+    /// Measure what enforcement costs: a connect (none, eBPF, nftables, both; 10 to 10,000
+    /// CIDRs), a farm of instances, an `isolate exec` start, and a flood's accounting.
     Bench(bench::BenchArgs),
     /// Build the Debian package `target/debian/isolate_VERSION_amd64.deb` and check it with
     /// lintian.

@@ -165,24 +165,10 @@ pub fn stage(
     crate::opencode::share(share)?;
     crate::prometheus::share(share)?;
     for guest in Guest::ALL {
-        let of_guest: Vec<&Scenario> = scenarios
-            .iter()
-            .copied()
-            .filter(|s| s.guests.contains(&guest))
-            .collect();
-        fs::write(
-            share.join(scenario::list_name(guest, None)),
-            scenario::run_list(&of_guest),
-        )?;
-        for boot in scenario::BOOTS {
-            let list: Vec<&Scenario> = of_guest
-                .iter()
-                .copied()
-                .filter(|s| s.boot == boot)
-                .collect();
+        for boot in std::iter::once(None).chain(scenario::BOOTS.map(Some)) {
             fs::write(
-                share.join(scenario::list_name(guest, Some(boot))),
-                scenario::run_list(&list),
+                share.join(scenario::list_name(guest, boot)),
+                scenario::run_list(&scenario::of_boot(scenarios, guest, boot)),
             )?;
         }
     }

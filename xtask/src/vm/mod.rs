@@ -181,11 +181,6 @@ pub fn run(args: &VmTestArgs) -> anyhow::Result<()> {
     let mut boots = Vec::new();
     for kernel in &assets {
         for &guest in &guests {
-            let of_guest: Vec<&Scenario> = selected
-                .iter()
-                .copied()
-                .filter(|s| s.guests.contains(&guest))
-                .collect();
             if interactive {
                 let boot = Boot {
                     args,
@@ -195,15 +190,11 @@ pub fn run(args: &VmTestArgs) -> anyhow::Result<()> {
                     accel,
                     share: &share,
                 };
-                boot.interactive(&of_guest)?;
+                boot.interactive(&scenario::of_boot(&selected, guest, None))?;
                 return Ok(());
             }
             for part in scenario::BOOTS {
-                let scenarios: Vec<&Scenario> = of_guest
-                    .iter()
-                    .copied()
-                    .filter(|s| s.boot == part)
-                    .collect();
+                let scenarios = scenario::of_boot(&selected, guest, Some(part));
                 if scenarios.is_empty() {
                     continue;
                 }
@@ -286,6 +277,11 @@ impl Boot<'_> {
             .join(self.name())
     }
 
+    /// `6.12, systemd`: the kernel and the boot, as the report names it.
+    fn label(&self) -> String {
+        format!("{}, {}", self.kernel.kernel.series, self.name())
+    }
+
     /// `systemd`, or `systemd-2` for the guest's second boot.
     fn name(&self) -> String {
         match self.part {
@@ -341,7 +337,7 @@ impl Boot<'_> {
             idle: Duration::from_secs(90),
             verbose: self.args.verbose,
         };
-        let label = format!("{}, {}", self.kernel.kernel.series, self.name());
+        let label = self.label();
         eprintln!(
             "vmtest: booting {} ({label}): {} scenario(s)",
             self.kernel.kernel.version,
@@ -409,7 +405,7 @@ impl Boot<'_> {
         if self.args.keep {
             let outcomes =
                 scenario::collect(&results, scenarios, "the guest stopped before it finished");
-            let label = format!("{}, {}", self.kernel.kernel.series, self.name());
+            let label = self.label();
             let labelled: Vec<Labelled> = outcomes
                 .into_iter()
                 .map(|outcome| Labelled {

@@ -157,6 +157,22 @@ fn parse(vmtests: &Path, path: &Path) -> anyhow::Result<Scenario> {
     })
 }
 
+/// The scenarios of `scenarios` that `guest` runs: in its boot `boot`, or in any of its boots
+/// (`None`, an interactive boot). The share's lists and the harness's boots both come from
+/// here, so a guest runs exactly what the harness waits for.
+pub fn of_boot<'a>(
+    scenarios: &[&'a Scenario],
+    guest: Guest,
+    boot: Option<u8>,
+) -> Vec<&'a Scenario> {
+    scenarios
+        .iter()
+        .copied()
+        .filter(|s| s.guests.contains(&guest))
+        .filter(|s| boot.is_none_or(|boot| s.boot == boot))
+        .collect()
+}
+
 /// The name of the list one boot of `guest` reads from the share (`vmtest.list=`): boot 1's
 /// and 2's, or, for an interactive boot (`--keep`), every selected scenario of the guest.
 pub fn list_name(guest: Guest, boot: Option<u8>) -> String {

@@ -43,6 +43,7 @@ pub use model::{
 };
 pub use normalise::{normalise_v4, normalise_v6};
 pub use presets::{Grants, PRESETS, Preset, PresetKind, preset};
+pub use print::{Addition, ListField};
 pub use validate::is_variable_name;
 
 /// Parse and validate a policy file's text. `source` names the file in errors

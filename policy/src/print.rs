@@ -11,16 +11,70 @@ use crate::model::{DnsSetting, Network, Policy};
 /// Which presets an entry came from: (field, entry as printed) → preset names.
 type Origins = BTreeMap<(&'static str, String), Vec<&'static str>>;
 
+/// A list of a policy that entries can be added to, by its name in the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ListField {
+    /// `network.allow`
+    Allow,
+    /// `network.listen`
+    Listen,
+    /// `network.unix_sockets`
+    UnixSockets,
+    /// `filesystem.read_only`
+    ReadOnly,
+    /// `filesystem.read_write`
+    ReadWrite,
+    /// `filesystem.exec`
+    Exec,
+}
+
+impl ListField {
+    /// Its name as errors and fixes spell it (`network.allow`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ListField::Allow => "network.allow",
+            ListField::Listen => "network.listen",
+            ListField::UnixSockets => "network.unix_sockets",
+            ListField::ReadOnly => "filesystem.read_only",
+            ListField::ReadWrite => "filesystem.read_write",
+            ListField::Exec => "filesystem.exec",
+        }
+    }
+}
+
+/// An entry to add to one of a policy's lists, as it would be typed, with the note printed
+/// beside it (why it is there: when and by which program it was seen).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Addition {
+    /// The list it goes to.
+    pub field: ListField,
+    /// The entry, spelled as in a policy file (`"api.example.com:443/tcp"`, a path).
+    pub entry: String,
+    /// The comment written after it.
+    pub note: String,
+}
+
 impl Policy {
     /// The normalised policy as TOML, in the format of the policy files.
     /// `source` is not part of it.
     pub fn to_toml(&self) -> String {
-        self.render(&Origins::new())
+        self.render(&Origins::new(), &[])
     }
 
     /// As [`Policy::to_toml`], each entry a preset added followed by a comment naming it
     /// (`# preset opencode`), for people reading what a policy comes to.
     pub fn to_toml_with_origins(&self) -> String {
+        self.render(&self.preset_origins(), &[])
+    }
+
+    /// As [`Policy::to_toml_with_origins`], with `additions` appended to their lists, each
+    /// followed by its note: the policy a learning run proposes. The entries are written as
+    /// given; parsing the text checks (and normalises) them as any policy file's.
+    pub fn to_toml_with_additions(&self, additions: &[Addition]) -> String {
+        self.render(&self.preset_origins(), additions)
+    }
+
+    fn preset_origins(&self) -> Origins {
         let mut origins = Origins::new();
         for name in &self.presets {
             let Some(grants) = crate::presets::preset(name).and_then(|p| p.grants().ok()) else {
@@ -31,10 +85,10 @@ impl Policy {
                 origins.entry((field, entry)).or_default().push(preset);
             }
         }
-        self.render(&origins)
+        origins
     }
 
-    fn render(&self, origins: &Origins) -> String {
+    fn render(&self, origins: &Origins, additions: &[Addition]) -> String {
         let mut out = String::new();
         let net = &self.network;
         line(&mut out, "name", &quote(&self.name));
@@ -70,7 +124,7 @@ impl Policy {
 
         out.push_str("\n[network]\n");
         let list = |field: &'static str, items: &[String]| {
-            let notes: Vec<Option<String>> = items
+            let mut notes: Vec<Option<String>> = items
                 .iter()
                 .map(|item| {
                     origins
@@ -78,7 +132,12 @@ impl Policy {
                         .map(|names| format!("preset {}", names.join(", ")))
                 })
                 .collect();
-            array(items, &notes)
+            let mut items = items.to_vec();
+            for addition in additions.iter().filter(|a| a.field.as_str() == field) {
+                items.push(addition.entry.clone());
+                notes.push(Some(addition.note.clone()));
+            }
+            array(&items, &notes)
         };
         line(&mut out, "allow", &list("network.allow", &allow_items(net)));
         let dns = match &net.dns {

@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 
 use ipnet::{Ipv4Net, Ipv6Net};
 use isolate_policy::{
-    DnsSetting, HostRule, NetRule, Policy, PortRange, Protocol, Rate, RateUnit, UserSpec,
-    expand_home, parse_str,
+    Addition, DnsSetting, HostRule, ListField, NetRule, Policy, PortRange, Protocol, Rate,
+    RateUnit, UserSpec, expand_home, parse_str,
 };
 
 /// The example policy of examples/my-project.toml, as first written.
@@ -412,4 +412,59 @@ fn resources_have_a_finite_pids_default_and_take_sizes() {
     assert_eq!(p.resources.pids_max, None);
     assert_eq!(p.resources.memory_max, Some(64 << 20));
     assert_round_trips(&p);
+}
+
+#[test]
+fn additions_are_printed_in_their_lists_with_notes_and_read_back() {
+    let source = Path::new("/etc/isolate/instances/learn.toml");
+    let policy = parse_str(
+        "user = \"dynamic\"\n[network]\nallow = [\"10.0.0.0/8\"]\n[filesystem]\nread_only = [\"/etc\"]\n",
+        source,
+    )
+    .unwrap();
+    let add = |field, entry: &str| Addition {
+        field,
+        entry: entry.into(),
+        note: format!("learned: {entry}"),
+    };
+    let additions = [
+        add(ListField::Allow, "api.example.com:443/tcp"),
+        add(ListField::Allow, "192.0.2.7:53/udp"),
+        add(ListField::Listen, "127.0.0.1:4096/tcp"),
+        add(ListField::ReadWrite, "/srv/data"),
+        add(ListField::Exec, "/usr/bin"),
+    ];
+    let text = policy.to_toml_with_additions(&additions);
+    for wanted in [
+        "    \"10.0.0.0/8\",\n",
+        "    \"api.example.com:443/tcp\",  # learned: api.example.com:443/tcp\n",
+        "    \"127.0.0.1:4096/tcp\",  # learned: 127.0.0.1:4096/tcp\n",
+        "    \"/srv/data\",  # learned: /srv/data\n",
+    ] {
+        assert!(text.contains(wanted), "{wanted:?} in\n{text}");
+    }
+    let again = parse_str(&text, source).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let allow: Vec<String> = again
+        .network
+        .allow_v4
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(allow, ["10.0.0.0/8", "192.0.2.7/32:53/udp"]);
+    assert_eq!(
+        again.network.hosts[0].to_string(),
+        "api.example.com:443/tcp"
+    );
+    assert_eq!(
+        again.network.listen_v4[0].to_string(),
+        "127.0.0.1/32:4096/tcp"
+    );
+    assert_eq!(again.filesystem.read_write, [Path::new("/srv/data")]);
+    assert_eq!(again.filesystem.exec, [Path::new("/usr/bin")]);
+    assert_eq!(again.filesystem.read_only, [Path::new("/etc")]);
+    // Without additions, the text is the policy as `isolate check` prints it.
+    assert_eq!(
+        policy.to_toml_with_additions(&[]),
+        policy.to_toml_with_origins()
+    );
 }

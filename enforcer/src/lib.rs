@@ -14,6 +14,7 @@ pub mod exec;
 pub mod kernel;
 pub mod landlock;
 pub mod layer;
+pub mod learn;
 pub mod metrics;
 pub mod mounts;
 pub mod network;

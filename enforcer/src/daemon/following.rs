@@ -90,6 +90,7 @@ impl Following {
             upstreams: Self::upstreams(policy),
             layers: dns::Layers { bpf, nft: self.nft },
             refusals: self.refusals.clone(),
+            observe: false,
         };
         match listener.serve(service) {
             Ok(resolver) => Some(resolver),

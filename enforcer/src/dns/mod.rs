@@ -8,6 +8,11 @@
 //!
 //! REFUSED rather than NXDOMAIN: the name may well exist, and a cache between the instance and
 //! here must not remember it as absent once the policy allows it.
+//!
+//! Observing (`Service::observe`, for a learn mode), a name the policy does not list is
+//! counted and recorded as a refusal all the same, but forwarded and answered: the learner sees
+//! what the instance asks for, and [`Resolver::name_of`] names the answer's addresses, so that
+//! it can write a host rule rather than an address. Those addresses are admitted in no layer.
 
 pub mod message;
 mod names;
@@ -120,6 +125,7 @@ impl Listener {
             uid: service.uid,
             nft: service.layers.nft,
             refusals: service.refusals,
+            observe: service.observe,
             names: RwLock::new(Names {
                 hosts: service.hosts,
                 upstreams: service.upstreams,
@@ -128,6 +134,7 @@ impl Listener {
                 bpf: service.layers.bpf,
                 ..Admitted::default()
             }),
+            observed: Mutex::new(HashMap::new()),
             answered: AtomicU64::new(0),
             refused: AtomicU64::new(0),
             failed: AtomicU64::new(0),
@@ -176,7 +183,8 @@ impl Resolver {
         Reporter(Arc::clone(&self.shared))
     }
 
-    /// The name whose answer admitted `addr`, while it is admitted.
+    /// The name whose answer admitted `addr`, while it is admitted; else, observing, the
+    /// unlisted name whose answer held it, for as long as it would have been admitted.
     pub fn name_of(&self, addr: IpAddr) -> Option<String> {
         self.shared.name_of(addr)
     }
@@ -214,7 +222,7 @@ impl Drop for Resolver {
 pub struct Report {
     /// Questions answered from upstream.
     pub answered: u64,
-    /// Questions the policy does not allow, answered REFUSED.
+    /// Questions the policy does not allow: answered REFUSED, or (observing) from upstream.
     pub refused: u64,
     /// Questions answered SERVFAIL (no upstream answer, or the commit failed).
     pub failed: u64,
@@ -279,6 +287,11 @@ pub struct Service {
     pub layers: Layers,
     /// Refused questions go here, to be recorded with the instance's other refusals.
     pub refusals: Sender<BlockedAttempt>,
+    /// Whether to forward and answer the names the policy does not list (still counted and
+    /// recorded as refused, their addresses admitted nowhere) and remember which name answered
+    /// which address: a learn mode, whose layers let everything through, learns names that way.
+    /// Never for an enforcing instance: it would hand unlisted names to the upstream.
+    pub observe: bool,
 }
 
 /// The layers an answer's addresses go into before it is released.
@@ -294,6 +307,8 @@ struct Shared {
     uid: u32,
     nft: bool,
     refusals: Sender<BlockedAttempt>,
+    /// See [`Service::observe`].
+    observe: bool,
     /// Questions answered from upstream, refused, and failed (SERVFAIL).
     answered: AtomicU64,
     refused: AtomicU64,
@@ -303,12 +318,17 @@ struct Shared {
     names: RwLock<Names>,
     /// Held while an answer is committed: two lookups of one name both wait for the commit.
     admitted: Mutex<Admitted>,
+    /// Observing: the addresses answered for names the policy does not list, until when (boot
+    /// clock), by (name, address). Only for [`Resolver::name_of`]: nothing is admitted.
+    observed: Mutex<HashMap<(String, IpAddr), Duration>>,
 }
 
 /// A reply, by what it says.
 enum Reply {
     Answered(Vec<u8>),
     Refused(Vec<u8>),
+    /// The upstream's answer to a question the policy does not allow (observing).
+    Observed(Vec<u8>),
     Failed(Vec<u8>),
 }
 
@@ -407,12 +427,13 @@ impl Shared {
     fn name_of(&self, addr: IpAddr) -> Option<String> {
         // A v4-mapped address reaches an IPv4 host: it is admitted and judged as one.
         let addr = addr.to_canonical();
-        let admitted = self.admitted.lock().ok()?;
-        admitted
-            .until
-            .keys()
-            .find(|(_, admitted)| *admitted == addr)
-            .map(|(name, _)| name.clone())
+        let held_for = |held: &HashMap<(String, IpAddr), Duration>| {
+            held.keys()
+                .find(|(_, held)| *held == addr)
+                .map(|(name, _)| name.clone())
+        };
+        let admitted = self.admitted.lock().ok().and_then(|a| held_for(&a.until));
+        admitted.or_else(|| self.observed.lock().ok().and_then(|o| held_for(&o)))
     }
 
     /// The reply to one message of the instance, if it deserves one.
@@ -423,12 +444,15 @@ impl Shared {
         let reply = self.reply(&query, peer, protocol);
         let counter = match reply {
             Reply::Answered(_) => &self.answered,
-            Reply::Refused(_) => &self.refused,
+            Reply::Refused(_) | Reply::Observed(_) => &self.refused,
             Reply::Failed(_) => &self.failed,
         };
         counter.fetch_add(1, Ordering::Relaxed);
         Some(match reply {
-            Reply::Answered(bytes) | Reply::Refused(bytes) | Reply::Failed(bytes) => bytes,
+            Reply::Answered(bytes)
+            | Reply::Refused(bytes)
+            | Reply::Observed(bytes)
+            | Reply::Failed(bytes) => bytes,
         })
     }
 
@@ -439,19 +463,18 @@ impl Shared {
             Err(_) => return Reply::Failed(message::servfail(query)),
         };
         if rules.is_empty() {
-            self.refuse(query, peer, protocol);
-            return Reply::Refused(message::refused(query));
+            self.record_refusal(query, peer, protocol);
+            if !self.observe {
+                return Reply::Refused(message::refused(query));
+            }
         }
-        let Some(answer) = self.forward(query, protocol) else {
+        let Some((answer, parsed)) = self.ask_upstream(query, protocol) else {
             return Reply::Failed(message::servfail(query));
         };
-        let parsed = match message::parse_answer(query, &answer) {
-            Ok(parsed) => parsed,
-            Err(e) => {
-                tracing::warn!(instance = %self.instance, name = %query.name, "resolver: upstream answer: {e}");
-                return Reply::Failed(message::servfail(query));
-            }
-        };
+        if rules.is_empty() {
+            self.remember(&query.name, &parsed.addresses);
+            return Reply::Observed(message::with_id(&answer, query.id));
+        }
         if let Err(e) = self.commit(&query.name, &rules, &parsed.addresses) {
             tracing::warn!(
                 instance = %self.instance,
@@ -464,7 +487,7 @@ impl Shared {
     }
 
     /// Counts and records a question the policy does not allow.
-    fn refuse(&self, query: &Query, peer: SocketAddr, protocol: u8) {
+    fn record_refusal(&self, query: &Query, peer: SocketAddr, protocol: u8) {
         let family = if peer.is_ipv6() { FAMILY_V6 } else { FAMILY_V4 };
         tracing::debug!(instance = %self.instance, name = %query.name, "resolver: refused");
         if let Ok(mut admitted) = self.admitted.lock()
@@ -495,6 +518,40 @@ impl Shared {
             record_type: Some(query.record_type.clone()),
         };
         let _ = self.refusals.send(attempt);
+    }
+
+    /// The upstream's answer to `query`, as sent and as read.
+    fn ask_upstream(&self, query: &Query, protocol: u8) -> Option<(Vec<u8>, message::Answer)> {
+        let answer = self.forward(query, protocol)?;
+        match message::parse_answer(query, &answer) {
+            Ok(parsed) => Some((answer, parsed)),
+            Err(e) => {
+                tracing::warn!(instance = %self.instance, name = %query.name, "resolver: upstream answer: {e}");
+                None
+            }
+        }
+    }
+
+    /// Observing: remembers that `addresses` were answered for `name` (which the policy does
+    /// not list), as long as they would be admitted. Addresses a name never opens are left to
+    /// be named by their address; past `MAX_ADDRESSES_PER_INSTANCE`, new ones go unnamed.
+    fn remember(&self, name: &str, addresses: &[(IpAddr, u32)]) {
+        let Ok(mut observed) = self.observed.lock() else {
+            return;
+        };
+        let now = boot_clock();
+        for &(addr, ttl) in addresses.iter().take(MAX_ADDRESSES_PER_ANSWER) {
+            let addr = addr.to_canonical();
+            let key = (name.to_owned(), addr);
+            if never_admitted(addr).is_some()
+                || (observed.len() >= MAX_ADDRESSES_PER_INSTANCE && !observed.contains_key(&key))
+            {
+                continue;
+            }
+            let until = now + lifetime(ttl);
+            let held = observed.entry(key).or_default();
+            *held = (*held).max(until);
+        }
     }
 
     /// Asks the upstreams in turn; the first answer wins.
@@ -539,14 +596,13 @@ impl Shared {
                 tracing::warn!(instance = %self.instance, name, %addr, "resolver: not admitted: a name never opens a {why} address");
                 continue;
             }
-            let lifetime = Duration::from_secs(u64::from(ttl)).clamp(TTL_FLOOR, TTL_CAP) + GRACE;
             let key = (name.to_owned(), addr);
             let until = admitted
                 .until
                 .get(&key)
                 .copied()
                 .unwrap_or_default()
-                .max(now + lifetime);
+                .max(now + lifetime(ttl));
             admissions.push((key, until));
         }
         let live = |of_name: bool| {
@@ -657,6 +713,9 @@ impl Shared {
         admitted.last_sweep = Some(Instant::now());
         let now = boot_clock();
         admitted.until.retain(|_, until| *until > now);
+        if let Ok(mut observed) = self.observed.lock() {
+            observed.retain(|_, until| *until > now);
+        }
         if let Some(bpf) = admitted.bpf.as_mut()
             && let Err(e) = bpf.remove_expired(self.uid, now)
         {
@@ -666,6 +725,11 @@ impl Shared {
 }
 
 const POISONED: &str = "a resolver thread panicked";
+
+/// How long an answer with `ttl` (seconds) keeps its addresses admitted.
+fn lifetime(ttl: u32) -> Duration {
+    Duration::from_secs(u64::from(ttl)).clamp(TTL_FLOOR, TTL_CAP) + GRACE
+}
 
 /// (host rule, address, until) admissions as nftables set elements with their timeouts.
 fn host_elements(
@@ -792,6 +856,7 @@ mod tests {
                 nft: false,
             },
             refusals,
+            observe: false,
         };
         (Listener::bind().unwrap().serve(service).unwrap(), refused)
     }
@@ -857,6 +922,32 @@ mod tests {
         let refused = commit(4).unwrap_err();
         assert!(refused.contains("the name holds 256"), "{refused}");
         assert_eq!(resolver.reporter().report().admitted.len(), 256);
+    }
+
+    #[test]
+    fn an_observed_name_names_its_addresses_after_an_admitted_one_and_never_a_loopback() {
+        let (resolver, _refused) = resolver(&["listed.test"]);
+        let shared = &resolver.shared;
+        let (both, observed_only, loopback) = (
+            IpAddr::V4(Ipv4Addr::new(198, 51, 100, 1)),
+            IpAddr::V4(Ipv4Addr::new(198, 51, 100, 2)),
+            IpAddr::V4(Ipv4Addr::LOCALHOST),
+        );
+        shared.commit("listed.test", &[0], &[(both, 60)]).unwrap();
+        shared.remember(
+            "unlisted.test",
+            &[(both, 60), (observed_only, 60), (loopback, 60)],
+        );
+        assert_eq!(resolver.name_of(both).as_deref(), Some("listed.test"));
+        let mapped = IpAddr::V6(Ipv4Addr::new(198, 51, 100, 2).to_ipv6_mapped());
+        assert_eq!(resolver.name_of(mapped).as_deref(), Some("unlisted.test"));
+        assert_eq!(
+            resolver.name_of(loopback),
+            None,
+            "a name never opens loopback"
+        );
+        let admitted = resolver.reporter().report().admitted;
+        assert_eq!(admitted.len(), 1, "observed is not admitted: {admitted:?}");
     }
 
     #[test]

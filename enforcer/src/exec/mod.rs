@@ -731,6 +731,7 @@ fn start_resolver(
             nft: plan.layers.nftables,
         },
         refusals: sender,
+        observe: false,
     };
     let resolver = listener
         .serve(service)

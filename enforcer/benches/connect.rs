@@ -238,6 +238,7 @@ fn measure(options: &Options) -> anyhow::Result<()> {
                 hosts: &[],
                 dns_redirect: None,
                 log: &LOG,
+                observe: false,
             };
             // A rotated order in every repetition: no configuration always runs first.
             for i in 0..Config::ALL.len() {

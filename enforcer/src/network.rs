@@ -21,6 +21,8 @@ pub struct EffectiveRules {
     /// Where the nftables layer translates the instance's DNS queries to: isolate's resolver,
     /// when no eBPF layer sends them there already (see [`EffectiveRules::translating_dns`]).
     pub dns_translated_to: Option<ResolverEndpoint>,
+    /// Learn mode: the layers count and report what these rules refuse, and let it through.
+    pub observe: bool,
 }
 
 /// Where isolate's resolver for one instance listens: loopback, one port for UDP and TCP in

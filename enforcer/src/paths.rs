@@ -16,6 +16,10 @@ pub const KERNEL_BTF: &str = "/sys/kernel/btf/vmlinux";
 pub const PROC: &str = "/proc";
 /// The mounts of this process's mount namespace.
 pub const MOUNTINFO: &str = "/proc/self/mountinfo";
+/// The mounts of the calling thread's mount namespace (a thread may have one of its own).
+pub const THREAD_MOUNTINFO: &str = "/proc/thread-self/mountinfo";
+/// The calling thread's mount namespace; an open descriptor of it keeps the namespace alive.
+pub const THREAD_MOUNT_NAMESPACE: &str = "/proc/thread-self/ns/mnt";
 /// The system resolver configuration (`dns = "system"` keeps its name servers reachable).
 pub const RESOLV_CONF: &str = "/etc/resolv.conf";
 /// journald's native protocol socket.

@@ -88,7 +88,134 @@ fn main() -> ExitCode {
             "the_fix_a_refusal_names_allows_it_once_applied",
             fix_in_refusal,
         ),
+        (
+            "learn_mode_writes_a_policy_under_which_the_run_is_refused_nothing",
+            learn_mode,
+        ),
     ])
+}
+
+/// A fresh directory with `mode` (its files get the default 0644).
+fn dir_with_mode(mode: u32) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(mode),
+    )
+    .unwrap();
+    dir
+}
+
+/// Learn mode: under a policy that allows none of it, a command looks a name up and connects
+/// to it, serves on a port, reads one directory and writes another. All of it goes through,
+/// and the policy written names each (the host by name with its port, the port served, the
+/// two directories) with a note; the same command under that policy is refused nothing.
+fn learn_mode() {
+    use common::dns_upstream::{
+        LOOKUP_SCRIPT, Upstream, assert_lines, make_answers_local, test_zone,
+    };
+    make_answers_local();
+    let listener = TcpListener::bind("[::]:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let serve = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let upstream = Upstream::start("127.0.0.2:53".parse().unwrap(), test_zone(20)).unwrap();
+    let instance = Instance::new("", "");
+    let policy = std::fs::read_to_string(&instance.policy)
+        .unwrap()
+        .replace("dns = \"none\"", "dns = [\"127.0.0.2\"]");
+    std::fs::write(&instance.policy, policy).unwrap();
+    let (read, written) = (dir_with_mode(0o755), dir_with_mode(0o777));
+    let input = read.path().join("input");
+    std::fs::write(&input, "x").unwrap();
+    let output = written.path().join("output");
+    let learned = instance.dir.path().join("learned.toml");
+    let serve_script = format!(
+        "import socket; s = socket.socket(); s.bind(('127.0.0.1', {serve})); s.listen(); print('served', flush=True)"
+    );
+    let workload = |policy: &Path, learn: Option<&Path>| {
+        let _ = std::fs::remove_file(&output);
+        let mut cmd = Command::new(common::isolate_binary());
+        cmd.arg("exec").arg("--policy").arg(policy);
+        if let Some(file) = learn {
+            cmd.arg("--learn").arg(file);
+        }
+        cmd.args(["--", "/bin/sh", "-c"])
+            .arg(
+                "cat \"$1\" && echo && echo x > \"$2\" && /usr/bin/python3 -c \"$3\" \"$4\" \"look exact api.example.test\" && /usr/bin/python3 -c \"$5\"",
+            )
+            .arg("sh")
+            .arg(&input)
+            .arg(&output)
+            .arg(LOOKUP_SCRIPT)
+            .arg(port.to_string())
+            .arg(&serve_script)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run isolate exec")
+    };
+    let wanted = ["x", "exact 1 192.0.2.10 ok fast", "served"];
+
+    // Without learning, the policy refuses: the name is not listed.
+    let out = workload(&instance.policy, None);
+    assert!(!out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+
+    let out = workload(&instance.policy, Some(&learned));
+    let (text, err) = (stdout(&out), stderr(&out));
+    assert!(out.status.success(), "{text}\n{err}");
+    assert_lines(&text, &wanted, &err);
+    assert!(err.contains("LEARN MODE"), "{err}");
+    assert!(record_messages(&instance.name, &err, 0).is_empty(), "{err}");
+    let proposed = std::fs::read_to_string(&learned).unwrap();
+    let policy = isolate_policy::load_file(&learned).unwrap_or_else(|e| panic!("{e}\n{proposed}"));
+    assert_eq!(
+        (
+            policy
+                .network
+                .hosts
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>(),
+            policy
+                .network
+                .listen_v4
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>(),
+        ),
+        (
+            vec![format!("api.example.test:{port}/tcp")],
+            vec![format!("127.0.0.1/32:{serve}/tcp")]
+        ),
+        "{proposed}"
+    );
+    let fs = &policy.filesystem;
+    assert!(
+        fs.read_only.contains(&read.path().to_path_buf())
+            && fs.read_write.contains(&written.path().to_path_buf()),
+        "{proposed}"
+    );
+    for note in [
+        format!("\"api.example.test:{port}/tcp\",  # learned "),
+        "python3 connect api.example.test".to_owned(),
+        format!("cat read {}", input.display()),
+        format!("wrote {}", output.display()),
+    ] {
+        assert!(proposed.contains(&note), "{note:?} in\n{proposed}");
+    }
+
+    // Under the learned policy, enforced, the same command is refused nothing.
+    let out = workload(&learned, None);
+    let (text, err) = (stdout(&out), stderr(&out));
+    assert!(out.status.success(), "{text}\n{err}");
+    assert_lines(&text, &wanted, &err);
+    assert!(!err.contains("LEARN MODE"), "{err}");
+    assert!(record_messages(&instance.name, &err, 0).is_empty(), "{err}");
+    drop((listener, upstream));
+    assert_clean(&instance.name);
 }
 
 /// A refusal's record names the policy entry that would allow it, in the instance's own file:

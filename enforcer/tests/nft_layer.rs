@@ -82,6 +82,7 @@ fn policy<'a>(v4: &'a [NetRule<Ipv4Net>], v6: &'a [NetRule<Ipv6Net>]) -> NftPoli
         hosts: &[],
         dns_redirect: None,
         log: &LOG,
+        observe: false,
     }
 }
 

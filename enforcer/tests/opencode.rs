@@ -48,7 +48,98 @@ fn main() -> ExitCode {
             "a_host_added_to_the_allow_list_is_reached_and_the_rest_stays_blocked",
             allowed_host,
         ),
+        (
+            "learn_mode_proposes_a_policy_under_which_opencode_serves_with_no_refusal",
+            learn_mode,
+        ),
     ])
+}
+
+/// Learn mode from a policy that grants opencode only its programs and system files: no
+/// destination, no port to serve, no home. opencode serves under `--learn`, and the policy
+/// written then (its port to serve, its lookups by name, its home directories) has opencode
+/// serve again, enforced, with no refusal: nothing recorded, both names looked up answered.
+fn learn_mode() {
+    let resolver = first_nameserver().expect(
+        "this test needs a `nameserver` line in /etc/resolv.conf (dns = \"system\" allows it)",
+    );
+    let dns = FakeDns::start(resolver, &[]);
+    let run = Run::prepare(Dns::System, &[]);
+    let starting = run.policy.with_file_name("starting.toml");
+    let text = std::fs::read_to_string(&run.policy).unwrap();
+    let mut bare = String::new();
+    for line in text.lines() {
+        // Keep read_only and exec; nothing to reach, serve or write.
+        let line = match line.split(" = ").next() {
+            Some("allow" | "listen") => line.split(" = ").next().map(|k| format!("{k} = []")),
+            Some("read_write") => Some("read_write = []".to_owned()),
+            _ => None,
+        }
+        .unwrap_or_else(|| line.to_owned());
+        bare.push_str(&line);
+        bare.push('\n');
+    }
+    std::fs::write(&starting, bare).unwrap();
+    let learned = run.policy.with_file_name("learned.toml");
+    // Its start-up lookups: answered, not refused, when learning and under what was learned.
+    let wanted = ["models.opencode.ai", "registry.npmjs.org"];
+    run.launch(&starting, Some(&learned));
+    serve_and_look_up(&run, &dns, &wanted);
+    run.stop();
+    assert!(
+        run.records().is_empty(),
+        "learn mode recorded refusals: {:?}",
+        run.records()
+    );
+    let proposed = std::fs::read_to_string(&learned)
+        .unwrap_or_else(|e| panic!("{}: {e}\n{}", learned.display(), run.diagnostics()));
+    let policy = isolate_policy::load_file(&learned).unwrap_or_else(|e| panic!("{e}\n{proposed}"));
+    let listen: Vec<String> = policy
+        .network
+        .listen_v4
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(
+        listen,
+        [format!("127.0.0.1/32:{}/tcp", run.port)],
+        "{proposed}"
+    );
+    let hosts: Vec<String> = policy
+        .network
+        .hosts
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    for name in wanted {
+        assert!(
+            hosts.iter().any(|h| h.starts_with(name)),
+            "{name} in\n{proposed}"
+        );
+    }
+    assert!(
+        policy
+            .filesystem
+            .read_write
+            .iter()
+            .any(|p| p.starts_with("~")),
+        "its home directories:\n{proposed}"
+    );
+    eprintln!("learned policy for opencode {OPENCODE_VERSION}:\n{proposed}");
+
+    // Enforced: it serves, and nothing is refused.
+    dns.forget();
+    run.launch(&learned, None);
+    serve_and_look_up(&run, &dns, &wanted);
+    run.assert_healthy();
+    assert!(
+        run.records().is_empty(),
+        "refused under the learned policy: {:?}\n{proposed}\n{}",
+        run.records(),
+        run.diagnostics()
+    );
+    run.stop();
+    run.assert_clean();
 }
 
 /// How long opencode may take to answer (it takes about 4 s on the host; far longer under TCG).
@@ -226,6 +317,30 @@ fn allowed_host() {
     run.assert_clean();
 }
 
+/// Waits until opencode serves and lists the project, and until each of `names` was looked up
+/// and answered, then a little more for the connects that follow the answers.
+fn serve_and_look_up(run: &Run, dns: &FakeDns, names: &[&str]) {
+    run.wait_healthy();
+    run.get("/project/current");
+    let files = run.get("/file?path=.").unwrap_or_default();
+    assert!(
+        files.contains("README.md"),
+        "opencode lists the project: {files}\n{}",
+        run.diagnostics()
+    );
+    let deadline = Instant::now() + startup_timeout();
+    while !names.iter().all(|n| dns.answered().contains_key(*n)) {
+        assert!(
+            Instant::now() < deadline,
+            "answered: {:?}\n{}",
+            dns.answered(),
+            run.diagnostics()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+}
+
 /// One block event as the audit sink wrote it.
 #[derive(Debug)]
 struct Record {
@@ -255,6 +370,9 @@ enum Dns {
 /// One `isolate exec … opencode serve` and what the test learnt about it.
 struct Run {
     name: String,
+    /// The example as this run serves it.
+    policy: PathBuf,
+    binary: PathBuf,
     port: u16,
     home: PathBuf,
     project: PathBuf,
@@ -269,6 +387,13 @@ struct Run {
 impl Run {
     /// `allow` is added to the example's `network.allow`.
     fn start(dns: Dns, allow: &[&str]) -> Self {
+        let run = Self::prepare(dns, allow);
+        run.launch(&run.policy, None);
+        run
+    }
+
+    /// The run's project, policy and home, without starting it.
+    fn prepare(dns: Dns, allow: &[&str]) -> Self {
         let binary = opencode_binary();
         let name = unique_name("oc")
             .trim_start_matches("isolate-test-")
@@ -299,17 +424,36 @@ impl Run {
             .unwrap();
         }
 
+        Self {
+            name,
+            policy,
+            binary,
+            port,
+            home,
+            project,
+            git,
+            child: Mutex::new(None),
+            uid: Mutex::new(None),
+            stderr: Arc::new(Mutex::new(Vec::new())),
+            max_rss_kib: Mutex::new(0),
+            _dir: dir,
+        }
+    }
+
+    /// Starts opencode under `policy` (learning into `learn`, when given).
+    fn launch(&self, policy: &Path, learn: Option<&Path>) {
         // The README's command, with a clean environment as a service manager gives.
         let mut cmd = Command::new(common::isolate_binary());
-        cmd.arg("exec")
-            .arg("--policy")
-            .arg(&policy)
-            .arg("--")
-            .arg(&binary)
+        cmd.arg("exec").arg("--policy").arg(policy);
+        if let Some(file) = learn {
+            cmd.arg("--learn").arg(file);
+        }
+        cmd.arg("--")
+            .arg(&self.binary)
             .args([
                 "serve",
                 "--port",
-                &port.to_string(),
+                &self.port.to_string(),
                 "--hostname",
                 "127.0.0.1",
             ])
@@ -328,21 +472,9 @@ impl Run {
             }
         }
         let mut child = cmd.spawn().expect("start isolate exec");
-        let stderr = Arc::new(Mutex::new(Vec::new()));
-        collect_lines(child.stderr.take().unwrap(), Arc::clone(&stderr));
-        collect_lines(child.stdout.take().unwrap(), Arc::clone(&stderr));
-        Self {
-            name,
-            port,
-            home,
-            project,
-            git,
-            child: Mutex::new(Some(child)),
-            uid: Mutex::new(None),
-            stderr,
-            max_rss_kib: Mutex::new(0),
-            _dir: dir,
-        }
+        collect_lines(child.stderr.take().unwrap(), Arc::clone(&self.stderr));
+        collect_lines(child.stdout.take().unwrap(), Arc::clone(&self.stderr));
+        *self.child.lock().unwrap() = Some(child);
     }
 
     /// Waits until `GET /global/health` answers; returns how long that took.
@@ -895,6 +1027,11 @@ impl FakeDns {
 
     fn answered(&self) -> BTreeMap<String, Ipv4Addr> {
         self.answered.lock().unwrap().clone()
+    }
+
+    /// Forgets what it answered (names answered locally included).
+    fn forget(&self) {
+        self.answered.lock().unwrap().clear();
     }
 }
 

@@ -121,8 +121,13 @@ pub const PROTO_DGRAM: u8 = 16;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct InstanceState {
     pub generation: u32,
+    /// `INSTANCE_*` bits.
     pub flags: u32,
 }
+
+/// `InstanceState::flags`: the UID only observes (learn mode). Its refusals are counted and
+/// reported as ever, then let through, so one run shows everything its policy still lacks.
+pub const INSTANCE_OBSERVE: u32 = 1;
 
 /// Bits of an LPM key spent on (uid, generation) before the address starts.
 pub const KEY_HEADER_BITS: u32 = 64;

@@ -43,6 +43,9 @@ pub fn isolate_socket_create(ctx: LsmContext) -> i32 {
         return LSM_ALLOW;
     }
     let port = u16::try_from(family).unwrap_or(u16::MAX);
-    record_block::<true>(uid, FAMILY_OTHER, PROTO_OTHER, HOOK_SOCKET, [0; 16], port);
+    if record_block::<true>(uid, FAMILY_OTHER, PROTO_OTHER, HOOK_SOCKET, [0; 16], port) {
+        // The UID only observes.
+        return LSM_ALLOW;
+    }
     LSM_DENY
 }

@@ -23,9 +23,9 @@ use aya_ebpf::{
 use isolate_ebpf_common::{
     AllowValue, BlockEvent, COUNTERS_PER_INSTANCE, CounterKey, DnsOrigin, DnsRedirect,
     EVENTS_PER_CPU_SECOND, EventBudget, FAMILY_V4, FAMILY_V6, HOOK_BIND, HOOK_CONNECT, HOOK_EGRESS,
-    HOOK_INGRESS, HOOK_SENDMSG, HostV4Key, HostV6Key, HostValue, InstanceState, KEY_HEADER_BITS,
-    MAX_ALLOW_ENTRIES, MAX_DNS_ORIGINS, MAX_HOST_ENTRIES, MAX_INSTANCES, MAX_LISTEN_ENTRIES,
-    PROTO_OTHER, PROTO_TCP, PROTO_UDP, V4Key, V6Key,
+    HOOK_INGRESS, HOOK_SENDMSG, HostV4Key, HostV6Key, HostValue, INSTANCE_OBSERVE, InstanceState,
+    KEY_HEADER_BITS, MAX_ALLOW_ENTRIES, MAX_DNS_ORIGINS, MAX_HOST_ENTRIES, MAX_INSTANCES,
+    MAX_LISTEN_ENTRIES, PROTO_OTHER, PROTO_TCP, PROTO_UDP, V4Key, V6Key,
 };
 
 /// Return values of a cgroup sock_addr program.
@@ -454,8 +454,9 @@ fn ingress_v4(ctx: &SkBuffContext, uid: u32, generation: u32) -> i32 {
             }
             let mut peer = [0u8; 16];
             peer[..4].copy_from_slice(&saddr);
-            record_block::<false>(uid, FAMILY_V4, proto, HOOK_INGRESS, peer, local_port);
-            VERDICT_DENY
+            let let_through =
+                record_block::<false>(uid, FAMILY_V4, proto, HOOK_INGRESS, peer, local_port);
+            verdict(let_through)
         }
     }
 }
@@ -487,8 +488,9 @@ fn ingress_v6(ctx: &SkBuffContext, uid: u32, generation: u32) -> i32 {
             {
                 return VERDICT_ALLOW;
             }
-            record_block::<false>(uid, FAMILY_V6, proto, HOOK_INGRESS, saddr, local_port);
-            VERDICT_DENY
+            let let_through =
+                record_block::<false>(uid, FAMILY_V6, proto, HOOK_INGRESS, saddr, local_port);
+            verdict(let_through)
         }
     }
 }
@@ -655,8 +657,9 @@ fn judge_v4_addr<const IN_TASK: bool>(
     }
     let mut dest = [0u8; 16];
     dest[..4].copy_from_slice(&addr);
-    record_block::<IN_TASK>(uid, FAMILY_V4, proto, hook, dest, port);
-    VERDICT_DENY
+    verdict(record_block::<IN_TASK>(
+        uid, FAMILY_V4, proto, hook, dest, port,
+    ))
 }
 
 #[inline(always)]
@@ -700,8 +703,9 @@ fn judge_v6_addr<const IN_TASK: bool>(
     {
         return VERDICT_ALLOW;
     }
-    record_block::<IN_TASK>(uid, FAMILY_V6, proto, hook, addr, port);
-    VERDICT_DENY
+    verdict(record_block::<IN_TASK>(
+        uid, FAMILY_V6, proto, hook, addr, port,
+    ))
 }
 
 /// Whether `rules` (an allow or listen trie) let `uid`'s policy `generation` reach or serve
@@ -759,11 +763,48 @@ fn protocol_bit(protocol: u32) -> u8 {
     }
 }
 
+/// The verdict of a cgroup program on an attempt its rules refuse: allowed after all when
+/// [`record_block`] says the UID only observes.
+#[inline(always)]
+fn verdict(let_through: bool) -> i32 {
+    if let_through {
+        VERDICT_ALLOW
+    } else {
+        VERDICT_DENY
+    }
+}
+
+/// Counts and reports an attempt `uid`'s rules refuse (see [`report_block`]), and tells the
+/// caller whether to let it through all the same: `true` when the UID only observes
+/// (`INSTANCE_OBSERVE`, learn mode). Every caller that refuses after it returns its allow
+/// verdict instead then; the fail-closed refusals of what cannot be judged (unreadable
+/// packets) record nothing and stay.
+#[inline(always)]
+fn record_block<const IN_TASK: bool>(
+    uid: u32,
+    family: u8,
+    protocol: u8,
+    hook: u8,
+    addr: [u8; 16],
+    port: u16,
+) -> bool {
+    report_block::<IN_TASK>(uid, family, protocol, hook, addr, port);
+    observes(uid)
+}
+
+/// Whether `uid` only observes. Looked up again rather than carried from `confined_caller`,
+/// so only the refusal path pays for it (one hash lookup).
+#[inline(always)]
+fn observes(uid: u32) -> bool {
+    // SAFETY: the value is only read; user space only replaces whole entries.
+    unsafe { INSTANCES.get(&uid) }.is_some_and(|state| state.flags & INSTANCE_OBSERVE != 0)
+}
+
 /// Counts the blocked attempt and queues an event for the audit trail, within the UID's
 /// event budget. An event not sent (budget spent, ring buffer full) is counted as unsent:
 /// never the verdict or the count is lost, and every event is either sent or counted.
 #[inline(always)]
-fn record_block<const IN_TASK: bool>(
+fn report_block<const IN_TASK: bool>(
     uid: u32,
     family: u8,
     protocol: u8,

@@ -245,6 +245,9 @@ fn refuse(uid: u32, protocol: u8, kind: u8, dev: u32, ino: u64) -> i32 {
     addr[..8].copy_from_slice(&ino.to_le_bytes());
     addr[8..12].copy_from_slice(&dev.to_le_bytes());
     addr[12] = kind;
-    record_block::<true>(uid, FAMILY_UNIX, protocol, HOOK_UNIX, addr, 0);
+    if record_block::<true>(uid, FAMILY_UNIX, protocol, HOOK_UNIX, addr, 0) {
+        // The UID only observes.
+        return LSM_ALLOW;
+    }
     LSM_DENY
 }

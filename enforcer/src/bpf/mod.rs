@@ -32,9 +32,9 @@ use aya::{Btf, Ebpf, EbpfLoader};
 use ipnet::{Ipv4Net, Ipv6Net};
 use isolate_ebpf_common::{
     AllowValue, CounterKey, EventBudget, FAMILY_OTHER, FAMILY_UNIX, FAMILY_V4, FAMILY_V6,
-    HOOK_SOCKET, HOOK_UNIX, INET_HOOKS, InstanceState, KEY_HEADER_BITS, PROTO_DGRAM, PROTO_OTHER,
-    PROTO_STREAM, PROTO_TCP, PROTO_UDP, UNIX_CONFIG_GLOBAL, UnixKey, V4Key, V6Key, map_names,
-    program_names,
+    HOOK_SOCKET, HOOK_UNIX, INET_HOOKS, INSTANCE_OBSERVE, InstanceState, KEY_HEADER_BITS,
+    PROTO_DGRAM, PROTO_OTHER, PROTO_STREAM, PROTO_TCP, PROTO_UDP, UNIX_CONFIG_GLOBAL, UnixKey,
+    V4Key, V6Key, map_names, program_names,
 };
 use thiserror::Error;
 
@@ -464,16 +464,10 @@ impl BpfLayer {
             let _ = self.remove_generation(uid, generation);
             return Err(e);
         }
-        self.create_counters(uid)?;
+        self.create_counters(uid, !rules.observe)?;
+        let flags = if rules.observe { INSTANCE_OBSERVE } else { 0 };
         self.instances
-            .insert(
-                uid,
-                InstanceState {
-                    generation,
-                    flags: 0,
-                },
-                0,
-            )
+            .insert(uid, InstanceState { generation, flags }, 0)
             .map_err(map_error(map_names::INSTANCES))?;
         if let Some(old) = old {
             self.remove_generation(uid, old.generation)?;
@@ -671,12 +665,17 @@ impl BpfLayer {
 
     /// Creates every counter of `uid` at zero, and its event budget, so the programs only
     /// ever increment.
-    fn create_counters(&mut self, uid: u32) -> Result<(), BpfError> {
+    /// Creates `uid`'s counters, and with `budget` its event budget: an observing (learning)
+    /// UID has none, so that every attempt it makes is sent.
+    fn create_counters(&mut self, uid: u32, budget: bool) -> Result<(), BpfError> {
         let cpus = aya::util::nr_cpus().map_err(|(_, e)| BpfError::Cpus(e))?;
         for key in counter_keys(uid) {
             let zeros = PerCpuValues::try_from(vec![0u64; cpus]).map_err(BpfError::Cpus)?;
             keep_existing(self.counters.insert(key, zeros, BPF_NOEXIST))
                 .map_err(map_error(map_names::BLOCKED))?;
+        }
+        if !budget {
+            return Ok(());
         }
         let fresh =
             PerCpuValues::try_from(vec![EventBudget::default(); cpus]).map_err(BpfError::Cpus)?;

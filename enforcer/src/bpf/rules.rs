@@ -29,9 +29,19 @@ pub struct CompiledRules {
     /// between compiling and applying. Every other unix socket a confined process connects
     /// or sends to is refused, except its own and unnamed ones (see `bpf::unix`).
     pub unix_sockets: Vec<PathBuf>,
+    /// Learn mode: what these rules refuse is counted and reported, then let through
+    /// (`INSTANCE_OBSERVE`).
+    pub observe: bool,
 }
 
 impl CompiledRules {
+    /// These rules, observing (see `observe`) or not.
+    #[must_use]
+    pub fn observing(mut self, observe: bool) -> Self {
+        self.observe = observe;
+        self
+    }
+
     /// These rules with `paths` as the allowed unix sockets.
     #[must_use]
     pub fn with_unix_sockets(mut self, paths: impl IntoIterator<Item = PathBuf>) -> Self {
@@ -109,6 +119,7 @@ pub fn compile_rules(
         listen_v4: Vec::new(),
         listen_v6: Vec::new(),
         unix_sockets: Vec::new(),
+        observe: false,
     })
 }
 

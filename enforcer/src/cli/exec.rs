@@ -38,6 +38,15 @@ pub struct ExecArgs {
     /// reaches the command by accident.
     #[arg(long = "keep-fd", value_name = "N")]
     keep_fd: Vec<i32>,
+    /// Learn mode: run the command observed instead of confined, then write FILE, the policy
+    /// plus what the command did beyond it (destinations by host name where it looked them
+    /// up, ports it served on, unix sockets, files read, written and run, folded to
+    /// directories), each learned line with a comment saying when and by which program it was
+    /// seen. NOTHING IS ENFORCED during the run: the network layers let through and report
+    /// what the policy would refuse, Landlock is not applied. Review FILE, then run the
+    /// command under it with --policy FILE.
+    #[arg(long, value_name = "FILE")]
+    learn: Option<PathBuf>,
     /// The command to run, after `--`.
     #[arg(last = true, required = true)]
     command: Vec<OsString>,
@@ -53,9 +62,12 @@ pub fn run(args: &ExecArgs) -> anyhow::Result<ExitCode> {
     let mut plan = ExecPlan::new(policy, layers, args.dry_run)?;
     plan.control_socket.clone_from(&args.control_socket);
     plan.keep_fds(&args.keep_fd)?;
+    if let Some(file) = &args.learn {
+        plan.learn(file)?;
+    }
     if args.dry_run {
         println!("{plan}");
-        println!("command   {}", shell_words(&args.command));
+        println!("command   {}", exec::shell_words(&args.command));
         return Ok(ExitCode::SUCCESS);
     }
     let code = exec::run(plan, &args.command)?;
@@ -90,12 +102,4 @@ fn load_policy(args: &ExecArgs) -> anyhow::Result<Policy> {
         );
     }
     Ok(policy)
-}
-
-fn shell_words(words: &[OsString]) -> String {
-    words
-        .iter()
-        .map(|w| w.to_string_lossy().into_owned())
-        .collect::<Vec<_>>()
-        .join(" ")
 }

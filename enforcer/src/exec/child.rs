@@ -21,6 +21,8 @@ pub struct ChildSetup {
     pub gid: u32,
     /// The directory to start in.
     pub workdir: CString,
+    /// A mount namespace to join (learn mode's, whose mounts are watched).
+    pub mount_namespace: Option<OwnedFd>,
     pub landlock: Option<PreparedRuleset>,
     pub supervisor_pid: libc::pid_t,
     /// Descriptors above 2 that the child keeps (sorted); every other one closes at exec.
@@ -43,6 +45,12 @@ impl ChildSetup {
         // A session of its own: no controlling terminal of the caller's, so the child cannot
         // push keystrokes into the caller's shell (TIOCSTI) or take over its terminal.
         check(unsafe { libc::setsid() })?;
+        // While still root (it needs CAP_SYS_ADMIN and CAP_SYS_CHROOT). It moves the root and
+        // working directory to the namespace's, hence the chdir to the workdir below.
+        if let Some(namespace) = &self.mount_namespace {
+            nix::sched::setns(namespace, nix::sched::CloneFlags::CLONE_NEWNS)
+                .map_err(io::Error::from)?;
+        }
         self.set_environment()?;
         join_cgroup(&self.cgroup_procs)?;
         // No setuid binary, file capability or exec can give privileges back.

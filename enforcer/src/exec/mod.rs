@@ -5,6 +5,7 @@
 
 mod child;
 mod environment;
+mod learning;
 mod seccomp;
 mod supervise;
 
@@ -26,6 +27,8 @@ use crate::cgroup::{Cgroup, CgroupError, cgroup2_mount};
 use crate::control::{self, Request, Response};
 use crate::dns::{self, Resolver};
 use crate::landlock::{LandlockError, LandlockPlan, Origin, PathRule, PreparedRuleset};
+use learning::Learning;
+
 use crate::layer::{
     ApplyError, InstanceId, InstanceRules, LayerSet, Layers, NetworkLayer, NftLayer,
 };
@@ -121,6 +124,21 @@ pub enum ExecError {
         "--keep-fd {fd}: {why}; pass descriptors above 2 that are open in the caller (0, 1 and 2 are always passed)"
     )]
     KeepFd { fd: RawFd, why: &'static str },
+    #[error("--learn {}: {why}", .file.display())]
+    LearnFile { file: PathBuf, why: &'static str },
+    #[error(
+        "instance {instance}: the daemon enforces it, so a learning run cannot observe it; \
+         learn with a copy of the policy under another instance name (`name = ...` in the copy)"
+    )]
+    LearnUnderDaemon { instance: String },
+    #[error("instance {instance}: learn mode: {source}")]
+    FileWatch {
+        instance: String,
+        #[source]
+        source: crate::learn::files::FileWatchError,
+    },
+    #[error(transparent)]
+    LearnWrite(#[from] crate::learn::WriteError),
 }
 
 /// What `exec` will do, computed without changing anything (also what `--dry-run` prints).
@@ -142,6 +160,8 @@ pub struct ExecPlan {
     pub control_socket: PathBuf,
     /// Descriptors above 2 the child keeps (`--keep-fd`); every other one is closed.
     pub keep_fds: Vec<RawFd>,
+    /// Learn mode (`--learn FILE`): where the proposed policy goes. Nothing is refused then.
+    pub learn: Option<PathBuf>,
 }
 
 /// Variables of the caller that would point the child at the caller's directories.
@@ -230,11 +250,40 @@ impl ExecPlan {
             tmpdir,
             control_socket: paths::CONTROL_SOCKET.into(),
             keep_fds: Vec::new(),
+            learn: None,
         })
     }
 }
 
 impl ExecPlan {
+    /// Learn mode: the run observes instead of confining. The network layers and isolate's
+    /// resolver let through (and report) what the policy would refuse; Landlock is not
+    /// applied, the files the command uses are watched instead; at exit the policy plus what
+    /// was seen is written to `file`.
+    pub fn learn(&mut self, file: &Path) -> Result<(), ExecError> {
+        let refuse = |why| ExecError::LearnFile {
+            file: file.to_path_buf(),
+            why,
+        };
+        let file = std::path::absolute(file).map_err(|_| refuse("cannot make it absolute"))?;
+        if std::fs::canonicalize(&file).ok() == std::fs::canonicalize(&self.policy.source).ok()
+            && file.exists()
+        {
+            return Err(refuse(
+                "that is the policy the run starts from; write the learned one to another file",
+            ));
+        }
+        if file.is_dir() {
+            return Err(refuse("is a directory; name the file to write"));
+        }
+        if !file.parent().is_some_and(Path::is_dir) {
+            return Err(refuse("its directory does not exist"));
+        }
+        self.rules.observe = true;
+        self.learn = Some(file);
+        Ok(())
+    }
+
     /// Passes the caller's descriptors `fds` on to the child (each must be open and above 2).
     pub fn keep_fds(&mut self, fds: &[RawFd]) -> Result<(), ExecError> {
         for &fd in fds {
@@ -272,6 +321,15 @@ impl fmt::Display for ExecPlan {
             self.policy.name,
             self.policy.source.display()
         )?;
+        if let Some(file) = &self.learn {
+            writeln!(
+                f,
+                "LEARN MODE  nothing is refused: the network layers let through and report what \
+                 the policy would refuse, Landlock is not applied (the files used are watched); \
+                 the policy plus what was seen goes to {}",
+                file.display()
+            )?;
+        }
         writeln!(
             f,
             "user      {}{user_kind} uid={} gid={} home={}",
@@ -461,6 +519,9 @@ pub fn run(plan: ExecPlan, command: &[OsString]) -> Result<i32, ExecError> {
     warn_of_shared_uid(&plan);
     // Also before anything is touched: a daemon that enforces the instance otherwise refuses.
     let daemon = daemon_enforces(&plan)?;
+    if plan.learn.is_some() && daemon.is_some() {
+        return Err(ExecError::LearnUnderDaemon { instance });
+    }
     let secrets = match &plan.policy.environment_file {
         Some(path) => environment::read_file(path).map_err(|source| ExecError::Environment {
             instance: instance.clone(),
@@ -477,14 +538,7 @@ pub fn run(plan: ExecPlan, command: &[OsString]) -> Result<i32, ExecError> {
                 source,
             }
         })?;
-    let landlock = plan
-        .landlock
-        .prepare()
-        .map_err(|source| ExecError::Landlock {
-            instance: instance.clone(),
-            source: Box::new(source),
-        })?;
-    tracing::info!(instance, "Landlock: {}", landlock.report());
+    let (landlock, mut learning) = confinement_of_files(&plan)?;
     let mut applied = if let Some(daemon) = daemon {
         // The daemon confines the instance's UID host-wide and records its block events.
         let mut applied = Applied::new(&instance);
@@ -496,10 +550,18 @@ pub fn run(plan: ExecPlan, command: &[OsString]) -> Result<i32, ExecError> {
     };
     let cgroup = applied.cgroup.as_ref().expect("created by apply_layers");
     let mut signals = supervise::block_signals().map_err(ExecError::Supervise)?;
+    let namespace = match &learning {
+        Some(learning) => Some(learning.namespace().map_err(|source| ExecError::Spawn {
+            command: shell_words(command),
+            source,
+        })?),
+        None => None,
+    };
     let child = spawn(
         &plan,
         cgroup,
         landlock,
+        namespace,
         &secrets,
         command,
         applied.families_judged,
@@ -508,22 +570,28 @@ pub fn run(plan: ExecPlan, command: &[OsString]) -> Result<i32, ExecError> {
     let rate = plan.policy.network.log.rate;
     let mut audit = AuditSink::new();
     let code = supervise::wait(&child, &mut signals, Duration::from_millis(200), || {
+        let mut attempts = Vec::new();
         if let Some(events) = applied.events.as_mut() {
             for mut event in events.read() {
                 if let Some(resolver) = &applied.resolver {
                     event.host = resolver.name_of(event.destination);
                 }
-                audit.record(&instance, &rate, &plan.policy.source, &event);
+                attempts.push(event);
             }
             match events.unsent_since(plan.user.uid) {
                 Ok(count) => audit.unsent(&instance, &rate, count),
                 Err(e) => tracing::warn!(instance, "eBPF layer: {e}"),
             }
         }
-        if let Some(refusals) = &applied.refusals {
-            for refusal in refusals.try_iter() {
-                audit.record(&instance, &rate, &plan.policy.source, &refusal);
+        attempts.extend(applied.refusals.iter().flat_map(|r| r.try_iter()));
+        for attempt in &attempts {
+            match &mut learning {
+                Some(learning) => learning.attempt(&instance, attempt),
+                None => audit.record(&instance, &rate, &plan.policy.source, attempt),
             }
+        }
+        if let Some(learning) = &mut learning {
+            learning.take_files();
         }
         audit.flush_quiet();
     })
@@ -531,10 +599,46 @@ pub fn run(plan: ExecPlan, command: &[OsString]) -> Result<i32, ExecError> {
     audit.flush_suppressed();
     tracing::info!(instance, code, "exited");
     drop(applied);
+    if let Some(learning) = &learning {
+        learning.finish(&plan.policy, &shell_words(command))?;
+    }
     drop(tmpdir);
     // Last: a dynamic user's UID is released only once nothing of the run holds it.
     drop(plan);
     Ok(code)
+}
+
+/// What confines the child's files: a prepared Landlock ruleset, or, in learn mode, a watch of
+/// the files it uses and the proposal it feeds.
+fn confinement_of_files(
+    plan: &ExecPlan,
+) -> Result<(Option<PreparedRuleset>, Option<Learning>), ExecError> {
+    let instance = &plan.policy.name;
+    if let Some(file) = &plan.learn {
+        let learning = Learning::start(plan, file).map_err(|source| ExecError::FileWatch {
+            instance: instance.clone(),
+            source,
+        })?;
+        return Ok((None, Some(learning)));
+    }
+    let landlock = plan
+        .landlock
+        .prepare()
+        .map_err(|source| ExecError::Landlock {
+            instance: instance.clone(),
+            source: Box::new(source),
+        })?;
+    tracing::info!(instance, "Landlock: {}", landlock.report());
+    Ok((Some(landlock), None))
+}
+
+/// The command as one line, for messages.
+pub fn shell_words(words: &[OsString]) -> String {
+    words
+        .iter()
+        .map(|w| w.to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// A named user's other processes share the instance's UID: its files and unix sockets are
@@ -680,6 +784,7 @@ fn apply_layers(plan: &ExecPlan) -> Result<Applied, ExecError> {
         Some(listener) => {
             let endpoint = listener.endpoint();
             followed = followed_rules(&plan.policy.network, Some(endpoint));
+            followed.observe = plan.rules.observe;
             if !plan.layers.ebpf {
                 followed = followed.translating_dns(endpoint);
             }
@@ -730,8 +835,8 @@ fn start_resolver(
             bpf: resolver_maps,
             nft: plan.layers.nftables,
         },
+        observe: plan.learn.is_some(),
         refusals: sender,
-        observe: false,
     };
     let resolver = listener
         .serve(service)
@@ -813,7 +918,8 @@ fn create_cgroup(policy: &Policy, path: &Path) -> Result<Cgroup, ExecError> {
 fn spawn(
     plan: &ExecPlan,
     cgroup: &Cgroup,
-    landlock: PreparedRuleset,
+    landlock: Option<PreparedRuleset>,
+    mount_namespace: Option<OwnedFd>,
     secrets: &[(String, String)],
     command: &[OsString],
     families_judged: bool,
@@ -845,7 +951,8 @@ fn spawn(
         uid: plan.user.uid,
         gid: plan.user.gid,
         workdir,
-        landlock: Some(landlock),
+        landlock,
+        mount_namespace,
         supervisor_pid: nix::unistd::getpid().as_raw(),
         keep_fds,
         seccomp: Some(seccomp::filter(!families_judged).map_err(ExecError::Seccomp)?),

@@ -32,7 +32,8 @@ impl NetworkLayer for BpfLayer {
                 file: instance.policy.source.clone(),
                 source,
             })?
-            .with_unix_sockets(sockets);
+            .with_unix_sockets(sockets)
+            .observing(instance.rules.observe);
         self.apply_instance(instance.id.uid, &compiled)?;
         if let Some(old) = replacing.filter(|old| old.uid != instance.id.uid) {
             // The instance changed users: its old UID is no longer confined by it.

@@ -95,6 +95,7 @@ fn nft_policy<'a>(instance: &InstanceRules<'a>) -> NftPolicy<'a> {
         hosts: &instance.policy.network.hosts,
         dns_redirect: instance.rules.dns_translated_to,
         log: &instance.policy.network.log,
+        observe: instance.rules.observe,
     }
 }
 

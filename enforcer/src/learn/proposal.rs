@@ -109,6 +109,9 @@ pub struct Proposal {
     /// Names looked up that the policy does not list.
     names: BTreeMap<String, Sighting>,
     files: BTreeMap<(Access, PathBuf), Sighting>,
+    /// The program each process last executed, by PID: a short-lived process is often gone
+    /// before its name can be read, but its exec was seen first.
+    programs: BTreeMap<i32, String>,
     /// Refusals no policy entry can allow, by what the fix says.
     unlearnable: BTreeMap<String, Sighting>,
 }
@@ -124,6 +127,7 @@ impl Proposal {
             network: BTreeMap::new(),
             names: BTreeMap::new(),
             files: BTreeMap::new(),
+            programs: BTreeMap::new(),
             unlearnable: BTreeMap::new(),
         }
     }
@@ -171,9 +175,24 @@ impl Proposal {
 
     /// Takes in a file access; accesses the plan grants already are left out.
     pub fn file(&mut self, access: &FileAccess) {
+        // The kernel opens a program's ELF interpreter for execution too: not the program.
+        if access.access == Access::Exec
+            && let Some(name) = access.path.file_name()
+            && !crate::landlock::baseline::EXEC
+                .iter()
+                .any(|interpreter| Path::new(interpreter).file_name() == Some(name))
+        {
+            self.programs
+                .insert(access.pid, name.to_string_lossy().into_owned());
+        }
         if self.granted.grants(access.access, &access.path) {
             return;
         }
+        let program = match (&access.program, self.programs.get(&access.pid)) {
+            (program, _) if !program.is_empty() => program.as_str(),
+            (_, Some(executed)) => executed.as_str(),
+            _ => "",
+        };
         let verb = match access.access {
             Access::Read => "read",
             Access::Write => "wrote",
@@ -183,7 +202,7 @@ impl Proposal {
         seen(
             &mut self.files,
             (access.access, access.path.clone()),
-            &access.program,
+            program,
             what,
         );
     }
@@ -219,7 +238,7 @@ impl Proposal {
             }
         }
         additions.extend(self.file_additions());
-        additions.sort_by(|a, b| a.field.cmp(&b.field));
+        additions.sort_by_key(|a| a.field);
         additions
     }
 
@@ -281,16 +300,12 @@ impl Proposal {
 
 /// Counts a sighting of `key`; true when it is the first.
 fn seen<K: Ord>(map: &mut BTreeMap<K, Sighting>, key: K, program: &str, what: String) -> bool {
-    match map.get_mut(&key) {
-        Some(sighting) => {
-            sighting.times += 1;
-            false
-        }
-        None => {
-            map.insert(key, Sighting::new(program, what));
-            true
-        }
+    if let Some(sighting) = map.get_mut(&key) {
+        sighting.times += 1;
+        return false;
     }
+    map.insert(key, Sighting::new(program, what));
+    true
 }
 
 /// What an attempt did, for its note: `connect 203.0.113.7:443/tcp`, `looked up a.example`.

@@ -43,4 +43,6 @@ pub struct NftPolicy<'a> {
     pub dns_redirect: Option<crate::network::ResolverEndpoint>,
     /// Rate limit of the kernel log lines of blocked packets.
     pub log: &'a LogSettings,
+    /// Learn mode: what the table would drop is logged and counted, then accepted.
+    pub observe: bool,
 }

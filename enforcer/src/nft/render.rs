@@ -468,7 +468,10 @@ fn confined_rules(policy: &NftPolicy, sets: &[AllowSet]) -> Vec<Vec<Statement<'s
             expr.push(Statement::Counter(stmt::Counter::Named(
                 format!("blocked_{family}_{protocol}").into(),
             )));
-            expr.push(Statement::Drop(None));
+            // Observing, the packet goes on to the chain's end, whose policy accepts.
+            if !policy.observe {
+                expr.push(Statement::Drop(None));
+            }
             rules.push(expr);
         }
     }

@@ -73,7 +73,7 @@ pub fn isolate_binary() -> std::path::PathBuf {
 /// A named test.
 pub type Test = (&'static str, fn());
 
-/// Runs `tests` (filtered by the first free argument, like libtest), each in its own thread
+/// Runs `tests` (filtered by the first free argument and `--skip NAME`, like libtest), each in its own thread
 /// with its own network namespace, and prints libtest's summary line.
 pub fn run_tests(tests: &[Test]) -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -83,14 +83,26 @@ pub fn run_tests(tests: &[Test]) -> ExitCode {
         }
         return ExitCode::SUCCESS;
     }
-    let filter = args.iter().find(|a| !a.starts_with('-')).cloned();
+    // libtest's `--skip NAME` (repeatable): tests whose name contains NAME do not run.
+    let mut skip: Vec<String> = Vec::new();
+    let mut filter = None;
+    let mut rest = args.iter();
+    while let Some(arg) = rest.next() {
+        if arg == "--skip" {
+            skip.extend(rest.next().cloned());
+        } else if filter.is_none() && !arg.starts_with('-') {
+            filter = Some(arg.clone());
+        }
+    }
     assert!(
         nix::unistd::geteuid().is_root(),
         "these tests need root (they load eBPF programs and make cgroups); run them through `cargo xtask test`"
     );
     let (mut passed, mut failed) = (0, 0);
     for (name, test) in tests {
-        if filter.as_ref().is_some_and(|f| !name.contains(f.as_str())) {
+        if filter.as_ref().is_some_and(|f| !name.contains(f.as_str()))
+            || skip.iter().any(|s| name.contains(s.as_str()))
+        {
             continue;
         }
         let test = *test;

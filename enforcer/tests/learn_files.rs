@@ -16,7 +16,6 @@ use nix::sched::CloneFlags;
 
 fn main() -> ExitCode {
     common::run_tests(&[
-        ("scratch", scratch),
         (
             "reports_the_runs_accesses_and_nothing_of_others",
             reports_the_runs_accesses_and_nothing_of_others,
@@ -126,15 +125,6 @@ fn reports_the_runs_accesses_and_nothing_of_others() {
     inside.wait().unwrap();
     let accesses = [accesses, watch.read()].concat();
 
-    for a in &accesses {
-        eprintln!(
-            "{:?} {} {} {}",
-            a.access,
-            a.pid,
-            a.program,
-            a.path.display()
-        );
-    }
     let sleeping = accesses
         .iter()
         .find(|a| a.path == sleep && a.access == Access::Exec)
@@ -156,9 +146,6 @@ fn an_unlinked_file_keeps_its_path() {
     let gone = fs::canonicalize(dir.path()).unwrap().join("gone");
     let mut watch = FileWatch::start().expect("start the watch");
     run_inside(&watch, &format!("echo x > {0}; rm {0}", gone.display()));
-    for a in &watch.read() {
-        eprintln!("late {a:?}");
-    }
     // The event's descriptor holds the unlinked file: its link reads ".../gone (deleted)".
     let accesses = read_until(&mut watch, |accesses| has(accesses, &gone, Access::Write));
     assert!(
@@ -222,16 +209,4 @@ fn entries(dir: &Path) -> Vec<PathBuf> {
         .flatten()
         .filter_map(|entry| entry.ok().map(|e| e.path()))
         .collect()
-}
-
-fn scratch() {
-    let mut watch = FileWatch::start().expect("start the watch");
-    let script = std::env::var("SCRATCH").unwrap();
-    run_inside(&watch, &script);
-    std::thread::sleep(Duration::from_millis(200));
-    for a in watch.read() {
-        if !a.path.starts_with("/usr") && !a.path.starts_with("/etc/ld.so") {
-            eprintln!("{:?} {} {}", a.access, a.pid, a.path.display());
-        }
-    }
 }

@@ -8,10 +8,12 @@
 //! exec). The copy looks exactly like the host's table, so the command sees the same files at the
 //! same paths, and the paths reported are the host's.
 //!
-//! What these events cannot tell: the creation, removal and renaming of directory entries
-//! (only the open of a created file shows; dirent events need file handles, which mount marks
-//! do not report), and the mode of an open (an open for writing counts as a read too; a policy
-//! has no write-only list anyway).
+//! What these events cannot tell: anything of files that are neither regular files nor
+//! directories (fanotify reports a descriptor only for those two, so device nodes such as
+//! `/dev/null`, FIFOs and sockets never show; which also spares the reader opening them), the
+//! creation, removal and renaming of directory entries (only the open of a created file
+//! shows; dirent events need file handles, which mount marks do not report), and the mode of
+//! an open (an open for writing counts as a read too; a policy has no write-only list anyway).
 
 use std::fs;
 use std::io;

@@ -45,6 +45,16 @@ const RULES: &[(&str, &str, &str)] = &[
     ("landlock", "daemon", LAYER),
     ("landlock", "metrics", LAYER),
     ("landlock", "audit", LAYER),
+    (
+        "learn",
+        "exec",
+        "learn mode observes and proposes; the supervisor composes it (exec/learning.rs)",
+    ),
+    (
+        "learn",
+        "daemon",
+        "learn mode runs under `isolate exec` only; the daemon enforces",
+    ),
 ];
 
 /// Top-level entries of `src` that are no module under the rules: the binary edge and the root.

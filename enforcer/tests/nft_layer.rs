@@ -34,6 +34,10 @@ fn main() -> ExitCode {
         ("a_refused_policy_changes_nothing", refused),
         ("many_instances_go_in_at_once_or_not_at_all", many_at_once),
         ("tcp_allowed_connects_forbidden_times_out", tcp),
+        (
+            "observing_the_table_counts_what_it_would_drop_and_lets_it_through",
+            observe,
+        ),
         ("udp_forbidden_is_dropped_and_counted_exactly", udp),
         ("other_uids_are_untouched", other_uid),
         ("icmp_is_allowed_only_by_a_rule_without_ports", icmp),
@@ -476,6 +480,23 @@ fn tcp() {
     assert!(counts["blocked_v4_tcp"] >= 1, "{counts:?}");
     assert!(counts["blocked_v6_tcp"] >= 1, "{counts:?}");
     assert_eq!(counts["blocked_v4_udp"] + counts["blocked_v6_udp"], 0);
+}
+
+/// Learn mode's table: a connect the rules do not allow goes through, and is counted.
+fn observe() {
+    let (forbidden, forbidden_addr) = listen("127.0.0.1:0");
+    let rules = [v4("127.0.0.2/32", None, Protocol::Any)];
+    let observing = NftPolicy {
+        observe: true,
+        ..policy(&rules, &[])
+    };
+    nft::apply(&observing).unwrap();
+    assert_connects(CONFINED, &forbidden, forbidden_addr);
+    let counts = counters();
+    assert!(counts["blocked_v4_tcp"] >= 1, "{counts:?}");
+    // The same rules, enforcing: dropped.
+    nft::apply(&policy(&rules, &[])).unwrap();
+    assert_times_out(&forbidden, forbidden_addr);
 }
 
 fn udp() {

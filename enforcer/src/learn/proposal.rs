@@ -112,6 +112,8 @@ pub struct Proposal {
     /// The program each process last executed, by PID: a short-lived process is often gone
     /// before its name can be read, but its exec was seen first.
     programs: BTreeMap<i32, String>,
+    /// What is on disk at a path (`OnDisk::of`; tests put a disk of their own).
+    on_disk: fn(&Path) -> OnDisk,
     /// Refusals no policy entry can allow, by what the fix says.
     unlearnable: BTreeMap<String, Sighting>,
 }
@@ -128,6 +130,7 @@ impl Proposal {
             names: BTreeMap::new(),
             files: BTreeMap::new(),
             programs: BTreeMap::new(),
+            on_disk: OnDisk::of,
             unlearnable: BTreeMap::new(),
         }
     }
@@ -199,6 +202,16 @@ impl Proposal {
             Access::Exec => "ran",
         };
         let what = format!("{verb} {}", access.path.display());
+        if depth(&access.path) < MIN_FOLD_DEPTH && (self.on_disk)(&access.path) == OnDisk::Directory
+        {
+            // Listing `/` or `/home`: a rule on it would grant everything below.
+            let key = format!(
+                "{program} listed {}: not proposed, a rule on it grants everything below it",
+                access.path.display()
+            );
+            seen(&mut self.unlearnable, key, program, what);
+            return;
+        }
         seen(
             &mut self.files,
             (access.access, access.path.clone()),
@@ -218,6 +231,21 @@ impl Proposal {
                 note: sighting.note(),
             })
             .collect();
+        // An arrival on a port the instance was seen binding is allowed by that bind's entry;
+        // the arrival's own entry (every local address) would be wider.
+        let bound: BTreeSet<&str> = self
+            .network
+            .keys()
+            .filter(|(field, entry)| *field == ListField::Listen && !is_every_address(entry))
+            .filter_map(|(_, entry)| entry.rsplit_once(':').map(|(_, port)| port))
+            .collect();
+        additions.retain(|a| {
+            !(a.field == ListField::Listen
+                && is_every_address(&a.entry)
+                && a.entry
+                    .rsplit_once(':')
+                    .is_some_and(|(_, port)| bound.contains(port)))
+        });
         // A name also connected to is allowed by that entry already; one only looked up
         // still needs listing, or the resolver refuses it.
         let connected: BTreeSet<&str> = self
@@ -258,10 +286,10 @@ impl Proposal {
                 .map(|((_, path), sighting)| (path.clone(), sighting.clone()))
                 .collect()
         };
-        let write = fold(by_access(Access::Write));
-        let exec = fold(by_access(Access::Exec));
+        let write = fold(by_access(Access::Write), self.on_disk);
+        let exec = fold(by_access(Access::Exec), self.on_disk);
         // Writing and running include reading.
-        let mut read = fold(by_access(Access::Read));
+        let mut read = fold(by_access(Access::Read), self.on_disk);
         read.retain(|path, _| {
             !write
                 .keys()
@@ -298,6 +326,11 @@ impl Proposal {
     }
 }
 
+/// Whether a listen entry is the one an arrival proposes: every local address.
+fn is_every_address(entry: &str) -> bool {
+    entry.starts_with("0.0.0.0:") || entry.starts_with("[::]:")
+}
+
 /// Counts a sighting of `key`; true when it is the first.
 fn seen<K: Ord>(map: &mut BTreeMap<K, Sighting>, key: K, program: &str, what: String) -> bool {
     if let Some(sighting) = map.get_mut(&key) {
@@ -316,6 +349,10 @@ fn describe(attempt: &BlockedAttempt) -> String {
     };
     match (attempt.hook, &attempt.host, &attempt.unix) {
         ("dns", Some(name), _) => format!("looked up {name}"),
+        ("ingress", _, _) => format!(
+            "was reached from {} on port {}/{}",
+            attempt.destination, attempt.port, attempt.protocol
+        ),
         (_, _, Some(peer)) => format!("{} unix socket {peer}", attempt.hook),
         (hook, Some(name), _) => format!("{hook} {name} ({target}/{})", attempt.protocol),
         (hook, None, _) => format!("{hook} {target}/{}", attempt.protocol),
@@ -348,15 +385,28 @@ fn unix_socket_path(peer: UnixPeer) -> Option<PathBuf> {
 /// Folds the paths seen to the trees a policy grants: a file becomes its directory (unless
 /// that is too shallow: then the file itself); what lies below another proposed tree goes;
 /// and [`FOLD_SIBLINGS`] or more trees in one directory become that directory.
-fn fold(seen: BTreeMap<PathBuf, Sighting>) -> BTreeMap<PathBuf, Sighting> {
+fn fold(
+    seen: BTreeMap<PathBuf, Sighting>,
+    on_disk: impl Fn(&Path) -> OnDisk,
+) -> BTreeMap<PathBuf, Sighting> {
     let mut trees: BTreeMap<PathBuf, Sighting> = BTreeMap::new();
     for (path, sighting) in seen {
-        let tree = match path.parent() {
-            Some(parent) if !path.is_dir() && depth(parent) >= MIN_FOLD_DEPTH => {
+        let mut tree = match path.parent() {
+            Some(parent)
+                if on_disk(&path) != OnDisk::Directory && depth(parent) >= MIN_FOLD_DEPTH =>
+            {
                 parent.to_path_buf()
             }
             _ => path,
         };
+        // A tree gone by the end of the run (a lock, a temporary directory) cannot be
+        // granted; the nearest directory above it that is still there can, and lets it be
+        // made again.
+        while on_disk(&tree) == OnDisk::Gone
+            && let Some(parent) = tree.parent().filter(|p| depth(p) >= MIN_FOLD_DEPTH)
+        {
+            tree = parent.to_path_buf();
+        }
         merge(&mut trees, tree, sighting);
     }
     loop {
@@ -379,6 +429,24 @@ fn fold(seen: BTreeMap<PathBuf, Sighting>) -> BTreeMap<PathBuf, Sighting> {
             merge(&mut rest, parent.clone(), sighting);
         }
         trees = rest;
+    }
+}
+
+/// What is at a path when the run has ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OnDisk {
+    Directory,
+    Other,
+    Gone,
+}
+
+impl OnDisk {
+    fn of(path: &Path) -> Self {
+        match std::fs::metadata(path) {
+            Ok(m) if m.is_dir() => OnDisk::Directory,
+            Ok(_) => OnDisk::Other,
+            Err(_) => OnDisk::Gone,
+        }
     }
 }
 
@@ -435,7 +503,8 @@ mod tests {
     }
 
     fn folded(paths: &[&str]) -> Vec<String> {
-        fold(sightings(paths))
+        // Paths that do not exist here: each counts as a file still there.
+        fold(sightings(paths), |_| OnDisk::Other)
             .keys()
             .map(|p| p.display().to_string())
             .collect()
@@ -464,13 +533,25 @@ mod tests {
             ["/srv/learn-test", "/srv/other/d"]
         );
         // What lies below a proposed tree goes, and its sightings count there.
-        let trees = fold(sightings(&[
-            "/srv/t/a/b/c/file",
-            "/srv/t/a/b/c/d/file",
-            "/srv/t/a/b/c",
-        ]));
+        let trees = fold(
+            sightings(&["/srv/t/a/b/c/file", "/srv/t/a/b/c/d/file", "/srv/t/a/b/c"]),
+            |_| OnDisk::Other,
+        );
         assert_eq!(trees.len(), 1);
         assert_eq!(trees.values().next().unwrap().times, 3);
+        // A directory gone by the end of the run (a lock): the nearest one still there.
+        let lock = Path::new("/srv/t/locks/x.lock");
+        let trees = fold(sightings(&["/srv/t/locks/x.lock/heartbeat"]), |path| {
+            if path.starts_with(lock) {
+                OnDisk::Gone
+            } else {
+                OnDisk::Directory
+            }
+        });
+        assert_eq!(
+            trees.keys().collect::<Vec<_>>(),
+            [Path::new("/srv/t/locks")]
+        );
     }
 
     fn attempt(hook: &'static str, host: Option<&str>) -> BlockedAttempt {
@@ -505,11 +586,14 @@ mod tests {
             minimum_abi: 1,
             notes: Vec::new(),
         };
-        Proposal::new(
+        let mut proposal = Proposal::new(
             Path::new("/etc/isolate/instances/t.toml"),
             &plan,
             Path::new("/home/t"),
-        )
+        );
+        // None of the paths below exist here: each counts as a file still there.
+        proposal.on_disk = |_| OnDisk::Other;
+        proposal
     }
 
     #[test]
@@ -531,6 +615,10 @@ mod tests {
         bind.destination = IpAddr::V4(Ipv4Addr::LOCALHOST);
         bind.port = 4096;
         proposal.attempt(&bind);
+        // Reached on the port it bound: the bind's entry covers it; no every-address entry.
+        let mut arrival = attempt("ingress", None);
+        arrival.port = 4096;
+        proposal.attempt(&arrival);
         proposal.attempt(&attempt("socket", None));
         let additions = proposal.additions();
         let entries: Vec<(&str, &str)> = additions

@@ -1,6 +1,6 @@
 #!/bin/sh
 # vmtest-guest: systemd
-# vmtest-timeout: 480
+# vmtest-timeout: 600
 # Learn mode on the real `opencode serve` (enforcer/tests/opencode.rs, learn_mode): from a
 # policy granting only its programs and system files, `isolate exec --learn` lets opencode
 # serve, observed, and writes a policy (its port, its lookups by name, its home directories)

@@ -493,7 +493,9 @@ fn observe() {
     nft::apply(&observing).unwrap();
     assert_connects(CONFINED, &forbidden, forbidden_addr);
     let counts = counters();
+    // Counted once: as TCP, not again as `other`.
     assert!(counts["blocked_v4_tcp"] >= 1, "{counts:?}");
+    assert_eq!(counts["blocked_v4_other"], 0, "{counts:?}");
     // The same rules, enforcing: dropped.
     nft::apply(&policy(&rules, &[])).unwrap();
     assert_times_out(&forbidden, forbidden_addr);

@@ -322,13 +322,20 @@ fn allowed_host() {
 fn serve_and_look_up(run: &Run, dns: &FakeDns, names: &[&str]) {
     run.wait_healthy();
     run.get("/project/current");
-    let files = run.get("/file?path=.").unwrap_or_default();
-    assert!(
-        files.contains("README.md"),
-        "opencode lists the project: {files}\n{}",
-        run.diagnostics()
-    );
+    // Observed by a learning run, the first listing of a project can take longer than one
+    // request waits under TCG: asked again until it comes.
     let deadline = Instant::now() + startup_timeout();
+    loop {
+        let files = run.get("/file?path=.").unwrap_or_default();
+        if files.contains("README.md") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "opencode lists the project: {files}\n{}",
+            run.diagnostics()
+        );
+    }
     while !names.iter().all(|n| dns.answered().contains_key(*n)) {
         assert!(
             Instant::now() < deadline,

@@ -468,10 +468,13 @@ fn confined_rules(policy: &NftPolicy, sets: &[AllowSet]) -> Vec<Vec<Statement<'s
             expr.push(Statement::Counter(stmt::Counter::Named(
                 format!("blocked_{family}_{protocol}").into(),
             )));
-            // Observing, the packet goes on to the chain's end, whose policy accepts.
-            if !policy.observe {
-                expr.push(Statement::Drop(None));
-            }
+            // Observing, the packet goes back to the output chain, whose policy accepts it:
+            // a verdict still, so it does not fall through to the `other` counter too.
+            expr.push(if policy.observe {
+                Statement::Return(None)
+            } else {
+                Statement::Drop(None)
+            });
             rules.push(expr);
         }
     }

@@ -10,14 +10,7 @@
 # opencode peaks at ~0.5 GB RSS here: the default 2 GiB of guest memory is enough.
 set -u
 . "$VMTESTS/lib/testbin.sh"
-test -x /share/opencode/opencode || {
-    echo "no /share/opencode/opencode: run \`cargo xtask setup\` on the host (npm install opencode-ai)"
-    exit 1
-}
-# Installed where the example policy expects it (exec = [..., "/usr/local"]), on the guest's own
-# disk: Landlock rules cannot hold on the 9p share (its inodes are not stable across lookups), so
-# exec from /share is refused.
-cp /share/opencode/opencode /usr/local/bin/opencode || exit 1
-export OPENCODE_BIN=/usr/local/bin/opencode
+. "$VMTESTS/lib/opencode.sh"
+install_opencode
 # learn_mode runs in 15-learn, in the other boot: the two share the time.
 run_testbin opencode --skip learn_mode

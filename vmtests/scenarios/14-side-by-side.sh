@@ -12,9 +12,8 @@ set -u
 failed=0
 ok() { echo "ok   $*"; }
 fail() { echo "FAIL $*"; failed=1; }
-test -x /share/opencode/opencode || { echo "no /share/opencode/opencode: run \`cargo xtask setup\`"; exit 1; }
-# On the guest's own disk: Landlock rules cannot hold on the 9p share.
-cp /share/opencode/opencode /usr/local/bin/opencode || exit 1
+. "$VMTESTS/lib/opencode.sh"
+install_opencode
 
 policies=/etc/isolate/instances
 mkdir -p "$policies" && chmod 0700 /etc/isolate "$policies"

@@ -15,6 +15,7 @@
 
 mod btf;
 mod events;
+mod grace;
 mod hosts;
 mod pin;
 mod rules;
@@ -447,14 +448,51 @@ impl BpfLayer {
     }
 
     /// Puts `rules` in force for `uid`, atomically: the new entries are written under a fresh
-    /// generation, then the UID's generation flips in one map update, then the old entries go.
-    /// A connect sees the whole old policy or the whole new one, never a mix or nothing.
+    /// generation, then the UID's generation flips in one map update, then, once no program
+    /// still runs with the old generation (see `grace`), the old entries go. A connect sees
+    /// the whole old policy or the whole new one, never a mix or nothing.
     ///
     /// `rules.unix_sockets` are resolved here (see [`locate`]): a socket whose directory
     /// does not exist yet is skipped with a warning (it stays refused until the policy is
     /// applied again). Where unix sockets cannot be enforced, a policy that has some is
     /// refused and nothing changes.
     pub fn apply_instance(&mut self, uid: u32, rules: &CompiledRules) -> Result<(), BpfError> {
+        self.apply_instances(&[(uid, rules)])
+            .pop()
+            .expect("one result per instance")
+    }
+
+    /// Applies each of `batch` as [`apply_instance`](Self::apply_instance) would, returning
+    /// each result in order, with one wait for the running programs for the whole batch
+    /// rather than one per instance.
+    pub fn apply_instances(
+        &mut self,
+        batch: &[(u32, &CompiledRules)],
+    ) -> Vec<Result<(), BpfError>> {
+        let mut results = Vec::with_capacity(batch.len());
+        let mut retired = Vec::new();
+        for (index, (uid, rules)) in batch.iter().enumerate() {
+            let flipped = self.flip(*uid, rules);
+            if let Ok(Some(old)) = flipped {
+                retired.push((index, *uid, old));
+            }
+            results.push(flipped.map(|_| ()));
+        }
+        if !retired.is_empty() {
+            grace::wait_for_running_programs();
+        }
+        for (index, uid, old) in retired {
+            if let Err(e) = self.remove_generation(uid, old) {
+                results[index] = Err(e);
+            }
+        }
+        results
+    }
+
+    /// Writes `rules` under a fresh generation of `uid` and makes it current. Returns the
+    /// generation it replaced, whose entries are still there: no program may still be
+    /// reading them until one grace period has passed.
+    fn flip(&mut self, uid: u32, rules: &CompiledRules) -> Result<Option<u32>, BpfError> {
         let unix = self.locate_unix_sockets(&rules.unix_sockets)?;
         let old = self.instance_state(uid)?;
         let generation = old.map_or(1, |s| s.generation.wrapping_add(1));
@@ -469,10 +507,7 @@ impl BpfLayer {
         self.instances
             .insert(uid, InstanceState { generation, flags }, 0)
             .map_err(map_error(map_names::INSTANCES))?;
-        if let Some(old) = old {
-            self.remove_generation(uid, old.generation)?;
-        }
-        Ok(())
+        Ok(old.map(|old| old.generation))
     }
 
     /// Stops confining `uid`: its processes pass untouched again, and its entries are gone.

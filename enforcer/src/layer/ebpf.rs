@@ -1,7 +1,7 @@
 //! The eBPF layer behind [`NetworkLayer`]: an attachment's maps, keyed by UID.
 
 use super::{BlockedCount, InstanceId, InstanceRules, LayerError, LayerKind, NetworkLayer};
-use crate::bpf::{BpfLayer, compile_rules, family_name, hook_name, protocol_name};
+use crate::bpf::{BpfLayer, CompiledRules, compile_rules, family_name, hook_name, protocol_name};
 use crate::trusted_path;
 
 impl NetworkLayer for BpfLayer {
@@ -14,32 +14,39 @@ impl NetworkLayer for BpfLayer {
         instance: &InstanceRules<'_>,
         replacing: Option<&InstanceId>,
     ) -> Result<(), LayerError> {
-        let network = &instance.policy.network;
-        // Root resolves the socket paths: a link the instance planted must not redirect them.
-        let writer = trusted_path::Writer::of_uid(instance.id.uid);
-        let sockets = network
-            .unix_sockets
+        self.apply_many(&[(*instance, replacing)])
+            .pop()
+            .expect("one result per instance")
+    }
+
+    /// One wait for the running programs for the whole batch (see `BpfLayer::apply_instances`).
+    fn apply_many(
+        &mut self,
+        batch: &[(InstanceRules<'_>, Option<&InstanceId>)],
+    ) -> Vec<Result<(), LayerError>> {
+        let compiled: Vec<Result<CompiledRules, LayerError>> = batch
             .iter()
-            .map(|path| trusted_path::resolve(path, writer))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|source| LayerError::UntrustedSocketPath {
-                file: instance.policy.source.clone(),
-                source: Box::new(source),
-            })?;
-        let compiled = compile_rules(&instance.rules.v4, &instance.rules.v6)
-            .and_then(|rules| rules.with_listen(&network.listen_v4, &network.listen_v6))
-            .map_err(|source| LayerError::Rules {
-                file: instance.policy.source.clone(),
-                source,
-            })?
-            .with_unix_sockets(sockets)
-            .observing(instance.rules.observe);
-        self.apply_instance(instance.id.uid, &compiled)?;
-        if let Some(old) = replacing.filter(|old| old.uid != instance.id.uid) {
-            // The instance changed users: its old UID is no longer confined by it.
-            self.remove_instance(old.uid)?;
-        }
-        Ok(())
+            .map(|(instance, _)| compile(instance))
+            .collect();
+        let ready: Vec<(u32, &CompiledRules)> = batch
+            .iter()
+            .zip(&compiled)
+            .filter_map(|((instance, _), rules)| Some((instance.id.uid, rules.as_ref().ok()?)))
+            .collect();
+        let mut applied = self.apply_instances(&ready).into_iter();
+        batch
+            .iter()
+            .zip(compiled)
+            .map(|((instance, replacing), rules)| {
+                rules?;
+                applied.next().expect("one result per compiled instance")?;
+                if let Some(old) = replacing.filter(|old| old.uid != instance.id.uid) {
+                    // The instance changed users: its old UID is no longer confined by it.
+                    self.remove_instance(old.uid)?;
+                }
+                Ok(())
+            })
+            .collect()
     }
 
     fn remove(&mut self, instance: &InstanceId) -> Result<(), LayerError> {
@@ -76,4 +83,28 @@ impl NetworkLayer for BpfLayer {
     fn reader(&self) -> Result<Box<dyn NetworkLayer>, LayerError> {
         Ok(Box::new(BpfLayer::open(self.pins().clone())?))
     }
+}
+
+/// `instance`'s rules as the programs' maps hold them, its unix socket paths resolved as root.
+fn compile(instance: &InstanceRules<'_>) -> Result<CompiledRules, LayerError> {
+    let network = &instance.policy.network;
+    // Root resolves the socket paths: a link the instance planted must not redirect them.
+    let writer = trusted_path::Writer::of_uid(instance.id.uid);
+    let sockets = network
+        .unix_sockets
+        .iter()
+        .map(|path| trusted_path::resolve(path, writer))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|source| LayerError::UntrustedSocketPath {
+            file: instance.policy.source.clone(),
+            source: Box::new(source),
+        })?;
+    Ok(compile_rules(&instance.rules.v4, &instance.rules.v6)
+        .and_then(|rules| rules.with_listen(&network.listen_v4, &network.listen_v6))
+        .map_err(|source| LayerError::Rules {
+            file: instance.policy.source.clone(),
+            source,
+        })?
+        .with_unix_sockets(sockets)
+        .observing(instance.rules.observe))
 }

@@ -21,8 +21,8 @@ pub enum WriteError {
         #[source]
         source: std::io::Error,
     },
-    /// A bug: what was learned does not make a valid policy. The text is written anyway, for
-    /// the report.
+    /// A bug: what was learned does not make a valid policy. The text is left at `path`,
+    /// beside the file it was meant for, for the report.
     #[error("the learned policy {} does not check (this is a bug in isolate; please report it): {errors}", .path.display())]
     Invalid {
         path: PathBuf,
@@ -75,19 +75,23 @@ pub fn write(
         path: file.to_path_buf(),
         source,
     };
-    // Written aside, then renamed over: a failed write leaves the old file whole.
+    // Written aside, checked, then renamed over: a failed write or check leaves the old file
+    // whole (a text that does not check stays aside, for the report).
     let aside = file.with_extension("toml.learning");
     let mut out = std::fs::File::create(&aside).map_err(io)?;
     out.write_all(text.as_bytes())
         .and_then(|()| out.sync_all())
-        .and_then(|()| std::fs::rename(&aside, file))
         .map_err(|e| {
             let _ = std::fs::remove_file(&aside);
             io(e)
         })?;
-    isolate_policy::parse_str(&text, file).map_err(|errors| WriteError::Invalid {
-        path: file.to_path_buf(),
+    isolate_policy::parse_str(&text, &aside).map_err(|errors| WriteError::Invalid {
+        path: aside.clone(),
         errors,
+    })?;
+    std::fs::rename(&aside, file).map_err(|e| {
+        let _ = std::fs::remove_file(&aside);
+        io(e)
     })?;
     Ok(Written {
         learned: additions.len(),

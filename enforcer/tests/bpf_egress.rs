@@ -38,6 +38,10 @@ fn main() -> ExitCode {
         ("icmp_is_judged_by_the_egress_backstop", icmp),
         ("other_uids_are_untouched", other_uid),
         ("counters_rise_by_exactly_the_blocked_attempts", counters),
+        (
+            "all_counters_read_at_once_equal_each_uids_own",
+            counters_at_once,
+        ),
         ("events_carry_pid_comm_and_destination", events),
         (
             "enforcement_survives_the_loader_and_is_adopted",
@@ -409,6 +413,45 @@ fn counters() {
         sandbox.layer().blocked_counts(OTHER).unwrap().is_empty(),
         "an unconfined UID has no counters"
     );
+}
+
+/// The batch read of every counter (status and scrape at 1,000 instances) must give each
+/// UID exactly what reading its own counters gives: with enough instances that the read takes
+/// several batches, a lost or repeated batch shows as a missing or different count.
+fn counters_at_once() {
+    const INSTANCES: u32 = 300;
+    let mut sandbox = Sandbox::new();
+    let (_listener, tcp_addr) = listen("127.0.0.1:0");
+    let rules = compile_rules(&[], &[]).unwrap();
+    let uids: Vec<u32> = std::iter::once(CONFINED)
+        .chain((0..INSTANCES - 1).map(|n| 40_000 + n))
+        .collect();
+    let batch: Vec<(u32, &CompiledRules)> = uids.iter().map(|uid| (*uid, &rules)).collect();
+    for applied in sandbox.layer().apply_instances(&batch) {
+        applied.expect("apply policy");
+    }
+    for _ in 0..3 {
+        assert_refused(&sandbox, Mode::Tcp, tcp_addr);
+    }
+
+    let mut asked = uids.clone();
+    asked.push(OTHER);
+    let at_once = sandbox.layer().blocked_counts_of(&asked).unwrap();
+    assert_eq!(at_once.len(), asked.len());
+    let mut entries = 0;
+    for uid in &uids {
+        let own = sandbox.layer().blocked_counts(*uid).unwrap();
+        assert!(!own.is_empty(), "uid {uid} has its counters created");
+        assert_eq!(at_once[uid], own, "uid {uid}");
+        entries += own.len();
+    }
+    assert!(entries > 4096, "{entries} counters fit in one batch");
+    assert!(
+        at_once[&OTHER].is_empty(),
+        "an unconfined UID has no counters"
+    );
+    let refused: u64 = at_once[&CONFINED].values().sum();
+    assert_eq!(refused, 3, "{:?}", at_once[&CONFINED]);
 }
 
 fn events() {

@@ -13,6 +13,7 @@
 //! the kernel has the BPF LSM active; without it the rest of the layer works, and only a
 //! policy with `network.unix_sockets` is refused, with what to change.
 
+mod batch;
 mod btf;
 mod events;
 mod grace;
@@ -23,6 +24,7 @@ mod unix;
 
 use std::collections::BTreeMap;
 use std::io;
+use std::os::fd::AsFd as _;
 use std::path::{Path, PathBuf};
 
 use aya::maps::lpm_trie::{Key, LpmTrie};
@@ -547,6 +549,33 @@ impl BpfLayer {
         Ok(totals)
     }
 
+    /// [`blocked_counts`](Self::blocked_counts) of each of `uids`, read in one pass over all
+    /// counters (a few batch reads, not one lookup per counter); a UID with no counters has
+    /// an empty map.
+    pub fn blocked_counts_of(
+        &self,
+        uids: &[u32],
+    ) -> Result<BTreeMap<u32, BTreeMap<CounterKey, u64>>, BpfError> {
+        let mut totals: BTreeMap<u32, BTreeMap<CounterKey, u64>> =
+            uids.iter().map(|uid| (*uid, BTreeMap::new())).collect();
+        for (key, count) in self.all_counters()? {
+            if let Some(counts) = totals.get_mut(&key.uid) {
+                counts.insert(key, count);
+            }
+        }
+        Ok(totals)
+    }
+
+    /// Every counter of every UID, summed over CPUs.
+    fn all_counters(&self) -> Result<Vec<(CounterKey, u64)>, BpfError> {
+        let path = self.pins.map(map_names::BLOCKED);
+        let map = MapData::from_pin(&path).map_err(map_error(map_names::BLOCKED))?;
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| BpfError::Cpus(e))?;
+        // SAFETY: BLOCKED is a per-CPU hash of CounterKey (plain integers) to u64.
+        unsafe { batch::sum_per_cpu::<CounterKey>(map.fd().as_fd(), cpus) }
+            .map_err(pin_error("batch-read the counters of", &path))
+    }
+
     /// The (IPv4, IPv6) allow-trie entries in force for `uid`.
     pub fn entry_counts(&self, uid: u32) -> Result<(usize, usize), BpfError> {
         Ok(match self.instance_state(uid)? {
@@ -698,10 +727,9 @@ impl BpfLayer {
         Ok(())
     }
 
-    /// Creates every counter of `uid` at zero, and its event budget, so the programs only
-    /// ever increment.
-    /// Creates `uid`'s counters, and with `budget` its event budget: an observing (learning)
-    /// UID has none, so that every attempt it makes is sent.
+    /// Creates every counter of `uid` at zero, so the programs only ever increment, and with
+    /// `budget` its event budget: an observing (learning) UID has none, so that every attempt
+    /// it makes is sent.
     fn create_counters(&mut self, uid: u32, budget: bool) -> Result<(), BpfError> {
         let cpus = aya::util::nr_cpus().map_err(|(_, e)| BpfError::Cpus(e))?;
         for key in counter_keys(uid) {

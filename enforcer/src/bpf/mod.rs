@@ -529,6 +529,12 @@ impl BpfLayer {
         Ok(())
     }
 
+    /// Whether `uid` is confined: one lookup, where [`instances`](Self::instances) lists them
+    /// all (a daemon adopting 1,000 instances asks this of each).
+    pub fn is_confined(&self, uid: u32) -> Result<bool, BpfError> {
+        Ok(self.instance_state(uid)?.is_some())
+    }
+
     /// The confined UIDs.
     pub fn instances(&self) -> Vec<u32> {
         self.instances.keys().filter_map(Result::ok).collect()

@@ -55,7 +55,7 @@ impl NetworkLayer for BpfLayer {
     }
 
     fn in_force(&self, instance: &InstanceId) -> Result<bool, LayerError> {
-        Ok(self.is_attached() && self.instances().contains(&instance.uid))
+        Ok(self.is_attached() && self.is_confined(instance.uid)?)
     }
 
     fn counters(&self, instance: &InstanceId) -> Result<Vec<BlockedCount>, LayerError> {

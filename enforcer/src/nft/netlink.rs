@@ -68,13 +68,23 @@ pub fn inet_tables() -> io::Result<Vec<String>> {
         .collect())
 }
 
+/// Whether the inet table `name` exists: one table asked for, not the list of all (a daemon
+/// adopting 1,000 instances asks this of each).
+pub fn inet_table_exists(name: &str) -> io::Result<bool> {
+    let mut request = Vec::new();
+    push_attribute(&mut request, NFTA_TABLE_NAME, &nul_terminated(name));
+    match exchange(NFT_MSG_GETTABLE, NLM_F_REQUEST, &request) {
+        Ok(answer) => Ok(!answer.is_empty()),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 /// The named counters of the inet tables, of `table` only when given.
 pub fn inet_counters(table: Option<&str>) -> io::Result<Vec<Counter>> {
     let mut request = Vec::new();
     if let Some(table) = table {
-        let mut name = table.as_bytes().to_vec();
-        name.push(0);
-        push_attribute(&mut request, NFTA_OBJ_TABLE, &name);
+        push_attribute(&mut request, NFTA_OBJ_TABLE, &nul_terminated(table));
     }
     push_attribute(
         &mut request,
@@ -117,6 +127,13 @@ fn counter(payload: &[u8]) -> Option<Counter> {
 /// Sends one dump request of `nf_tables` message `kind` for the inet family, with its attributes,
 /// and returns the payload (after `nfgenmsg`) of each message of the answer.
 fn dump(kind: u16, request_attributes: &[u8]) -> io::Result<Vec<Vec<u8>>> {
+    exchange(kind, NLM_F_REQUEST | NLM_F_DUMP, request_attributes)
+}
+
+/// Sends one request (`flags`: a dump or a single object) and returns the payload of each
+/// message of the answer: a dump's until it is done, a single request's one message.
+fn exchange(kind: u16, flags: u16, request_attributes: &[u8]) -> io::Result<Vec<Vec<u8>>> {
+    let is_dump = flags & NLM_F_DUMP == NLM_F_DUMP;
     let fd = open()?;
     let length = NLMSG_HDRLEN + NFGENMSG_LEN + request_attributes.len();
     let sequence: u32 = 1;
@@ -127,7 +144,7 @@ fn dump(kind: u16, request_attributes: &[u8]) -> io::Result<Vec<Vec<u8>>> {
             .to_ne_bytes(),
     );
     request.extend(((NFNL_SUBSYS_NFTABLES << 8) | kind).to_ne_bytes());
-    request.extend((NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
+    request.extend(flags.to_ne_bytes());
     request.extend(sequence.to_ne_bytes());
     request.extend(0_u32.to_ne_bytes());
     request.extend([NFPROTO_INET, 0, 0, 0]);
@@ -163,8 +180,15 @@ fn dump(kind: u16, request_attributes: &[u8]) -> io::Result<Vec<Vec<u8>>> {
                     if code != 0 {
                         return Err(io::Error::from_raw_os_error(-code));
                     }
+                    // An acknowledgement: nothing follows.
+                    return Ok(payloads);
                 }
-                _ => payloads.push(body.get(NFGENMSG_LEN..).unwrap_or_default().to_vec()),
+                _ => {
+                    payloads.push(body.get(NFGENMSG_LEN..).unwrap_or_default().to_vec());
+                    if !is_dump {
+                        return Ok(payloads);
+                    }
+                }
             }
             rest = &rest[align(length).min(rest.len())..];
         }
@@ -184,6 +208,12 @@ fn open() -> io::Result<OwnedFd> {
     );
     socket::setsockopt(&fd, sockopt::ReceiveTimeout, &timeout)?;
     Ok(fd)
+}
+
+fn nul_terminated(text: &str) -> Vec<u8> {
+    let mut bytes = text.as_bytes().to_vec();
+    bytes.push(0);
+    bytes
 }
 
 fn align(length: usize) -> usize {

@@ -89,7 +89,11 @@ pub fn remove(instance: &str) -> Result<(), NftError> {
 /// Whether the instance's table is in place.
 pub fn is_applied(instance: &str) -> Result<bool, NftError> {
     check_instance(instance)?;
-    Ok(inet_tables(instance)?.contains(&table_name(instance)))
+    netlink::inet_table_exists(&table_name(instance)).map_err(|source| NftError::Netlink {
+        instance: instance.to_owned(),
+        action: "look the inet table up",
+        source,
+    })
 }
 
 /// The inet tables' names; an error is reported as `instance`'s.

@@ -3,7 +3,8 @@
 //! - the daemon with both layers, at 10 and 100 instances of 1,000 CIDRs each and 1,000
 //!   instances of 100 (`--quick`: 10 and 100 instances of 100): from its start until
 //!   `isolate status` lists every instance, one `isolate status`, one `/metrics` scrape, its
-//!   resident memory, and a restart after SIGKILL until status lists every instance again;
+//!   resident memory, and a restart after SIGKILL until status lists every instance again
+//!   (`--size 1000x100`, repeatable, for only those sizes);
 //! - `isolate exec -- /bin/true` with both layers, the eBPF layer and the nftables layer, each
 //!   against a bare user switch (`setpriv`) in the same run;
 //! - the flood accounting: one instance of the daemon refuses connects at full speed while
@@ -69,13 +70,22 @@ fn main() -> ExitCode {
 }
 
 fn run() -> anyhow::Result<()> {
-    let quick = std::env::args().any(|a| a == "--quick");
+    let args: Vec<String> = std::env::args().collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    // `--size 1000x100` (repeatable) measures only those farms, e.g. while working on one.
+    let chosen: Vec<(usize, usize)> = args
+        .windows(2)
+        .filter(|pair| pair[0] == "--size")
+        .map(|pair| parse_size(&pair[1]))
+        .collect::<anyhow::Result<_>>()?;
     if !nix::unistd::geteuid().is_root() {
         bail!("needs root (it starts the daemon and makes users): run `cargo xtask bench`");
     }
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).context("unshare(CLONE_NEWNET)")?;
     sandbox::bring_up_loopback();
-    let sizes: &[(usize, usize)] = if quick {
+    let sizes: &[(usize, usize)] = if !chosen.is_empty() {
+        &chosen
+    } else if quick {
         &[(10, 100), (100, 100)]
     } else {
         &[(10, 1_000), (100, 1_000), (1_000, 100)]
@@ -106,6 +116,14 @@ fn run() -> anyhow::Result<()> {
     exec_start()?;
     println!();
     flood(cgroup.path())
+}
+
+/// `INSTANCESxCIDRS`, as `--size` takes it.
+fn parse_size(text: &str) -> anyhow::Result<(usize, usize)> {
+    let parsed = text
+        .split_once('x')
+        .and_then(|(instances, cidrs)| Some((instances.parse().ok()?, cidrs.parse().ok()?)));
+    parsed.with_context(|| format!("--size {text}: expected INSTANCESxCIDRS, e.g. 1000x100"))
 }
 
 /// A daemon's instances, users and directories for one size; all removed on drop.

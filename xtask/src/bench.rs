@@ -20,6 +20,10 @@ pub struct BenchArgs {
     /// Fewer connects and repetitions (a few seconds; noisier figures).
     #[arg(long)]
     pub quick: bool,
+    /// Only the daemon farm of this size, as `INSTANCESxCIDRS` (e.g. 1000x100; repeatable),
+    /// with the exec and flood figures; the connect bench is left out.
+    #[arg(long, value_name = "INSTANCESxCIDRS")]
+    pub size: Vec<String>,
 }
 
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
@@ -27,11 +31,26 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     if !util::have("nft") {
         anyhow::bail!("`nft` is missing (package nftables): run `cargo xtask setup`");
     }
-    for bench in ["connect", "farm"] {
+    let benches: &[&str] = if args.size.is_empty() {
+        &["connect", "farm"]
+    } else {
+        &["farm"]
+    };
+    for bench in benches {
         let mut cmd = util::cargo();
-        cmd.args(["bench", "--package", "isolate-enforcer", "--bench", bench]);
+        cmd.args([
+            "bench",
+            "--package",
+            "isolate-enforcer",
+            "--bench",
+            bench,
+            "--",
+        ]);
         if args.quick {
-            cmd.args(["--", "--quick"]);
+            cmd.arg("--quick");
+        }
+        for size in &args.size {
+            cmd.args(["--size", size]);
         }
         util::run(&mut cmd)?;
     }

@@ -42,6 +42,10 @@ fn main() -> ExitCode {
             "all_counters_read_at_once_equal_each_uids_own",
             counters_at_once,
         ),
+        (
+            "a_batch_of_swaps_leaves_only_the_new_generations",
+            batch_of_swaps,
+        ),
         ("events_carry_pid_comm_and_destination", events),
         (
             "enforcement_survives_the_loader_and_is_adopted",
@@ -452,6 +456,39 @@ fn counters_at_once() {
     );
     let refused: u64 = at_once[&CONFINED].values().sum();
     assert_eq!(refused, 3, "{:?}", at_once[&CONFINED]);
+}
+
+/// Many instances swapped in one batch (a reload) lose their old generations' entries, all
+/// of them and nobody else's, though the maps are read once for the whole batch.
+fn batch_of_swaps() {
+    const INSTANCES: u32 = 50;
+    let mut sandbox = Sandbox::new();
+    let small = compile_rules(&[v4("10.0.0.0/8", None, Protocol::Any)], &[]).unwrap();
+    let large = compile_rules(
+        &[
+            v4("10.0.0.0/8", None, Protocol::Any),
+            v4("192.0.2.0/24", Some(443), Protocol::Tcp),
+        ],
+        &[v6("2001:db8::/32", None, Protocol::Any)],
+    )
+    .unwrap();
+    let uids: Vec<u32> = (0..INSTANCES).map(|n| 40_000 + n).collect();
+    // One instance outside the batches keeps its entries throughout.
+    sandbox.layer().apply_instance(CONFINED, &large).unwrap();
+    let others = (large.v4.len(), large.v6.len());
+    for rules in [&small, &large, &small] {
+        let batch: Vec<(u32, &CompiledRules)> = uids.iter().map(|uid| (*uid, rules)).collect();
+        for applied in sandbox.layer().apply_instances(&batch) {
+            applied.expect("apply policy");
+        }
+        let n = INSTANCES as usize;
+        assert_eq!(
+            sandbox.layer().all_entries(),
+            (n * rules.v4.len() + others.0, n * rules.v6.len() + others.1),
+            "only the current generations' entries are left"
+        );
+    }
+    assert_eq!(sandbox.layer().entry_counts(CONFINED).unwrap(), others);
 }
 
 fn events() {

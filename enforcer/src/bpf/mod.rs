@@ -22,7 +22,7 @@ mod pin;
 mod rules;
 mod unix;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::io;
 use std::os::fd::AsFd as _;
 use std::path::{Path, PathBuf};
@@ -480,12 +480,19 @@ impl BpfLayer {
             }
             results.push(flipped.map(|_| ()));
         }
-        if !retired.is_empty() {
-            grace::wait_for_running_programs();
+        if retired.is_empty() {
+            return results;
         }
-        for (index, uid, old) in retired {
-            if let Err(e) = self.remove_generation(uid, old) {
-                results[index] = Err(e);
+        grace::wait_for_running_programs();
+        // One pass over each map for the whole batch: one per instance made a reload of
+        // 1,000 instances read every map 1,000 times.
+        let owners: Vec<(u32, u32)> = retired.iter().map(|(_, uid, old)| (*uid, *old)).collect();
+        if self.remove_generations(&owners).is_err() {
+            // Each on its own, so that each failure is its own instance's.
+            for (index, uid, old) in retired {
+                if let Err(e) = self.remove_generation(uid, old) {
+                    results[index] = Err(e);
+                }
             }
         }
         results
@@ -582,11 +589,17 @@ impl BpfLayer {
             .map_err(pin_error("batch-read the counters of", &path))
     }
 
+    /// The (IPv4, IPv6) allow-trie entries of every UID and generation: once a swap is done,
+    /// only the current generations' are left.
+    pub fn all_entries(&self) -> (usize, usize) {
+        (self.allow_v4.keys().count(), self.allow_v6.keys().count())
+    }
+
     /// The (IPv4, IPv6) allow-trie entries in force for `uid`.
     pub fn entry_counts(&self, uid: u32) -> Result<(usize, usize), BpfError> {
         Ok(match self.instance_state(uid)? {
             Some(state) => {
-                let keys = self.generation_keys(uid, state.generation);
+                let keys = self.generation_keys(&HashSet::from([(uid, state.generation)]));
                 (keys.allow_v4.len(), keys.allow_v6.len())
             }
             None => (0, 0),
@@ -645,16 +658,17 @@ impl BpfLayer {
     /// The unix-socket allowlist entries in force for `uid`.
     pub fn unix_entries(&self, uid: u32) -> Result<Vec<UnixKey>, BpfError> {
         Ok(match self.instance_state(uid)? {
-            Some(state) => self.unix_generation_keys(uid, state.generation),
+            Some(state) => self.unix_keys_of(&HashSet::from([(uid, state.generation)])),
             None => Vec::new(),
         })
     }
 
-    fn unix_generation_keys(&self, uid: u32, generation: u32) -> Vec<UnixKey> {
+    /// The unix-socket allowlist entries of each (uid, generation) of `owners`.
+    fn unix_keys_of(&self, owners: &HashSet<(u32, u32)>) -> Vec<UnixKey> {
         self.unix_allow.as_ref().map_or_else(Vec::new, |map| {
             map.keys()
                 .filter_map(Result::ok)
-                .filter(|key| key.uid == uid && key.generation == generation)
+                .filter(|key| owners.contains(&(key.uid, key.generation)))
                 .collect()
         })
     }
@@ -695,19 +709,25 @@ impl BpfLayer {
         Ok(())
     }
 
-    /// Every trie key of (`uid`, `generation`), allow and listen, IPv4 and IPv6.
-    fn generation_keys(&self, uid: u32, generation: u32) -> GenerationKeys {
+    /// Every trie key of each (uid, generation) of `owners`, allow and listen, IPv4 and IPv6.
+    fn generation_keys(&self, owners: &HashSet<(u32, u32)>) -> GenerationKeys {
         GenerationKeys {
-            allow_v4: keys_of(&self.allow_v4, uid, generation),
-            allow_v6: keys_of(&self.allow_v6, uid, generation),
-            listen_v4: keys_of(&self.listen_v4, uid, generation),
-            listen_v6: keys_of(&self.listen_v6, uid, generation),
+            allow_v4: keys_of(&self.allow_v4, owners),
+            allow_v6: keys_of(&self.allow_v6, owners),
+            listen_v4: keys_of(&self.listen_v4, owners),
+            listen_v6: keys_of(&self.listen_v6, owners),
         }
     }
 
-    /// Removes every trie entry of (`uid`, `generation`).
+    /// Removes every entry of (`uid`, `generation`).
     fn remove_generation(&mut self, uid: u32, generation: u32) -> Result<(), BpfError> {
-        let keys = self.generation_keys(uid, generation);
+        self.remove_generations(&[(uid, generation)])
+    }
+
+    /// Removes every entry of each (uid, generation) of `owners`, reading each map once.
+    fn remove_generations(&mut self, owners: &[(u32, u32)]) -> Result<(), BpfError> {
+        let owners: HashSet<(u32, u32)> = owners.iter().copied().collect();
+        let keys = self.generation_keys(&owners);
         for (trie, keys, name) in [
             (&mut self.allow_v4, keys.allow_v4, map_names::ALLOW_V4),
             (&mut self.listen_v4, keys.listen_v4, map_names::LISTEN_V4),
@@ -724,7 +744,7 @@ impl BpfLayer {
                 trie.remove(&key).map_err(map_error(name))?;
             }
         }
-        let unix = self.unix_generation_keys(uid, generation);
+        let unix = self.unix_keys_of(&owners);
         if let Some(map) = &mut self.unix_allow {
             for key in unix {
                 map.remove(&key).map_err(map_error(map_names::UNIX_ALLOW))?;
@@ -925,12 +945,11 @@ impl Owner for V6Key {
 
 fn keys_of<K: Owner>(
     trie: &LpmTrie<MapData, K, AllowValue>,
-    uid: u32,
-    generation: u32,
+    owners: &HashSet<(u32, u32)>,
 ) -> Vec<Key<K>> {
     trie.keys()
         .filter_map(Result::ok)
-        .filter(|key| key.data().owner() == (uid, generation))
+        .filter(|key| owners.contains(&key.data().owner()))
         .collect()
 }
 

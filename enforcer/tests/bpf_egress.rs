@@ -459,7 +459,8 @@ fn counters_at_once() {
 }
 
 /// Many instances swapped in one batch (a reload) lose their old generations' entries, all
-/// of them and nobody else's, though the maps are read once for the whole batch.
+/// of them and nobody else's, though the maps are read once for the whole batch; removed in
+/// one batch, they leave nothing.
 fn batch_of_swaps() {
     const INSTANCES: u32 = 50;
     let mut sandbox = Sandbox::new();
@@ -489,6 +490,12 @@ fn batch_of_swaps() {
         );
     }
     assert_eq!(sandbox.layer().entry_counts(CONFINED).unwrap(), others);
+
+    // Removed together (a cleanup), they leave only the other instance's entries.
+    sandbox.layer().remove_instances(&uids).unwrap();
+    assert_eq!(sandbox.layer().all_entries(), others);
+    assert_eq!(sandbox.layer().instances(), vec![CONFINED]);
+    assert!(sandbox.layer().blocked_counts(uids[0]).unwrap().is_empty());
 }
 
 fn events() {

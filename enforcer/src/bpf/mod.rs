@@ -521,18 +521,33 @@ impl BpfLayer {
 
     /// Stops confining `uid`: its processes pass untouched again, and its entries are gone.
     pub fn remove_instance(&mut self, uid: u32) -> Result<(), BpfError> {
-        let Some(state) = self.instance_state(uid)? else {
-            return Ok(());
-        };
-        self.instances
-            .remove(&uid)
-            .map_err(map_error(map_names::INSTANCES))?;
-        self.remove_generation(uid, state.generation)?;
-        self.host_maps()?.forget(uid)?;
-        for key in counter_keys(uid) {
-            let _ = self.counters.remove(&key);
+        self.remove_instances(&[uid])
+    }
+
+    /// [`remove_instance`](Self::remove_instance) of each of `uids`, reading each map once
+    /// for all of them.
+    pub fn remove_instances(&mut self, uids: &[u32]) -> Result<(), BpfError> {
+        let mut owners = Vec::new();
+        for &uid in uids {
+            if let Some(state) = self.instance_state(uid)? {
+                self.instances
+                    .remove(&uid)
+                    .map_err(map_error(map_names::INSTANCES))?;
+                owners.push((uid, state.generation));
+            }
         }
-        let _ = self.budgets.remove(&uid);
+        if owners.is_empty() {
+            return Ok(());
+        }
+        self.remove_generations(&owners)?;
+        let mut hosts = self.host_maps()?;
+        for (uid, _) in owners {
+            hosts.forget(uid)?;
+            for key in counter_keys(uid) {
+                let _ = self.counters.remove(&key);
+            }
+            let _ = self.budgets.remove(&uid);
+        }
         Ok(())
     }
 

@@ -553,23 +553,21 @@ pub fn cleanup(config: &DaemonConfig, force: bool) -> Result<Vec<String>, Daemon
         layers.push(Box::new(NftLayer));
     }
     let mut layers = LayerSet::new(layers);
-    let ids = previous
+    let ids: Vec<InstanceId> = previous
         .instances
         .iter()
         .map(|(name, record)| (name.clone(), record.uid))
-        .chain(previous.removing.clone());
+        .chain(previous.removing.clone())
+        .map(|(name, uid)| InstanceId { name, uid })
+        .collect();
+    let results = layers.remove_many(&ids);
     let mut removed = Vec::new();
-    for (name, uid) in ids {
-        layers
-            .remove(&InstanceId {
-                name: name.clone(),
-                uid,
-            })
-            .map_err(|source| DaemonError::Remove {
-                instance: name.clone(),
-                source,
-            })?;
-        removed.push(name);
+    for (id, result) in ids.into_iter().zip(results) {
+        result.map_err(|source| DaemonError::Remove {
+            instance: id.name.clone(),
+            source,
+        })?;
+        removed.push(id.name);
     }
     drop(layers);
     if outdated {

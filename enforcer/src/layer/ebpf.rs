@@ -54,6 +54,16 @@ impl NetworkLayer for BpfLayer {
         Ok(self.remove_instance(instance.uid)?)
     }
 
+    /// One pass over the maps for all of them; if that fails, each on its own, so that each
+    /// failure is its own instance's.
+    fn remove_many(&mut self, instances: &[InstanceId]) -> Vec<Result<(), LayerError>> {
+        let uids: Vec<u32> = instances.iter().map(|id| id.uid).collect();
+        match self.remove_instances(&uids) {
+            Ok(()) => instances.iter().map(|_| Ok(())).collect(),
+            Err(_) => instances.iter().map(|id| self.remove(id)).collect(),
+        }
+    }
+
     fn in_force(&self, instance: &InstanceId) -> Result<bool, LayerError> {
         Ok(self.is_attached() && self.is_confined(instance.uid)?)
     }
@@ -79,12 +89,12 @@ impl NetworkLayer for BpfLayer {
     }
 
     fn sweep(&mut self, keep: &[InstanceId]) -> Result<(), LayerError> {
-        for uid in self.instances() {
-            if !keep.iter().any(|id| id.uid == uid) {
-                self.remove_instance(uid)?;
-            }
-        }
-        Ok(())
+        let gone: Vec<u32> = self
+            .instances()
+            .into_iter()
+            .filter(|uid| !keep.iter().any(|id| id.uid == *uid))
+            .collect();
+        Ok(self.remove_instances(&gone)?)
     }
 
     fn reader(&self) -> Result<Box<dyn NetworkLayer>, LayerError> {

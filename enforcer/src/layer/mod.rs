@@ -170,6 +170,12 @@ pub trait NetworkLayer: Send + Sync {
     /// Takes the instance's rules away; its processes are no longer judged by this layer.
     fn remove(&mut self, instance: &InstanceId) -> Result<(), LayerError>;
 
+    /// Removes each of `instances` as `remove` would, returning each result in order. A layer
+    /// that can remove many at once (eBPF: one pass over its maps) does so here.
+    fn remove_many(&mut self, instances: &[InstanceId]) -> Vec<Result<(), LayerError>> {
+        instances.iter().map(|id| self.remove(id)).collect()
+    }
+
     /// Whether rules for the instance are in force (attached and present, not only recorded).
     fn in_force(&self, instance: &InstanceId) -> Result<bool, LayerError>;
 
@@ -313,6 +319,27 @@ impl LayerSet {
         } else {
             Err(RemoveError(errors))
         }
+    }
+
+    /// [`remove`](Self::remove) of each of `ids`, every layer asked once for all of them;
+    /// each instance's result in order.
+    pub fn remove_many(&mut self, ids: &[InstanceId]) -> Vec<Result<(), RemoveError>> {
+        let mut errors: Vec<Vec<LayerError>> = ids.iter().map(|_| Vec::new()).collect();
+        for layer in self.layers.iter_mut().rev() {
+            for (errors, removed) in errors.iter_mut().zip(layer.remove_many(ids)) {
+                errors.extend(removed.err());
+            }
+        }
+        errors
+            .into_iter()
+            .map(|errors| {
+                if errors.is_empty() {
+                    Ok(())
+                } else {
+                    Err(RemoveError(errors))
+                }
+            })
+            .collect()
     }
 
     /// Whether every layer has the instance in force.
@@ -502,5 +529,32 @@ mod tests {
         assert_eq!(nft_log.enforced(), vec![a.clone()]);
         set.remove(&a).unwrap();
         assert!(nft_log.enforced().is_empty());
+    }
+
+    #[test]
+    fn removing_many_reports_each_instance_and_goes_on_past_a_failure() {
+        let (mut set, ebpf_log, nft_log) = layer_pair();
+        let (policy_a, policy_b) = (policy("a"), policy("b"));
+        let rules = EffectiveRules::default();
+        let a = id(1000);
+        let b = InstanceId {
+            name: "b".into(),
+            uid: 1001,
+        };
+        for (id, policy) in [(&a, &policy_a), (&b, &policy_b)] {
+            let rules = InstanceRules {
+                id,
+                policy,
+                rules: &rules,
+            };
+            set.apply(&rules, None).unwrap();
+        }
+        // nftables fails the first removal it is asked for: a's.
+        nft_log.fail_next_remove("busy");
+        let results = set.remove_many(&[a.clone(), b.clone()]);
+        assert_eq!(results[0].as_ref().unwrap_err().0.len(), 1, "{results:?}");
+        assert!(results[1].is_ok(), "{results:?}");
+        assert!(ebpf_log.enforced().is_empty(), "eBPF removed both");
+        assert_eq!(nft_log.enforced(), vec![a]);
     }
 }

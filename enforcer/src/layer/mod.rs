@@ -360,11 +360,23 @@ impl LayerSet {
             .unwrap_or_default()
     }
 
-    /// The counters of each of `ids`, in their order, every layer read once for all of them.
+    /// The counters of each of `ids`, in their order, every layer read once for all of them,
+    /// the layers side by side (each waits mostly on the kernel).
     pub fn counters_of(&self, ids: &[InstanceId]) -> Vec<Vec<BlockedCount>> {
+        let reads: Vec<Vec<Result<Vec<BlockedCount>, LayerError>>> = std::thread::scope(|scope| {
+            let readers: Vec<_> = self
+                .layers
+                .iter()
+                .map(|layer| scope.spawn(|| layer.counters_of(ids)))
+                .collect();
+            readers
+                .into_iter()
+                .map(|reader| reader.join().expect("a layer's counter read panicked"))
+                .collect()
+        });
         let mut counts = vec![Vec::new(); ids.len()];
-        for layer in &self.layers {
-            for ((id, counts), read) in ids.iter().zip(&mut counts).zip(layer.counters_of(ids)) {
+        for layer_reads in reads {
+            for ((id, counts), read) in ids.iter().zip(&mut counts).zip(layer_reads) {
                 match read {
                     Ok(more) => counts.extend(more),
                     Err(e) => tracing::warn!(instance = id.name, "reading counters: {e}"),

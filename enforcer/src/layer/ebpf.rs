@@ -1,9 +1,10 @@
 //! The eBPF layer behind [`NetworkLayer`]: an attachment's maps, keyed by UID.
 
+use isolate_ebpf_common::CounterKey;
+
 use super::{BlockedCount, InstanceId, InstanceRules, LayerError, LayerKind, NetworkLayer};
 use crate::bpf::{BpfLayer, CompiledRules, compile_rules, family_name, hook_name, protocol_name};
 use crate::trusted_path;
-use isolate_ebpf_common::CounterKey;
 
 impl NetworkLayer for BpfLayer {
     fn kind(&self) -> LayerKind {

@@ -180,8 +180,10 @@ fn exchange(kind: u16, flags: u16, request_attributes: &[u8]) -> io::Result<Vec<
                     if code != 0 {
                         return Err(io::Error::from_raw_os_error(-code));
                     }
-                    // An acknowledgement: nothing follows.
-                    return Ok(payloads);
+                    // An acknowledgement, which ends a single request's answer.
+                    if !is_dump {
+                        return Ok(payloads);
+                    }
                 }
                 _ => {
                     payloads.push(body.get(NFGENMSG_LEN..).unwrap_or_default().to_vec());

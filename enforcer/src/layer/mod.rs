@@ -465,16 +465,21 @@ mod tests {
         );
     }
 
+    /// Two instances, `a` (UID 1000) and `b` (UID 1001).
+    fn a_and_b() -> (InstanceId, InstanceId) {
+        let b = InstanceId {
+            name: "b".into(),
+            uid: 1001,
+        };
+        (id(1000), b)
+    }
+
     #[test]
     fn in_a_batch_a_refused_instance_is_put_back_and_the_others_are_applied() {
         let (mut set, ebpf_log, nft_log) = layer_pair();
         let (policy_a, policy_b) = (policy("a"), policy("b"));
         let rules = EffectiveRules::default();
-        let a = id(1000);
-        let b = InstanceId {
-            name: "b".into(),
-            uid: 1001,
-        };
+        let (a, b) = a_and_b();
         let rules_a = InstanceRules {
             id: &a,
             policy: &policy_a,
@@ -548,11 +553,7 @@ mod tests {
         let (mut set, ebpf_log, nft_log) = layer_pair();
         let (policy_a, policy_b) = (policy("a"), policy("b"));
         let rules = EffectiveRules::default();
-        let a = id(1000);
-        let b = InstanceId {
-            name: "b".into(),
-            uid: 1001,
-        };
+        let (a, b) = a_and_b();
         for (id, policy) in [(&a, &policy_a), (&b, &policy_b)] {
             let rules = InstanceRules {
                 id,

@@ -399,6 +399,11 @@ fn many_at_once() {
     .unwrap();
     assert_eq!(tables(), ["isolate-first", "isolate-second"]);
     assert_eq!(nft::counters("second").unwrap()["blocked_v4_udp"], 1);
+
+    // Removed at once, with one that is not there: both go, and nothing else.
+    nft(&["add", "table", "inet", "host-fw"]);
+    nft::remove_many(&["first", "absent", "second"]).expect("remove at once");
+    assert_eq!(tables(), ["host-fw"]);
 }
 
 fn refused() {

@@ -22,7 +22,9 @@ pub use render::{
     CHAIN_CONFINED, CHAIN_OUTPUT, COUNTERS, HostElement, host_set_name, log_prefix, render,
     set_name, table_name,
 };
-pub use table::{admit, all_counters, apply, apply_many, counters, is_applied, remove};
+pub use table::{
+    admit, all_counters, apply, apply_many, counters, is_applied, remove, remove_many,
+};
 
 /// What the nftables layer enforces for one instance. The rules are already normalised and host
 /// names already resolved by the caller (`network::effective_rules`).

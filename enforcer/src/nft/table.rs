@@ -86,6 +86,22 @@ pub fn remove(instance: &str) -> Result<(), NftError> {
     command::apply(&batch).map_err(|e| e.for_instance(instance, "delete its table"))
 }
 
+/// Deletes each instance's table in one transaction; no error for one that is not there.
+pub fn remove_many(instances: &[&str]) -> Result<(), NftError> {
+    let Some(first) = instances.first() else {
+        return Ok(());
+    };
+    let mut objects = Vec::new();
+    for instance in instances {
+        check_instance(instance)?;
+        objects.extend(render::delete_table(&table_name(instance)));
+    }
+    command::apply(&Nftables {
+        objects: objects.into(),
+    })
+    .map_err(|e| e.for_instance(first, "delete several instances' tables at once"))
+}
+
 /// Whether the instance's table is in place.
 pub fn is_applied(instance: &str) -> Result<bool, NftError> {
     check_instance(instance)?;

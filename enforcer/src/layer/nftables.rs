@@ -57,7 +57,8 @@ impl NetworkLayer for NftLayer {
             match nft::remove_many(&names) {
                 Ok(()) => return instances.iter().map(|_| Ok(())).collect(),
                 Err(e) => tracing::info!(
-                    "removing {} instances in one nftables transaction failed ({e}); removing                      them one by one",
+                    "removing {} instances in one nftables transaction failed ({e}); removing \
+                     them one by one",
                     instances.len()
                 ),
             }

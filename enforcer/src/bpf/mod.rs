@@ -28,7 +28,7 @@ use std::os::fd::AsFd as _;
 use std::path::{Path, PathBuf};
 
 use aya::maps::lpm_trie::{Key, LpmTrie};
-use aya::maps::{HashMap, Map, MapData, PerCpuHashMap, PerCpuValues};
+use aya::maps::{HashMap, IterableMap as _, Map, MapData, PerCpuHashMap, PerCpuValues};
 use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, Lsm};
 use aya::{Btf, Ebpf, EbpfLoader};
@@ -596,12 +596,15 @@ impl BpfLayer {
 
     /// Every counter of every UID, summed over CPUs.
     fn all_counters(&self) -> Result<Vec<(CounterKey, u64)>, BpfError> {
-        let path = self.pins.map(map_names::BLOCKED);
-        let map = MapData::from_pin(&path).map_err(map_error(map_names::BLOCKED))?;
         let cpus = aya::util::nr_cpus().map_err(|(_, e)| BpfError::Cpus(e))?;
+        let map = self.counters.map();
         // SAFETY: BLOCKED is a per-CPU hash of CounterKey (plain integers) to u64.
-        unsafe { batch::sum_per_cpu::<CounterKey>(map.fd().as_fd(), cpus) }
-            .map_err(pin_error("batch-read the counters of", &path))
+        unsafe { batch::sum_per_cpu::<CounterKey>(map.fd().as_fd(), cpus) }.map_err(|e| {
+            pin_error(
+                "batch-read the counters of",
+                &self.pins.map(map_names::BLOCKED),
+            )(e)
+        })
     }
 
     /// The (IPv4, IPv6) allow-trie entries of every UID and generation: once a swap is done,

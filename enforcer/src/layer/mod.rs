@@ -308,17 +308,9 @@ impl LayerSet {
     /// Removes the instance from every layer, in reverse order; a layer that fails does not
     /// stop the others.
     pub fn remove(&mut self, id: &InstanceId) -> Result<(), RemoveError> {
-        let errors: Vec<LayerError> = self
-            .layers
-            .iter_mut()
-            .rev()
-            .filter_map(|layer| layer.remove(id).err())
-            .collect();
-        if errors.is_empty() {
-            Ok(())
-        } else {
-            Err(RemoveError(errors))
-        }
+        self.remove_many(std::slice::from_ref(id))
+            .pop()
+            .expect("one result per instance")
     }
 
     /// [`remove`](Self::remove) of each of `ids`, every layer asked once for all of them;

@@ -78,28 +78,30 @@ pub fn admit(instance: &str, elements: &[render::HostElement]) -> Result<(), Nft
 
 /// Deletes the instance's table; no error when it is not there.
 pub fn remove(instance: &str) -> Result<(), NftError> {
-    check_instance(instance)?;
-    // `add` + `delete` in one transaction: no error when absent, and no check-then-act race.
-    let batch = Nftables {
-        objects: render::delete_table(&table_name(instance)).into(),
-    };
-    command::apply(&batch).map_err(|e| e.for_instance(instance, "delete its table"))
+    delete_tables(&[instance], "delete its table")
 }
 
 /// Deletes each instance's table in one transaction; no error for one that is not there.
 pub fn remove_many(instances: &[&str]) -> Result<(), NftError> {
+    delete_tables(instances, "delete several instances' tables at once")
+}
+
+/// One transaction deleting each instance's table; an error is reported as the first's,
+/// doing `action`.
+fn delete_tables(instances: &[&str], action: &'static str) -> Result<(), NftError> {
     let Some(first) = instances.first() else {
         return Ok(());
     };
     let mut objects = Vec::new();
     for instance in instances {
         check_instance(instance)?;
+        // `add` + `delete`: no error when absent, and no check-then-act race.
         objects.extend(render::delete_table(&table_name(instance)));
     }
     command::apply(&Nftables {
         objects: objects.into(),
     })
-    .map_err(|e| e.for_instance(first, "delete several instances' tables at once"))
+    .map_err(|e| e.for_instance(first, action))
 }
 
 /// Whether the instance's table is in place.

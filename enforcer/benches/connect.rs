@@ -448,7 +448,11 @@ impl LayerGuard {
     /// Cumulative run time and count of the cgroup programs this run attached, by name.
     fn program_stats(&self) -> anyhow::Result<BTreeMap<&'static str, (u64, u64)>> {
         let mut ids = BTreeMap::new();
-        for name in [program_names::CONNECT4, program_names::EGRESS] {
+        for name in [
+            program_names::CONNECT4,
+            program_names::EGRESS,
+            program_names::INGRESS,
+        ] {
             let link = aya::programs::links::PinnedLink::from_pin(self.pins.link(name))
                 .with_context(|| format!("open the pinned link of {name}"))?;
             let info = aya::programs::links::FdLink::from(link)
@@ -708,14 +712,19 @@ fn report(samples: &Samples, options: &Options) {
         samples.attach_ms
     );
     println!();
-    println!("| CIDRs | connect4 ns/run | egress ns/run | egress runs/connect | eBPF ns/connect |");
+    println!(
+        "| CIDRs | connect4 ns/run | egress ns/run (runs/connect) | ingress ns/run \
+         (runs/connect) | eBPF ns/connect |"
+    );
     println!("|---|---|---|---|---|");
     for (size, cost) in &samples.bpf {
         let program = |name| cost.programs.get(name).copied().unwrap_or((f64::NAN, 0.0));
         let (connect_ns, _) = program(program_names::CONNECT4);
         let (egress_ns, egress_runs) = program(program_names::EGRESS);
+        let (ingress_ns, ingress_runs) = program(program_names::INGRESS);
         println!(
-            "| {} | {connect_ns:.0} | {egress_ns:.0} | {egress_runs:.2} | {:.0} |",
+            "| {} | {connect_ns:.0} | {egress_ns:.0} ({egress_runs:.2}) | {ingress_ns:.0} \
+             ({ingress_runs:.2}) | {:.0} |",
             report::thousands(*size),
             cost.per_connect()
         );

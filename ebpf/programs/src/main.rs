@@ -330,12 +330,13 @@ const ETH_P_IPV6: u32 = 0x86DD;
 /// header's destination.
 #[cgroup_skb(egress)]
 pub fn isolate_egress(ctx: SkBuffContext) -> i32 {
+    if plain_tcp_or_udp(&ctx) {
+        return VERDICT_ALLOW;
+    }
     let Some((uid, generation)) = confined_socket(&ctx) else {
         return VERDICT_ALLOW;
     };
-    // Packet data starts at the network header in cgroup_skb programs.
-    // `protocol` holds the skb's big-endian 16-bit EtherType, zero-extended.
-    match u32::from(u16::from_be(ctx.skb.protocol() as u16)) {
+    match ethertype(&ctx) {
         ETH_P_IP => {
             let (Ok(version_ihl), Ok(protocol), Ok(daddr)) = (
                 ctx.load::<u8>(0),
@@ -395,6 +396,74 @@ pub fn isolate_egress(ctx: SkBuffContext) -> i32 {
     }
 }
 
+/// The skb's EtherType. Packet data starts at the network header in cgroup_skb programs, and
+/// `protocol` holds the big-endian 16-bit EtherType, zero-extended.
+#[inline(always)]
+fn ethertype(ctx: &SkBuffContext) -> u32 {
+    u32::from(u16::from_be(ctx.skb.protocol() as u16))
+}
+
+/// The packet's first `N` bytes from the network header on, read in place (direct packet
+/// access, no helper call) when the kernel holds them in the skb's linear part, as it does
+/// the headers of what local sockets send and receive.
+#[inline(always)]
+fn linear_header<const N: usize>(ctx: &SkBuffContext) -> Option<&[u8; N]> {
+    // SAFETY: cgroup_skb programs may read `data` and `data_end`.
+    let (data, end) = unsafe {
+        let skb = ctx.skb.skb;
+        ((*skb).data as usize, (*skb).data_end as usize)
+    };
+    if data + N > end {
+        return None;
+    }
+    // SAFETY: the N bytes lie within the packet's linear data (checked just above, as the
+    // verifier requires before any read through the pointer).
+    Some(unsafe { &*(data as *const [u8; N]) })
+}
+
+/// IPv4 version 4 with a 20-byte header: no options.
+const IPV4_WITHOUT_OPTIONS: u8 = 0x45;
+
+/// Whether an outgoing packet is TCP or UDP with nothing that sends it elsewhere than its
+/// header's destination (no IPv4 options, no IPv6 extension header): the socket hooks judged
+/// its flow, so it passes before any map is read. Everything else (`false`) takes the whole
+/// path, confined UID or not.
+#[inline(always)]
+fn plain_tcp_or_udp(ctx: &SkBuffContext) -> bool {
+    let is_tcp_or_udp = |protocol: u8| {
+        let protocol = u32::from(protocol);
+        protocol == IPPROTO_TCP || protocol == IPPROTO_UDP
+    };
+    match ethertype(ctx) {
+        ETH_P_IP => linear_header::<20>(ctx)
+            .is_some_and(|header| header[0] == IPV4_WITHOUT_OPTIONS && is_tcp_or_udp(header[9])),
+        ETH_P_IPV6 => linear_header::<40>(ctx).is_some_and(|header| is_tcp_or_udp(header[6])),
+        _ => false,
+    }
+}
+
+/// Whether an arriving packet is a TCP segment that opens no connection (anything but a SYN
+/// without ACK), with no IPv4 options or IPv6 extension header to step over: the ingress
+/// program lets every such segment pass, so it passes before any map is read.
+#[inline(always)]
+fn tcp_within_a_connection(ctx: &SkBuffContext) -> bool {
+    // Where the TCP flags are: 13 bytes into the TCP header.
+    const V4_FLAGS: usize = 20 + 13;
+    const V6_FLAGS: usize = 40 + 13;
+    let continues = |flags: u8| flags & TCP_FLAG_SYN == 0 || flags & TCP_FLAG_ACK != 0;
+    match ethertype(ctx) {
+        ETH_P_IP => linear_header::<{ V4_FLAGS + 1 }>(ctx).is_some_and(|header| {
+            header[0] == IPV4_WITHOUT_OPTIONS
+                && u32::from(header[9]) == IPPROTO_TCP
+                && continues(header[V4_FLAGS])
+        }),
+        ETH_P_IPV6 => linear_header::<{ V6_FLAGS + 1 }>(ctx).is_some_and(|header| {
+            u32::from(header[6]) == IPPROTO_TCP && continues(header[V6_FLAGS])
+        }),
+        _ => false,
+    }
+}
+
 const TCP_FLAG_SYN: u8 = 0x02;
 const TCP_FLAG_ACK: u8 = 0x10;
 /// IPv6 extension headers a packet may carry before its transport header, that the packet
@@ -414,10 +483,13 @@ const IPV6_MAX_EXTENSION_HEADERS: usize = 4;
 /// can only exist once its first packet passed.
 #[cgroup_skb(ingress)]
 pub fn isolate_ingress(ctx: SkBuffContext) -> i32 {
+    if tcp_within_a_connection(&ctx) {
+        return VERDICT_ALLOW;
+    }
     let Some((uid, generation)) = confined_socket(&ctx) else {
         return VERDICT_ALLOW;
     };
-    match u32::from(u16::from_be(ctx.skb.protocol() as u16)) {
+    match ethertype(&ctx) {
         ETH_P_IP => ingress_v4(&ctx, uid, generation),
         ETH_P_IPV6 => ingress_v6(&ctx, uid, generation),
         _ => VERDICT_DENY,

@@ -198,15 +198,27 @@ pub trait NetworkLayer: Send + Sync {
     fn reader(&self) -> Result<Box<dyn NetworkLayer>, LayerError>;
 }
 
-/// A layer failed while an instance was applied; the layers before it were put back.
+/// A layer refused an instance's rules; the layers that took them were put back.
 #[derive(Debug, Error)]
-#[error("{source}{}", rollback_text(.rollback))]
+#[error("{source}{}{}", also_text(.also), rollback_text(.rollback))]
 pub struct ApplyError {
+    /// The refusal of the first layer (in the set's order) that refused. Boxed: the error
+    /// travels in many `Result`s, mostly as their rare case.
     #[source]
-    pub source: LayerError,
+    pub source: Box<LayerError>,
+    /// The later layers' refusals of the same rules, if any refused too.
+    pub also: Vec<LayerError>,
     /// Layers that could not be put back as they were (the instance is then half-applied,
     /// and the next apply or removal retries).
     pub rollback: Vec<LayerError>,
+}
+
+fn also_text(also: &[LayerError]) -> String {
+    use std::fmt::Write as _;
+    also.iter().fold(String::new(), |mut text, e| {
+        let _ = write!(text, "; and {e}");
+        text
+    })
 }
 
 fn rollback_text(rollback: &[LayerError]) -> String {
@@ -222,7 +234,8 @@ fn rollback_text(rollback: &[LayerError]) -> String {
 #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
 pub struct RemoveError(pub Vec<LayerError>);
 
-/// The network layers an instance is enforced by, applied in order and removed in reverse.
+/// The network layers an instance is enforced by, applied side by side and removed in
+/// reverse order.
 #[derive(Default)]
 pub struct LayerSet {
     layers: Vec<Box<dyn NetworkLayer>>,
@@ -242,7 +255,7 @@ impl LayerSet {
         self.layers.iter().map(AsRef::as_ref)
     }
 
-    /// Applies `new` in every layer. When one refuses, the layers already changed get
+    /// Applies `new` in every layer. When one refuses, the layers that took it get
     /// `previous` back (or lose the instance, when it is new), so the instance stays on its
     /// previous rules everywhere.
     pub fn apply(
@@ -256,46 +269,70 @@ impl LayerSet {
     }
 
     /// Applies each of `batch` (new rules, previous rules) as `apply` would, each layer taking
-    /// all of them at once where it can; each result in order. An instance a layer refuses
-    /// is put back as it was in the layers before, and goes no further.
+    /// all of them at once where it can; each result in order. The layers apply side by side,
+    /// on a thread each: they are independent, and the slowest (nftables, whose `nft` parses
+    /// every table) would otherwise wait for the others. An instance any layer refuses is put
+    /// back as it was in the layers that took it.
     pub fn apply_many(
         &mut self,
         batch: &[(InstanceRules<'_>, Option<InstanceRules<'_>>)],
     ) -> Vec<Result<(), ApplyError>> {
-        let mut results: Vec<Result<(), ApplyError>> = batch.iter().map(|_| Ok(())).collect();
-        let mut going_on: Vec<usize> = (0..batch.len()).collect();
-        for index in 0..self.layers.len() {
-            let items: Vec<_> = going_on
-                .iter()
-                .map(|&i| (batch[i].0, batch[i].1.map(|p| p.id)))
+        let items: Vec<_> = batch
+            .iter()
+            .map(|(new, previous)| (*new, previous.map(|p| p.id)))
+            .collect();
+        let outcomes: Vec<Vec<Result<(), LayerError>>> = std::thread::scope(|scope| {
+            let running: Vec<_> = self
+                .layers
+                .iter_mut()
+                .map(|layer| scope.spawn(|| layer.apply_many(&items)))
                 .collect();
-            let outcomes = self.layers[index].apply_many(&items);
-            let mut still = Vec::with_capacity(going_on.len());
-            for (i, outcome) in going_on.into_iter().zip(outcomes) {
-                match outcome {
-                    Ok(()) => still.push(i),
-                    Err(source) => {
-                        let (new, previous) = &batch[i];
-                        let rollback = self.roll_back(index, new.id, previous.as_ref());
-                        results[i] = Err(ApplyError { source, rollback });
+            running
+                .into_iter()
+                .map(|layer| {
+                    layer
+                        .join()
+                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+                })
+                .collect()
+        });
+        let mut outcomes: Vec<_> = outcomes.into_iter().map(Vec::into_iter).collect();
+        batch
+            .iter()
+            .map(|(new, previous)| {
+                let mut took = Vec::new();
+                let mut refusals = Vec::new();
+                for (index, layer) in outcomes.iter_mut().enumerate() {
+                    match layer.next().expect("a layer answers for every instance") {
+                        Ok(()) => took.push(index),
+                        Err(refusal) => refusals.push(refusal),
                     }
                 }
-            }
-            going_on = still;
-        }
-        results
+                let mut refusals = refusals.into_iter();
+                match refusals.next() {
+                    None => Ok(()),
+                    Some(source) => Err(ApplyError {
+                        source: Box::new(source),
+                        also: refusals.collect(),
+                        rollback: self.roll_back(&took, new.id, previous.as_ref()),
+                    }),
+                }
+            })
+            .collect()
     }
 
+    /// Puts the layers at `took` (those that applied `new`) back on `previous`, in reverse
+    /// order; without `previous`, they lose the instance.
     fn roll_back(
         &mut self,
-        failed: usize,
+        took: &[usize],
         new: &InstanceId,
         previous: Option<&InstanceRules<'_>>,
     ) -> Vec<LayerError> {
-        self.layers[..failed]
-            .iter_mut()
+        took.iter()
             .rev()
-            .filter_map(|layer| {
+            .filter_map(|&index| {
+                let layer = &mut self.layers[index];
                 match previous {
                     Some(previous) => layer.apply(previous, Some(new)),
                     None => layer.remove(new),
@@ -499,6 +536,47 @@ mod tests {
             ]
         );
         assert_eq!(nft_log.steps(), [Step::Apply(a), Step::Apply(b)]);
+    }
+
+    #[test]
+    fn a_refusal_by_the_first_layer_is_put_back_in_the_later_ones() {
+        let (mut set, ebpf_log, nft_log) = layer_pair();
+        let policy = policy("a");
+        let rules = EffectiveRules::default();
+        let (old, new) = (id(1000), id(1001));
+        let old_rules = InstanceRules {
+            id: &old,
+            policy: &policy,
+            rules: &rules,
+        };
+        set.apply(&old_rules, None).unwrap();
+        // Both refuse: the error tells both reasons, the first layer's first.
+        ebpf_log.fail_next_apply("maps full");
+        nft_log.fail_next_apply("table refused");
+        let new_rules = InstanceRules {
+            id: &new,
+            ..old_rules
+        };
+        let error = set.apply(&new_rules, Some(&old_rules)).unwrap_err();
+        let text = error.to_string();
+        assert!(
+            text.find("maps full") < text.find("table refused") && error.also.len() == 1,
+            "{text}"
+        );
+        // Now only eBPF refuses: nftables, which took the new rules, gets the old ones back.
+        ebpf_log.fail_next_apply("maps full");
+        set.apply(&new_rules, Some(&old_rules)).unwrap_err();
+        assert_eq!(ebpf_log.enforced(), vec![old.clone()]);
+        assert_eq!(nft_log.enforced(), vec![old.clone()]);
+        assert_eq!(
+            nft_log.steps(),
+            [
+                Step::Apply(old.clone()),
+                Step::Apply(new.clone()),
+                Step::Apply(new),
+                Step::Apply(old)
+            ]
+        );
     }
 
     #[test]

@@ -33,6 +33,8 @@ pub struct Instance {
     pub user: String,
     pub rules: EffectiveRules,
     pub hash: String,
+    /// The policy as the state file records it (`Policy::to_toml`), printed once.
+    text: String,
     /// Why the instance runs on its last good policy, while it does.
     pub kept: Option<String>,
     /// Whether this daemon saw the layers hold what it records: true once it applied the
@@ -129,6 +131,7 @@ struct Pending {
     user: String,
     rules: EffectiveRules,
     hash: String,
+    text: String,
 }
 
 pub struct Registry {
@@ -386,7 +389,33 @@ impl Registry {
             });
         }
         let rules = self.rules_of(&policy);
-        let hash = enforcement_hash(&policy, &rules, uid);
+        let text = policy.to_toml();
+        let hash = hash_of(&text, &rules, uid);
+        let id = InstanceId { name, uid };
+        if self.adopts_as_it_is(&id, &hash) {
+            // The earlier daemon left this very policy in force: taken over with the file's
+            // policy as it is parsed already, not the record's parsed again.
+            let record = self.adoptable.remove(&id.name).expect("just checked");
+            tracing::info!(instance = id.name, uid, "adopted from the earlier daemon");
+            if let Some(follow) = self.follow.as_mut() {
+                follow.in_force(&id, &policy);
+            }
+            self.instances.insert(
+                id.name.clone(),
+                Instance {
+                    id,
+                    policy,
+                    user: record.user,
+                    rules,
+                    hash,
+                    text,
+                    kept: None,
+                    verified: true,
+                },
+            );
+            return Ok(None);
+        }
+        let name = id.name.clone();
         self.adopt(&name);
         if let Some(current) = self.instances.get_mut(&name)
             && current.hash == hash
@@ -401,12 +430,24 @@ impl Registry {
             return Ok(None);
         }
         Ok(Some(Pending {
-            id: InstanceId { name, uid },
+            id,
             policy,
             user,
             rules,
             hash,
+            text,
         }))
+    }
+
+    /// Whether an earlier daemon left `id` in force with the enforcement `hash` names, and
+    /// no instance of this daemon is called so yet.
+    fn adopts_as_it_is(&self, id: &InstanceId, hash: &str) -> bool {
+        !self.instances.contains_key(&id.name)
+            && self
+                .adoptable
+                .get(&id.name)
+                .is_some_and(|record| record.policy_hash == hash && record.uid == id.uid)
+            && self.layers.in_force(id).unwrap_or(false)
     }
 
     /// Applies `pending` in every layer at once and records each instance that is now in
@@ -451,6 +492,7 @@ impl Registry {
             user,
             rules,
             hash,
+            text,
         } = p;
         tracing::info!(instance = id.name, uid = id.uid, "policy applied");
         if let Some(follow) = self.follow.as_mut() {
@@ -465,6 +507,7 @@ impl Registry {
                 user,
                 rules,
                 hash,
+                text,
                 kept,
                 verified: true,
             },
@@ -478,11 +521,17 @@ impl Registry {
         };
         // The last good policy; a record without one (written by an older isolate) gets a
         // policy that allows nothing, so that putting it back can only close, never open.
-        let policy = isolate_policy::parse_str(&record.policy, &record.source)
-            .or_else(|_| {
+        let (policy, text) = if let Ok(policy) =
+            isolate_policy::parse_str(&record.policy, &record.source)
+        {
+            (policy, record.policy)
+        } else {
+            let policy =
                 isolate_policy::parse_str(&format!("user = {:?}\n", record.user), &record.source)
-            })
-            .expect("a policy of only a user parses");
+                    .expect("a policy of only a user parses");
+            let text = policy.to_toml();
+            (policy, text)
+        };
         let rules = self.rules_of(&policy);
         tracing::info!(
             instance = name,
@@ -500,6 +549,7 @@ impl Registry {
                 user: record.user,
                 rules,
                 hash: record.policy_hash,
+                text,
                 kept: None,
                 verified: false,
             },
@@ -570,7 +620,7 @@ impl Registry {
                         user: i.user.clone(),
                         source: i.policy.source.clone(),
                         policy_hash: i.hash.clone(),
-                        policy: i.policy.to_toml(),
+                        policy: i.text.clone(),
                         layers: layers.clone(),
                         entries_v4: i.rules.v4.len(),
                         entries_v6: i.rules.v6.len(),
@@ -599,11 +649,16 @@ fn file_instance(file: &Path) -> String {
 /// on a line of its own. Stable across builds and toolchains, so an unchanged instance is
 /// adopted after any upgrade of isolate that does not change how policies print.
 pub fn enforcement_hash(policy: &Policy, rules: &EffectiveRules, uid: u32) -> String {
+    hash_of(&policy.to_toml(), rules, uid)
+}
+
+/// [`enforcement_hash`] of a policy printed already (`text`, its `to_toml`).
+fn hash_of(text: &str, rules: &EffectiveRules, uid: u32) -> String {
     let rules = (rules.v4.iter().map(ToString::to_string))
         .chain(rules.v6.iter().map(ToString::to_string))
         .map(|rule| format!("\n{rule}"));
     crate::digest::sha256(
-        std::iter::once(policy.to_toml())
+        std::iter::once(text.to_owned())
             .chain(rules)
             .chain([format!("\nuid {uid}\n")]),
     )

@@ -251,10 +251,17 @@ fn a_restart_adopts_an_unchanged_instance_without_writing_it() {
     h.write("a.toml", "a", 2);
     h.registry.reload();
     let (mut h, record) = h.restart();
+    let saved = record.instances["a"].clone();
     let report = h.registry.start(record);
     assert_eq!(report.unchanged, ["a"], "{report:?}");
     assert!(h.ebpf.steps().is_empty() && h.nft.steps().is_empty());
     assert_eq!(h.enforced(), pairs(&[("a", 2)]));
+    // What the next restart finds is what this one found.
+    let again = &h.registry.record().instances["a"];
+    assert_eq!(
+        (&again.policy, &again.policy_hash, again.uid),
+        (&saved.policy, &saved.policy_hash, saved.uid)
+    );
 }
 
 #[test]

@@ -294,15 +294,29 @@ impl BpfLayer {
     /// are created, no program is loaded yet. Also the kernel's BTF, and whether the
     /// unix-socket programs can run here (or why not).
     fn open_object(cgroup: &Path) -> Result<OpenedObject, BpfError> {
-        let btf = Btf::from_sys_fs().ok();
-        let unix_config = match unix::kernel_support() {
-            UnixSupport::Enforced => std::fs::read(crate::paths::KERNEL_BTF)
-                .map_err(|e| format!("cannot read the kernel's BTF: {e}"))
-                .and_then(|data| unix::kernel_config(&data, cgroup)),
-            UnixSupport::Unavailable(reason) => Err(reason),
-        };
-        let mut loader = EbpfLoader::new();
-        loader.btf(btf.as_ref());
+        // The kernel's BTF is read three times, about 15 ms each: aya's loader parses it
+        // whatever it is given later, the LSM programs need aya's parse of their own, and
+        // their field offsets come from isolate's reading. Side by side they cost about one:
+        // `isolate exec` pays this at every run.
+        let (btf, unix_config, mut loader) = std::thread::scope(|scope| {
+            let btf = scope.spawn(|| Btf::from_sys_fs().ok());
+            let unix_config = scope.spawn(|| match unix::kernel_support() {
+                UnixSupport::Enforced => std::fs::read(crate::paths::KERNEL_BTF)
+                    .map_err(|e| format!("cannot read the kernel's BTF: {e}"))
+                    .and_then(|data| unix::kernel_config(&data, cgroup)),
+                UnixSupport::Unavailable(reason) => Err(reason),
+            });
+            // Reads the BTF itself (aya 0.14 always does), for its relocations.
+            let loader = EbpfLoader::new();
+            (
+                btf.join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+                unix_config
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+                loader,
+            )
+        });
         if let Ok(config) = &unix_config {
             loader.override_global(UNIX_CONFIG_GLOBAL, config, true);
         }

@@ -46,6 +46,10 @@ fn main() -> ExitCode {
             exec_names_what_is_not_enforced,
         ),
         (
+            "learning_refuses_an_instance_the_daemon_enforces_and_its_own_policy_file",
+            learning_refusals,
+        ),
+        (
             "cleanup_refuses_while_an_instance_still_runs",
             cleanup_while_running,
         ),
@@ -345,6 +349,53 @@ fn exec_names_what_is_not_enforced() {
         unix["available"] == false,
         "the unix-socket programs are named when the kernel refuses them: {stderr}"
     );
+}
+
+/// A learning run cannot observe an instance the daemon enforces (the daemon's programs judge
+/// its UID), and never writes the learned policy over the one it starts from: both are
+/// refused before anything runs, and neither file is touched.
+fn learning_refusals() {
+    let user = TestUser::new();
+    let mut daemon = Daemon::new();
+    let policy = daemon.policy_dir().join("echo.toml");
+    let text = format!(
+        "user = \"{}\"\ndirectory = \"/tmp\"\n[network]\ndns = \"none\"\n[filesystem]\nexec = [\"/usr/bin\", \"/bin\"]\n",
+        user.name
+    );
+    std::fs::write(&policy, &text).unwrap();
+    daemon.start_with(&["--layers", "ebpf"]);
+    let learned = tempfile::tempdir().unwrap();
+    let learn = |file: &Path| {
+        let out = Command::new(common::isolate_binary())
+            .args(["exec", "--policy"])
+            .arg(&policy)
+            .arg("--control-socket")
+            .arg(daemon.socket())
+            .arg("--learn")
+            .arg(file)
+            .args(["--", "/bin/sh", "-c", "echo ran"])
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{out:?}");
+        assert!(
+            !String::from_utf8_lossy(&out.stdout).contains("ran"),
+            "{out:?}"
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let file = learned.path().join("echo.toml");
+    let stderr = learn(&file);
+    assert!(
+        stderr.contains("the daemon enforces it, so a learning run cannot observe it"),
+        "{stderr}"
+    );
+    assert!(!file.exists(), "{stderr}");
+    let stderr = learn(&policy);
+    assert!(
+        stderr.contains("that is the policy the run starts from"),
+        "{stderr}"
+    );
+    assert_eq!(std::fs::read_to_string(&policy).unwrap(), text);
 }
 
 /// `network.listen` in daemon mode: the instance's user may serve the listed port only; any

@@ -293,6 +293,7 @@ pub fn run(config: &DaemonConfig) -> Result<(), DaemonError> {
     });
     let report = registry.start(previous);
     save_state(&registry, &config.state_dir);
+    release_freed_memory();
     tracing::info!(
         applied = report.applied.len(),
         unchanged = report.unchanged.len(),
@@ -445,6 +446,19 @@ fn run_worker(
         }
         save_state(&registry, state_dir);
         shared.publish(View::of(&registry, layers));
+        release_freed_memory();
+    }
+}
+
+/// Gives the memory a start or reload freed back to the system. Applying many instances
+/// builds their rules and transactions on several threads at once, and glibc keeps what each
+/// thread's arena freed: after a start of 100 instances of 1,000 CIDRs the daemon held 57 MiB
+/// it no longer used.
+fn release_freed_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only returns free heap memory to the kernel.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
